@@ -1,0 +1,270 @@
+"""Typed, validated configuration: one source of truth for every knob.
+
+A config is read from YAML, then dotted ``key=value`` overrides are applied
+(``distill.lr_tcl=1e-6``), then the whole tree is validated. Unknown keys and
+invalid values raise :class:`ConfigError` naming the dotted key and what is
+allowed, before any cluster work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+VARIANTS = ("A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5")
+VariantName = Literal["A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5"]
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid; the message names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Strict):
+    """Synthetic data set written by ``cmd-ray synth``."""
+
+    num_pairs: int = Field(200, ge=1, description="unlabeled aligned RGB/TIR pairs")
+    image_width: int = Field(160, ge=32)
+    image_height: int = Field(128, ge=32)
+    num_rgb_sequences: int = Field(4, ge=0, description="labeled RGB sequences (teacher training)")
+    num_tir_sequences: int = Field(4, ge=0, description="labeled TIR sequences (evaluation)")
+    sequence_length: int = Field(30, ge=2)
+    seed: int = 0
+
+
+class SamplingConfig(_Strict):
+    """DiMP training-sample geometry: search-area crops, labels and IoU proposals."""
+
+    search_area_factor: float = Field(5.0, gt=1.0, description="crop side / sqrt(box area)")
+    output_sz: int = Field(128, ge=32, description="crop side in pixels")
+    feature_stride: int = Field(16, ge=1, description="stride of the classifier feature map")
+    filter_size: int = Field(4, ge=1)
+    center_jitter_factor: float = Field(3.0, ge=0.0)
+    scale_jitter_factor: float = Field(0.25, ge=0.0)
+    label_sigma_factor: float = Field(0.25, gt=0.0, description="sigma / target size, in feature cells")
+    num_proposals: int = Field(8, ge=1, le=128)
+    proposal_sigma_factors: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.3])
+    min_proposal_iou: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _crop_divides(self) -> SamplingConfig:
+        if self.output_sz % self.feature_stride:
+            raise ValueError(
+                f"output_sz ({self.output_sz}) must be a multiple of feature_stride ({self.feature_stride})"
+            )
+        if not self.proposal_sigma_factors or min(self.proposal_sigma_factors) <= 0:
+            raise ValueError("proposal_sigma_factors must be a non-empty list of positive numbers")
+        return self
+
+    @property
+    def feature_sz(self) -> int:
+        return self.output_sz // self.feature_stride
+
+    @property
+    def label_sz(self) -> int:
+        """Side of the score/label map: an even filter adds one cell."""
+        return self.feature_sz + (self.filter_size + 1) % 2
+
+
+class DataConfig(_Strict):
+    """Where the unlabeled pairs live and how training samples are cut from them."""
+
+    uri: str = Field("data/demo/pairs", description="local path, file:// or s3://bucket/prefix of the pair set")
+    layout: Literal["two_folder"] = "two_folder"
+    rgb_dir: str = "rgb"
+    tir_dir: str = "tir"
+    boxes: Literal["center"] = "center"
+    center_box_fraction: float = Field(0.3, gt=0.0, le=1.0, description="box side / min(H, W)")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    num_actors: int = Field(1, ge=1, description="Ray Data actors that decode and crop")
+    cpus_per_actor: float = Field(0.5, gt=0.0)
+
+
+class ModelConfig(_Strict):
+    architecture: Literal["dimp"] = "dimp"
+    backbone: Literal["tiny", "resnet18", "resnet50"] = "tiny"
+    init_checkpoint: str | None = Field(None, description="teacher weights (URI of a cmd-ray or pytracking file)")
+
+
+class DistillConfig(_Strict):
+    """The CMD schedule: L = L_TCL + lambda * L_BBE with per-module learning rates."""
+
+    variant: VariantName = "D3"
+    lr_tcl: float = Field(2e-8, gt=0.0)
+    lr_bbe: float = Field(1e-7, gt=0.0)
+    loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1")
+    epochs: int = Field(50, ge=1)
+    samples_per_epoch: int = Field(26000, ge=1)
+    batch_size: int = Field(5, ge=1, description="pairs per worker per step")
+    lr_step: int = Field(15, ge=1, description="epochs between learning-rate decays")
+    lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
+    seed: int = 0
+
+
+class ScalingSettings(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    amp: bool = Field(False, description="bf16/fp16 autocast on GPU workers; ignored on CPU")
+
+
+class StorageConfig(_Strict):
+    storage_path: str = Field("ray_results", description="checkpoints: local path or s3://bucket/prefix")
+    run_name: str = Field("cmd-distill", min_length=1)
+    s3_endpoint_url: str | None = Field(None, description="overrides AWS_ENDPOINT_URL for s3:// URIs")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str = Field("cmd-ray", min_length=1)
+    registered_model_name: str = Field("cmd-ray-tracker", min_length=1)
+    alias: str = Field("candidate", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class TuneSettings(_Strict):
+    """Ray Tune sweep over lr_bbe, lr_tcl and lambda (log-uniform ranges)."""
+
+    num_samples: int = Field(3, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    lr_tcl: tuple[float, float] = (1e-8, 1e-6)
+    lr_bbe: tuple[float, float] = (1e-8, 1e-6)
+    loss_weight_bbe: tuple[float, float] = (0.1, 10.0)
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: int = Field(2, ge=2)
+    metric: Literal["loss", "loss_tcl", "loss_bbe"] = "loss"
+    trial_cpus: float = Field(0.1, gt=0.0, description="CPU share of the trial function itself")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuneSettings:
+        for name in ("lr_tcl", "lr_bbe", "loss_weight_bbe"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} range must satisfy 0 < low <= high, got [{low}, {high}]")
+        return self
+
+
+class Config(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @model_validator(mode="after")
+    def _epoch_fits_workers(self) -> Config:
+        global_batch = self.distill.batch_size * self.scaling.num_workers
+        if self.distill.samples_per_epoch < global_batch:
+            raise ValueError(
+                f"distill.samples_per_epoch ({self.distill.samples_per_epoch}) is smaller than one global batch "
+                f"(distill.batch_size {self.distill.batch_size} x scaling.num_workers {self.scaling.num_workers})"
+            )
+        return self
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch on every worker (the global batch divides the epoch)."""
+        return self.distill.samples_per_epoch // (self.distill.batch_size * self.scaling.num_workers)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Dotted keys to plain values, for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``1e-6``, ``true``, ``[1, 2]``)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    dotted, raw = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    node: dict[str, Any] = tree
+    schema: type[BaseModel] | None = Config
+    for i, part in enumerate(parts):
+        if schema is not None and part not in schema.model_fields:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(
+                f"unknown config key {dotted!r}: {where} has no {part!r}; allowed: {', '.join(_known_keys(schema))}"
+            )
+        annotation = schema.model_fields[part].annotation if schema is not None else None
+        schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if i == len(parts) - 1:
+            node[part] = yaml.safe_load(raw) if raw.strip() else None
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate.
+
+    Raises:
+        ConfigError: naming the file, the dotted key and what is allowed.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(loaded).__name__}")
+        tree = copy.deepcopy(loaded)
+    for override in overrides:
+        apply_override(tree, override)
+        source += f" + {override.split('=', 1)[0]}"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what a run was started with)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,365 @@
+"""DiMP training samples from one aligned RGB–TIR pair: search-area crops, Gaussian labels, IoU proposals.
+
+Coordinates. Boxes are ``(x, y, w, h)`` in *continuous* pixel coordinates:
+pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)`` and its centre is
+``(j + 0.5, i + 0.5)``. A crop of side ``side`` image pixels with top-left
+``(x0, y0)``, resized to ``S x S``, maps an image point ``u`` to crop point
+``(u - (x0, y0)) * S / side`` exactly (``cv2.resize`` samples at pixel centres),
+so a box in the crop needs no half-pixel correction.
+
+Crops follow pytracking's DiMP processing (``_get_jittered_box`` then
+``jittered_center_crop``): jitter the box, cut a square of side
+``ceil(sqrt(w*h) * search_area_factor)`` around the jittered centre (integer
+top-left, so the crop is a slice), pad by replicating the border, resize to
+``output_sz`` with bilinear interpolation (what the released DiMP weights saw).
+The crop geometry is computed once (:func:`jittered_crop_geometry`) and applied
+to each modality (:func:`apply_crop`), so RGB and TIR of a pair are cut
+identically.
+
+Labels and proposals follow pytracking's ``gaussian_label_function`` and
+ATOM's ``perturb_box`` (see :func:`gaussian_label`, :func:`sample_proposals`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cmd_ray.config import SamplingConfig
+from cmd_ray.data.boxes import box_iou
+
+INTERPOLATION = cv2.INTER_LINEAR
+"""Crop resampling: bilinear, as pytracking's training crops (``cv2.resize`` default)."""
+
+MAX_PROPOSAL_TRIES = 100
+"""Rejection rounds per proposal; each failed round shrinks its sigma by 0.9 (as ATOM's ``perturb_box``)."""
+
+
+class PairMismatchError(ValueError):
+    """An RGB–TIR pair cannot be aligned (aspect ratios differ); the message names the key and both sizes."""
+
+
+# --------------------------------------------------------------------------- TIR depth and alignment
+
+
+def normalize_tir(tir: np.ndarray) -> np.ndarray:
+    """The one place TIR depth is normalised: ``[H, W]`` uint8 or uint16 ─▶ ``uint8 [H, W]``.
+
+    uint8 passes through unchanged. uint16 is stretched linearly so that its 1st
+    percentile maps to 0 and its 99th to 255 (clipped outside); a flat image
+    (99th == 1st percentile) falls back to its min/max range, and an image of
+    one value becomes all zeros.
+    """
+    if tir.ndim != 2:
+        raise ValueError(f"TIR image must be [H, W], got shape {tir.shape}")
+    if tir.dtype == np.uint8:
+        return tir
+    if tir.dtype != np.uint16:
+        raise ValueError(f"TIR image must be uint8 or uint16, got {tir.dtype}")
+    # A histogram gives the order statistics in one pass (4x faster than np.percentile on
+    # 640x512), with np.percentile's default linear interpolation, and a lookup table maps.
+    cumulative = np.bincount(tir.ravel(), minlength=1 << 16).cumsum()
+    last = tir.size - 1
+    positions = np.array([0.01, 0.99]) * last
+    below = np.floor(positions).astype(np.int64)
+    # the k-th smallest value (0-based) is the first level whose cumulative count exceeds k
+    lower, upper = np.searchsorted(cumulative, np.stack([below, np.minimum(below + 1, last)]) + 1)
+    low, high = lower + (positions - below) * (upper - lower)
+    if high <= low:
+        low, high = float(np.searchsorted(cumulative, 1)), float(np.searchsorted(cumulative, tir.size))
+    if high <= low:
+        return np.zeros(tir.shape, dtype=np.uint8)
+    levels = (np.arange(1 << 16, dtype=np.float64) - low) * (255.0 / (high - low))
+    lut = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+    return lut[tir]
+
+
+def align_pair(rgb: np.ndarray, tir: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bring a TIR image to the RGB image's size.
+
+    Args:
+        rgb: ``uint8 [H, W, 3]``; tir: ``[h, w]`` uint8/uint16 (depth kept).
+        key: name of the pair, for the error message.
+
+    Returns:
+        ``(rgb, tir)`` with ``tir`` of shape ``[H, W]``: unchanged when sizes match,
+        else resized (area interpolation when shrinking, bilinear when enlarging).
+
+    Raises:
+        PairMismatchError: the aspect ratios ``w/h`` differ by more than 1%.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{key}: RGB image must be [H, W, 3], got shape {rgb.shape}")
+    if tir.ndim != 2:
+        raise ValueError(f"{key}: TIR image must be [H, W], got shape {tir.shape}")
+    (rh, rw), (th, tw) = rgb.shape[:2], tir.shape
+    if (rh, rw) == (th, tw):
+        return rgb, tir
+    if abs((tw / th) / (rw / rh) - 1.0) > 0.01:
+        raise PairMismatchError(
+            f"{key}: RGB is {rw}x{rh} (w x h) but TIR is {tw}x{th}; aspect ratios differ by more than 1%, "
+            "so the pair is not pixel-aligned"
+        )
+    interpolation = cv2.INTER_AREA if tw * th > rw * rh else cv2.INTER_LINEAR
+    return rgb, cv2.resize(tir, (rw, rh), interpolation=interpolation)
+
+
+# --------------------------------------------------------------------------- crops
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """A square crop of an image, resized to ``output_sz``.
+
+    Attributes:
+        x0, y0: top-left corner of the crop in image pixels (integers; may lie outside the image).
+        side: crop side in image pixels (integer >= 1).
+        output_sz: side of the resized crop in pixels.
+    """
+
+    x0: int
+    y0: int
+    side: int
+    output_sz: int
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per image pixel."""
+        return self.output_sz / self.side
+
+    def box_to_crop(self, box: np.ndarray) -> np.ndarray:
+        """``(x, y, w, h)`` image box(es) ``[..., 4]`` ─▶ the same box(es) in crop pixels, ``float32 [..., 4]``."""
+        box = np.asarray(box, dtype=np.float64)
+        out = np.concatenate([(box[..., :2] - (self.x0, self.y0)) * self.scale, box[..., 2:] * self.scale], axis=-1)
+        return out.astype(np.float32)
+
+    def box_to_image(self, box: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`box_to_crop`: crop box(es) ``[..., 4]`` ─▶ image pixels, ``float32 [..., 4]``."""
+        box = np.asarray(box, dtype=np.float64)
+        out = np.concatenate([box[..., :2] / self.scale + (self.x0, self.y0), box[..., 2:] / self.scale], axis=-1)
+        return out.astype(np.float32)
+
+
+def _check_box(box: np.ndarray) -> np.ndarray:
+    box = np.asarray(box, dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"box must be a finite (x, y, w, h) with w, h > 0, got {box.tolist()}")
+    return box
+
+
+def jittered_box(box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
+    """pytracking's ``_get_jittered_box``: ``float64 [4]`` ``(x, y, w, h)``.
+
+    Size: ``(w, h) * exp(scale_jitter_factor * N(0, 1))`` per axis. Centre: moved by
+    ``sqrt(w' * h') * center_jitter_factor * U(-0.5, 0.5)`` per axis (``w', h'`` the jittered size).
+    """
+    box = _check_box(box)
+    size = box[2:] * np.exp(rng.standard_normal(2) * cfg.scale_jitter_factor)
+    max_offset = math.sqrt(size[0] * size[1]) * cfg.center_jitter_factor
+    center = box[:2] + 0.5 * box[2:] + max_offset * (rng.random(2) - 0.5)
+    return np.concatenate([center - 0.5 * size, size])
+
+
+def crop_geometry(box: np.ndarray, cfg: SamplingConfig) -> CropGeometry:
+    """The search-area crop around ``box`` (no jitter): side ``ceil(sqrt(w*h) * search_area_factor)``.
+
+    The top-left corner is rounded to whole pixels (as pytracking's ``sample_target``),
+    so the crop centre is within half a pixel of the box centre.
+    """
+    box = _check_box(box)
+    side = max(1, math.ceil(math.sqrt(box[2] * box[3]) * cfg.search_area_factor))
+    cx, cy = box[:2] + 0.5 * box[2:]
+    return CropGeometry(x0=round(cx - 0.5 * side), y0=round(cy - 0.5 * side), side=side, output_sz=cfg.output_sz)
+
+
+def jittered_crop_geometry(box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> CropGeometry:
+    """:func:`crop_geometry` of :func:`jittered_box`: one training crop, to apply to every modality."""
+    return crop_geometry(jittered_box(box, cfg, rng), cfg)
+
+
+def apply_crop(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
+    """Cut ``geometry`` out of ``image`` and resize it; outside the image the border pixels are replicated.
+
+    Args:
+        image: ``[H, W]`` or ``[H, W, C]``, any dtype ``cv2.resize`` takes (uint8, uint16, float32).
+
+    Returns:
+        ``[S, S]`` or ``[S, S, C]`` of the image's dtype, ``S = geometry.output_sz``.
+    """
+    height, width = image.shape[:2]
+    x0, y0, side = geometry.x0, geometry.y0, geometry.side
+    x1, y1 = x0 + side, y0 + side
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if ix0 < ix1 and iy0 < iy1:
+        patch = image[iy0:iy1, ix0:ix1]
+        pads = (iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1)
+        if any(pads):
+            patch = cv2.copyMakeBorder(patch, *pads, borderType=cv2.BORDER_REPLICATE)
+    else:  # the crop misses the image: replicate padding is nearest-edge clamping
+        rows = np.clip(np.arange(y0, y1), 0, height - 1)
+        cols = np.clip(np.arange(x0, x1), 0, width - 1)
+        patch = image.take(rows, axis=0).take(cols, axis=1)
+    size = geometry.output_sz
+    if patch.shape[0] == size:
+        return np.ascontiguousarray(patch)
+    return cv2.resize(patch, (size, size), interpolation=INTERPOLATION)
+
+
+def sample_crop(
+    image: np.ndarray, box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, jitter: bool = True
+) -> tuple[np.ndarray, np.ndarray, CropGeometry]:
+    """One (optionally jittered) search-area crop of one image.
+
+    For a pair, compute the geometry once with :func:`jittered_crop_geometry` and
+    :func:`apply_crop` it to both images instead.
+
+    Args:
+        image: ``[H, W, 3]`` or ``[H, W]``.
+        box: ``(x, y, w, h)`` target box in image pixels.
+        jitter: jitter the box before cropping (no randomness is drawn when False).
+
+    Returns:
+        ``(crop [S, S(, 3)], box_in_crop float32 [4], geometry)``; ``box_in_crop`` is the
+        original, unjittered box in crop pixels.
+    """
+    geometry = jittered_crop_geometry(box, cfg, rng) if jitter else crop_geometry(box, cfg)
+    return apply_crop(image, geometry), geometry.box_to_crop(_check_box(box)), geometry
+
+
+# --------------------------------------------------------------------------- labels and proposals
+
+
+def label_cell_offset(cfg: SamplingConfig) -> float:
+    """Crop position of label cell ``i`` is ``(i + offset) * feature_stride`` pixels; this returns ``offset``.
+
+    A feature cell ``i`` covers crop pixels ``[i*stride, (i+1)*stride)``, centre ``(i + 0.5) * stride``.
+    An odd filter keeps that grid (``offset = 0.5``, ``L = feature_sz`` cells). An even filter
+    yields ``feature_sz + 1`` scores lying between feature cells, half a cell earlier
+    (``offset = 0``), so its cells sit at ``0, stride, …, feature_sz * stride``. This is
+    pytracking's ``gaussian_label_function`` with ``end_pad_if_even=True`` written in
+    continuous crop coordinates.
+    """
+    return 0.5 * (cfg.filter_size % 2)
+
+
+def label_sigma(cfg: SamplingConfig) -> float:
+    """Gaussian sigma in feature cells: ``label_sigma_factor * feature_sz / search_area_factor``.
+
+    ``feature_sz / search_area_factor`` is the target size in feature cells that the crop
+    normalises to (the crop side is ``search_area_factor`` target sizes), so this is
+    ``label_sigma_factor`` times the box size in feature cells — pytracking's DiMP setting
+    (``sigma_factor = output_sigma_factor / search_area_factor`` times ``feature_sz``),
+    the same for every sample.
+    """
+    return cfg.label_sigma_factor * cfg.feature_sz / cfg.search_area_factor
+
+
+def gaussian_label(box_in_crop: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """The classifier's target score map: a Gaussian at the box centre on the label grid.
+
+    Args:
+        box_in_crop: ``(x, y, w, h)`` in crop pixels.
+
+    Returns:
+        ``float32 [L, L]`` (``L = cfg.label_sz``), values in ``[0, 1]``; row = y, column = x.
+        The peak is 1 at the box centre, ``(cx / stride - offset, cy / stride - offset)`` in
+        cells (see :func:`label_cell_offset`), so the argmax cell lies within half a cell of
+        the box centre whenever the centre is on the grid. Sigma: :func:`label_sigma`.
+    """
+    box = np.asarray(box_in_crop, dtype=np.float64).reshape(4)
+    center = (box[:2] + 0.5 * box[2:]) / cfg.feature_stride - label_cell_offset(cfg)
+    cells = np.arange(cfg.label_sz, dtype=np.float64)
+    sigma = label_sigma(cfg)
+    gx = np.exp(-0.5 * ((cells - center[0]) / sigma) ** 2)
+    gy = np.exp(-0.5 * ((cells - center[1]) / sigma) ** 2)
+    return np.outer(gy, gx).astype(np.float32)
+
+
+def sample_proposals(box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """IoU-Net training proposals around ``box`` (ATOM's ``perturb_box``, vectorised).
+
+    Each proposal picks a sigma factor ``f`` from ``cfg.proposal_sigma_factors``; centre,
+    width and height are drawn from normals around the box's with standard deviation
+    ``f * sqrt(w * h)``. A draw with IoU below ``cfg.min_proposal_iou`` (or a side <= 1 px)
+    is redrawn with ``f`` shrunk by 0.9, up to :data:`MAX_PROPOSAL_TRIES` times; a proposal
+    still failing then becomes the box itself (IoU 1), so every proposal meets the minimum.
+    Proposals are continuous (not rounded to whole pixels).
+
+    Args:
+        box: ``(x, y, w, h)`` (crop pixels in a training sample).
+
+    Returns:
+        ``(proposals float32 [P, 4], iou float32 [P])`` with ``P = cfg.num_proposals`` and
+        ``iou == box_iou(proposals, box)``.
+    """
+    box = _check_box(box)
+    box32 = box.astype(np.float32)
+    count = cfg.num_proposals
+    factors = np.asarray(cfg.proposal_sigma_factors, dtype=np.float64)
+    sigma = factors[rng.integers(len(factors), size=count)] * math.sqrt(box[2] * box[3])
+    center = box[:2] + 0.5 * box[2:]
+    proposals = np.tile(box32, (count, 1))
+    pending = np.arange(count)
+    for _ in range(MAX_PROPOSAL_TRIES):
+        noise = rng.standard_normal((len(pending), 4)) * sigma[pending, None]
+        size = box[2:] + noise[:, 2:]
+        drawn = np.concatenate([center + noise[:, :2] - 0.5 * size, size], axis=1).astype(np.float32)
+        # judged in float32, exactly as the returned IoU is computed
+        ok = np.all(size > 1.0, axis=1) & (box_iou(drawn, box32) >= cfg.min_proposal_iou)
+        proposals[pending[ok]] = drawn[ok]
+        pending = pending[~ok]
+        if not len(pending):
+            break
+        sigma[pending] *= 0.9
+    return proposals, box_iou(proposals, box32)
+
+
+# --------------------------------------------------------------------------- one training sample
+
+
+def make_sample(
+    rgb: np.ndarray, tir: np.ndarray, box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One DiMP training sample from one aligned pair and its pseudo box.
+
+    The reference and test frames are two independently jittered crops of the same
+    pair; within each, RGB and TIR share one crop geometry. TIR is normalised to uint8
+    (:func:`normalize_tir`) before cropping. Which modality feeds which branch is decided
+    later (per variant), so both are returned for both frames.
+
+    Args:
+        rgb: ``uint8 [H, W, 3]``; tir: ``[H, W]`` uint8/uint16, aligned (:func:`align_pair`).
+        box: pseudo target ``(x, y, w, h)`` in image pixels.
+
+    Returns:
+        With ``S = output_sz``, ``L = label_sz``, ``P = num_proposals``:
+        ``rgb_ref`` uint8 [S, S, 3], ``tir_ref`` uint8 [S, S], ``rgb_test`` uint8 [S, S, 3],
+        ``tir_test`` uint8 [S, S], ``ref_box`` float32 [4], ``test_box`` float32 [4]
+        (``x, y, w, h`` in crop pixels), ``test_label`` float32 [L, L],
+        ``test_proposals`` float32 [P, 4] (crop pixels), ``proposal_iou`` float32 [P].
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"RGB image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    if tir.shape != rgb.shape[:2]:
+        raise ValueError(f"TIR {tir.shape} and RGB {rgb.shape[:2]} differ in size: align_pair first")
+    tir = normalize_tir(tir)
+    box = _check_box(box)
+
+    ref = jittered_crop_geometry(box, cfg, rng)
+    test = jittered_crop_geometry(box, cfg, rng)
+    test_box = test.box_to_crop(box)
+    proposals, iou = sample_proposals(test_box, cfg, rng)
+    return {
+        "rgb_ref": apply_crop(rgb, ref),
+        "tir_ref": apply_crop(tir, ref),
+        "rgb_test": apply_crop(rgb, test),
+        "tir_test": apply_crop(tir, test),
+        "ref_box": ref.box_to_crop(box),
+        "test_box": test_box,
+        "test_label": gaussian_label(test_box, cfg),
+        "test_proposals": proposals,
+        "proposal_iou": iou,
+    }

@@ -1,0 +1,1 @@
+"""Pure-PyTorch DiMP tracker parts (backbone, TCL classifier, BBE IoU-Net) with pytracking's module names."""

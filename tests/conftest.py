@@ -1,0 +1,142 @@
+"""Shared fixtures: a moto S3 server (a real S3 HTTP endpoint on 127.0.0.1) for boto3 and pyarrow."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+# Set before anything can create a pyarrow S3 filesystem (the AWS SDK reads it once, at initialisation):
+# without it a credential/region lookup off EC2 waits on the instance-metadata endpoint.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+FAKE_ACCESS_KEY = "testing"
+FAKE_SECRET_KEY = "testing"
+REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running moto server; ``AWS_*`` environment variables point boto3, pyarrow and cmd_ray.storage at it."""
+
+    endpoint_url: str
+    region: str = REGION
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=FAKE_ACCESS_KEY,
+            aws_secret_access_key=FAKE_SECRET_KEY,
+        )
+
+    def make_bucket(self, name: str) -> str:
+        """Create bucket ``name`` (fine if it exists already) and return its name (use it as ``s3://{name}/…``)."""
+        client = self.client()
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=name)
+        return name
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key in ``bucket`` below ``prefix``, sorted."""
+        paginator = self.client().get_paginator("list_objects_v2")
+        keys: list[str] = []
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return sorted(keys)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server in server mode for the whole session, with the standard ``AWS_*`` variables set for it.
+
+    Shared by every test that asks for it: use bucket names of your own (``make_bucket``).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    patch = pytest.MonkeyPatch()
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_CONFIG_FILE": os.devnull,
+    }.items():
+        patch.setenv(name, value)
+    # AWS_ENDPOINT_URL_S3 would take precedence over AWS_ENDPOINT_URL (in boto3 and cmd_ray.storage): drop it
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+        patch.delenv(name, raising=False)
+    try:
+        yield S3Server(endpoint)
+    finally:
+        patch.undo()
+        server.stop()
+
+
+# A tiny distillation run: a few steps of the tiny network, enough for end-to-end tests on 2 cores.
+TINY_OVERRIDES = (
+    "model.backbone=tiny",
+    "distill.samples_per_epoch=32",
+    "distill.batch_size=4",
+    "distill.epochs=2",
+    "distill.lr_tcl=1e-4",
+    "distill.lr_bbe=1e-3",
+    "data.cpus_per_actor=0.5",
+    "scaling.cpus_per_worker=0.5",
+)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """Config overrides for a tiny, fast distillation run."""
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def local_pairs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small synthetic pair set on local disk; returns the pairs URI."""
+    from cmd_ray.config import SynthConfig
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    summary = write_synthetic_dataset(
+        str(root), SynthConfig(num_pairs=24, num_rgb_sequences=0, num_tir_sequences=0), progress=False
+    )
+    return summary.pairs_uri
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server: S3Server) -> Iterator[None]:
+    """One local Ray cluster shared by the end-to-end tests (start-up costs ~10 s; share it).
+
+    It depends on ``s3_server`` so that the ``AWS_*`` variables exist before Ray starts its workers, which
+    get them through the runtime environment. ``address="local"`` never joins a cluster started elsewhere.
+    """
+    import ray
+
+    env_vars = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    ray.init(
+        address="local",
+        num_cpus=4,  # logical CPUs: trials, train workers and data actors of the tiny runs fit together
+        include_dashboard=False,
+        runtime_env={"env_vars": env_vars},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,136 @@
+"""The distillation step: network input, modality routing per variant, and that a tiny D3 model learns."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from cmd_ray.distill.step import IMAGENET_MEAN, IMAGENET_STD, distill_step, to_network_input
+from cmd_ray.distill.variants import VARIANTS
+from cmd_ray.models.classifier import DiMPSteepestDescentGN, FilterInitializerLinear
+from cmd_ray.models.dimpnet import apply_variant_trainability, build_dimpnet
+
+
+def make_batch(batch_size: int = 4, crop: int = 64, num_proposals: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    side = crop // 16 + 1
+    box = torch.tensor([crop * 0.3, crop * 0.35, crop * 0.4, crop * 0.35])
+    cy, cx = (box[1] + box[3] / 2) / 16, (box[0] + box[2] / 2) / 16
+    yy, xx = torch.meshgrid(
+        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
+    )
+    label = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.9**2))
+    return {
+        "rgb_ref": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
+        "tir_ref": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
+        "rgb_test": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
+        "tir_test": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
+        "ref_box": box.expand(batch_size, 4).clone(),
+        "test_box": box.expand(batch_size, 4).clone(),
+        "test_label": label.expand(batch_size, side, side).clone(),
+        "test_proposals": box + torch.randn(batch_size, num_proposals, 4, generator=g) * 3.0,
+        "proposal_iou": torch.rand(batch_size, num_proposals, generator=g),
+    }
+
+
+def test_to_network_input_rgb_and_tir():
+    rgb = torch.zeros(2, 3, 4, 3, dtype=torch.uint8)
+    rgb[..., 0] = 255
+    x = to_network_input(rgb)
+    assert x.shape == (2, 3, 3, 4) and x.dtype == torch.float32
+    torch.testing.assert_close(x[:, 0], torch.full((2, 3, 4), (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]))
+    torch.testing.assert_close(x[:, 1], torch.full((2, 3, 4), -IMAGENET_MEAN[1] / IMAGENET_STD[1]))
+
+    tir = torch.tensor([[[0, 51], [102, 255]]], dtype=torch.uint8)
+    y = to_network_input(tir)
+    assert y.shape == (1, 3, 2, 2)
+    for c in range(3):
+        expected = (tir[0].float() / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        torch.testing.assert_close(y[0, c], expected)
+
+    with pytest.raises(ValueError, match="shape"):
+        to_network_input(torch.zeros(2, 4, 4, 4, dtype=torch.uint8))
+    with pytest.raises(TypeError):
+        to_network_input(torch.zeros(2, 4, 4))
+
+
+class _Recorder(nn.Module):
+    """Stands in for DiMPNet: records the images each branch got, returns fixed-shape outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, train_imgs, test_imgs, train_bb, proposals):
+        self.seen = (train_imgs, test_imgs, train_bb, proposals)
+        side = 5
+        score = self.w * torch.zeros(test_imgs.shape[0], test_imgs.shape[1], side, side)
+        return [score, score], self.w * torch.zeros(proposals.shape[:3])
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_branch_modalities_follow_variant(name):
+    batch = make_batch(batch_size=5)
+    rec = _Recorder()
+    out = distill_step(rec, batch, name, loss_weight_bbe=1.0)
+    assert set(out) == {"loss", "loss_tcl", "loss_bbe"}
+    assert all(v.dim() == 0 for v in out.values())
+    train_imgs, test_imgs, train_bb, proposals = rec.seen
+    assert train_imgs.shape == test_imgs.shape == (1, 5, 3, 64, 64)
+    assert train_bb.shape == (1, 5, 4) and proposals.shape == (1, 5, 4, 4)
+    variant = VARIANTS[name]
+    expected = {
+        "rgb": {"ref": "rgb", "test": "rgb"},
+        "tir": {"ref": "tir", "test": "tir"},
+    }
+    ref_mod = variant.reference_modality
+    test_mod = variant.test_modality
+    for i in range(5):
+        if ref_mod == "mix":
+            want_ref, want_test = ("rgb", "tir") if i < 3 else ("tir", "rgb")  # first ceil(5/2) samples RGB->ref
+        else:
+            want_ref, want_test = expected[ref_mod]["ref"], expected[test_mod]["test"]
+        ref_src = batch["rgb_ref"] if want_ref == "rgb" else batch["tir_ref"]
+        test_src = batch["rgb_test"] if want_test == "rgb" else batch["tir_test"]
+        torch.testing.assert_close(train_imgs[0, i], to_network_input(ref_src[i : i + 1])[0])
+        torch.testing.assert_close(test_imgs[0, i], to_network_input(test_src[i : i + 1])[0])
+
+
+def test_tiny_d3_overfits_one_batch():
+    """Acceptance: the loss of a tiny D3 model on one fixed batch falls by at least half."""
+    torch.manual_seed(0)
+    model = build_dimpnet("tiny", optim_iter=3)
+    apply_variant_trainability(model, "D3")
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    batch = make_batch(batch_size=4, crop=128, num_proposals=8, seed=1)
+    losses, bbe_losses = [], []
+    for _ in range(40):
+        out = distill_step(model, batch, "D3", loss_weight_bbe=1.0)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(float(out["loss"].detach()))
+        bbe_losses.append(float(out["loss_bbe"].detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert min(losses[-5:]) <= 0.5 * losses[0], losses
+    assert bbe_losses[-1] <= 0.5 * bbe_losses[0], bbe_losses
+
+
+def test_filter_optimizer_objective_decreases():
+    torch.manual_seed(0)
+    feat = torch.randn(2, 3, 16, 8, 8) / 4.0
+    bb = torch.tensor([40.0, 36.0, 48.0, 52.0]).expand(2, 3, 4).clone()
+    init = FilterInitializerLinear(filter_size=4, feature_dim=16)
+    opt = DiMPSteepestDescentGN(num_iter=6)
+    with torch.no_grad():
+        weights, iterates, losses = opt(init(feat, bb), feat, bb)
+    assert len(iterates) == 7 and len(losses) == 7
+    assert weights.shape == (3, 16, 4, 4)
+    values = [float(v) for v in losses]
+    assert all(b <= a * (1 + 1e-4) for a, b in itertools.pairwise(values)), values
+    assert values[-1] < 0.5 * values[0], values

@@ -1,0 +1,224 @@
+"""DiMPNet assembly: shapes, pytracking key names, per-variant trainability and frozen BatchNorm statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cmd_ray.distill.step import distill_step
+from cmd_ray.distill.variants import VARIANTS
+from cmd_ray.models.dimpnet import DiMPNet, apply_variant_trainability, build_dimpnet, parameter_groups
+
+CROP = 64
+NUM_PROPOSALS = 4
+
+# What each (module, branch) must train, written out independently of the implementation.
+TCL_PREFIXES = {
+    "reference": ("classifier.feature_extractor.", "classifier.filter_initializer.", "classifier.filter_optimizer."),
+    "test": ("classifier.feature_extractor.",),
+    "both": ("classifier.feature_extractor.", "classifier.filter_initializer.", "classifier.filter_optimizer."),
+}
+_REF = ("conv3_1r", "conv4_1r", "fc3_1r", "fc34_3r", "fc34_4r")
+_TEST = ("conv3_1t", "conv3_2t", "conv4_1t", "conv4_2t", "fc3_rt", "fc4_rt", "iou_predictor")
+BBE_PREFIXES = {
+    "reference": tuple(f"bb_regressor.{m}." for m in _REF),
+    "test": tuple(f"bb_regressor.{m}." for m in _TEST),
+    "both": tuple(f"bb_regressor.{m}." for m in _REF + _TEST),
+}
+
+
+def make_batch(batch_size: int = 4, crop: int = CROP, num_proposals: int = NUM_PROPOSALS, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    side = crop // 16 + 1
+    box = torch.tensor([crop * 0.3, crop * 0.35, crop * 0.4, crop * 0.35])
+    cy, cx = (box[1] + box[3] / 2) / 16, (box[0] + box[2] / 2) / 16
+    yy, xx = torch.meshgrid(
+        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
+    )
+    label = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.9**2))
+    proposals = box + torch.randn(batch_size, num_proposals, 4, generator=g) * 3.0
+    return {
+        "rgb_ref": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
+        "tir_ref": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
+        "rgb_test": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
+        "tir_test": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
+        "ref_box": box.expand(batch_size, 4).clone(),
+        "test_box": box.expand(batch_size, 4).clone(),
+        "test_label": label.expand(batch_size, side, side).clone(),
+        "test_proposals": proposals,
+        "proposal_iou": torch.rand(batch_size, num_proposals, generator=g),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return build_dimpnet("tiny", optim_iter=2).state_dict()
+
+
+def fresh_tiny(state: dict[str, torch.Tensor]) -> DiMPNet:
+    model = build_dimpnet("tiny", optim_iter=2)
+    model.load_state_dict(state)
+    return model
+
+
+def test_forward_shapes_tiny(tiny_state):
+    model = fresh_tiny(tiny_state).eval()
+    n_train, n_test, batch, crop, props = 2, 3, 2, 64, 5
+    train_bb = torch.tensor([10.0, 12.0, 30.0, 28.0]).expand(n_train, batch, 4)
+    proposals = torch.tensor([8.0, 10.0, 32.0, 30.0]).expand(n_test, batch, props, 4)
+    with torch.no_grad():
+        scores, iou = model(
+            torch.randn(n_train, batch, 3, crop, crop), torch.randn(n_test, batch, 3, crop, crop), train_bb, proposals
+        )
+    assert len(scores) == 3  # optim_iter + 1 filter iterates
+    side = crop // 16 + 1  # even filter (4) adds one cell
+    assert all(s.shape == (n_test, batch, side, side) for s in scores)
+    assert iou.shape == (n_test, batch, props)
+
+
+def test_odd_filter_score_size():
+    model = build_dimpnet("tiny", filter_size=3, optim_iter=1).eval()
+    with torch.no_grad():
+        scores, _ = model(
+            torch.randn(1, 2, 3, 64, 64),
+            torch.randn(1, 2, 3, 64, 64),
+            torch.tensor([10.0, 12.0, 30.0, 28.0]).expand(1, 2, 4),
+            torch.tensor([8.0, 10.0, 32.0, 30.0]).expand(1, 2, 3, 4),
+        )
+    assert scores[0].shape == (1, 2, 4, 4)
+
+
+def test_state_dict_keys_follow_pytracking(tiny_state):
+    keys = set(tiny_state)
+    prefixes = ("feature_extractor.", "classifier.", "bb_regressor.")
+    assert all(k.startswith(prefixes) for k in keys)
+    for prefix in prefixes:
+        assert any(k.startswith(prefix) for k in keys)
+    for expected in (
+        "feature_extractor.conv1.weight",
+        "feature_extractor.bn1.running_mean",
+        "feature_extractor.layer3.0.conv1.weight",
+        "classifier.feature_extractor.0.weight",
+        "classifier.filter_initializer.filter_conv.weight",
+        "classifier.filter_initializer.filter_conv.bias",
+        "classifier.filter_optimizer.log_step_length",
+        "classifier.filter_optimizer.filter_reg",
+        "classifier.filter_optimizer.label_map_predictor.weight",
+        "classifier.filter_optimizer.target_mask_predictor.0.weight",
+        "classifier.filter_optimizer.spatial_weight_predictor.weight",
+        "bb_regressor.conv3_1r.0.weight",
+        "bb_regressor.conv3_1r.1.running_var",
+        "bb_regressor.fc34_4r.0.bias",
+        "bb_regressor.fc3_rt.linear.weight",
+        "bb_regressor.fc4_rt.bn.running_mean",
+        "bb_regressor.iou_predictor.weight",
+    ):
+        assert expected in keys, expected
+    assert not any(k.startswith("feature_extractor.layer4.") for k in keys)  # tiny has no layer4
+
+
+def test_resnet50_layout_matches_dimp50():
+    model = build_dimpnet("resnet50")
+    state = model.state_dict()
+    assert state["classifier.feature_extractor.0.weight"].shape == (512, 1024, 3, 3)
+    assert state["classifier.filter_optimizer.label_map_predictor.weight"].shape == (1, 100, 1, 1)
+    assert state["bb_regressor.conv3_1r.0.weight"].shape == (128, 512, 3, 3)
+    assert state["bb_regressor.conv4_1t.0.weight"].shape == (256, 1024, 3, 3)
+    assert state["bb_regressor.fc3_rt.linear.weight"].shape == (256, 256 * 5 * 5)
+    assert "feature_extractor.layer4.2.conv3.weight" in state  # present in pytracking checkpoints
+    assert not any(k.startswith("feature_extractor.fc.") for k in state)
+
+
+def _expected_trained(variant_name: str) -> tuple[str, ...]:
+    variant = VARIANTS[variant_name]
+    prefixes: tuple[str, ...] = ()
+    if variant.train_tcl:
+        prefixes += TCL_PREFIXES[variant.train_tcl]
+    if variant.train_bbe:
+        prefixes += BBE_PREFIXES[variant.train_bbe]
+    return prefixes
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if not VARIANTS[n].is_merge])
+def test_variant_trains_exactly_its_parameters(name, tiny_state):
+    model = fresh_tiny(tiny_state)
+    apply_variant_trainability(model, name)
+    model.train()
+    out = distill_step(model, make_batch(), VARIANTS[name], loss_weight_bbe=1.0)
+    prefixes = _expected_trained(name)
+    if not prefixes:
+        assert not out["loss"].requires_grad
+        assert not any(p.requires_grad for p in model.parameters())
+        return
+    out["loss"].backward()
+    trained = {k for k, p in model.named_parameters() if p.requires_grad}
+    expected = {k for k, _ in model.named_parameters() if k.startswith(prefixes)}
+    assert trained == expected
+    for key, p in model.named_parameters():
+        if key in expected:
+            assert p.grad is not None, key
+        else:
+            assert p.grad is None, key
+    for prefix_group in (TCL_PREFIXES, BBE_PREFIXES):
+        group_keys = {k for k in expected if k.startswith(tuple(p for v in prefix_group.values() for p in v))}
+        if group_keys:
+            params = dict(model.named_parameters())
+            assert sum(float(params[k].grad.abs().sum()) for k in group_keys) > 0
+    groups = parameter_groups(model, name)
+    group_ids = {id(p) for params in groups.values() for p in params}
+    assert group_ids == {id(p) for k, p in model.named_parameters() if k in expected}
+
+
+def test_merge_variant_is_not_trainable(tiny_state):
+    model = fresh_tiny(tiny_state)
+    with pytest.raises(ValueError, match=r"B3.*merge.*B1.*B2"):
+        apply_variant_trainability(model, "B3")
+    with pytest.raises(ValueError, match="allowed"):
+        parameter_groups(model, "Z9")
+
+
+def test_frozen_batchnorm_statistics_do_not_drift(tiny_state):
+    model = fresh_tiny(tiny_state)
+    apply_variant_trainability(model, "B1")
+    model.train()  # must not put frozen BatchNorms back into training mode
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    distill_step(model, make_batch(seed=3), "B1", 1.0)["loss"].backward()
+    after = model.state_dict()
+    backbone_keys = [k for k in before if k.startswith("feature_extractor.")]
+    assert backbone_keys
+    for key in backbone_keys:
+        assert torch.equal(before[key], after[key]), key
+    # Frozen test branch of the IoU-Net: unchanged too; trained reference branch: updated.
+    assert torch.equal(before["bb_regressor.conv3_1t.1.running_mean"], after["bb_regressor.conv3_1t.1.running_mean"])
+    assert not torch.equal(
+        before["bb_regressor.conv3_1r.1.running_mean"], after["bb_regressor.conv3_1r.1.running_mean"]
+    )
+    assert not model.feature_extractor.bn1.training
+    assert model.bb_regressor.conv3_1r[1].training
+
+
+def test_backbone_frozen_forward_builds_no_graph(tiny_state):
+    model = fresh_tiny(tiny_state)
+    apply_variant_trainability(model, "D3")
+    feats = model.extract_backbone_features(torch.randn(2, 3, 64, 64))
+    assert set(feats) == {"layer2", "layer3"}
+    assert feats["layer2"].shape == (2, 128, 8, 8)
+    assert feats["layer3"].shape == (2, 256, 4, 4)
+    assert not feats["layer3"].requires_grad
+
+
+def test_parameter_groups_accept_ddp_like_wrapper(tiny_state):
+    model = fresh_tiny(tiny_state)
+
+    class Wrapper(nn.Module):
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    groups = parameter_groups(Wrapper(model), "B2")
+    assert groups["tcl"] == []
+    assert len(groups["bbe"]) == len(list(model.bb_regressor.iou_predictor.parameters())) + sum(
+        len(list(getattr(model.bb_regressor, m).parameters())) for m in _TEST if m != "iou_predictor"
+    )

@@ -83,6 +83,7 @@ class DataConfig(_Strict):
     boxes: Literal["center"] = "center"
     center_box_fraction: float = Field(0.3, gt=0.0, le=1.0, description="box side / min(H, W)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of pairs held out for validation")
     num_actors: int = Field(1, ge=1, description="Ray Data actors that decode and crop")
     cpus_per_actor: float = Field(0.5, gt=0.0)
 
@@ -103,6 +104,7 @@ class DistillConfig(_Strict):
     epochs: int = Field(50, ge=1)
     samples_per_epoch: int = Field(26000, ge=1)
     batch_size: int = Field(5, ge=1, description="pairs per worker per step")
+    val_samples: int = Field(64, ge=0, description="fixed validation samples scored every epoch (0: none)")
     lr_step: int = Field(15, ge=1, description="epochs between learning-rate decays")
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 0
@@ -140,7 +142,7 @@ class TuneSettings(_Strict):
     loss_weight_bbe: tuple[float, float] = (0.1, 10.0)
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: int = Field(2, ge=2)
-    metric: Literal["loss", "loss_tcl", "loss_bbe"] = "loss"
+    metric: Literal["val_loss", "loss", "loss_tcl", "loss_bbe"] = "val_loss"
     trial_cpus: float = Field(0.1, gt=0.0, description="CPU share of the trial function itself")
 
     @model_validator(mode="after")
@@ -169,6 +171,14 @@ class Config(_Strict):
             raise ValueError(
                 f"distill.samples_per_epoch ({self.distill.samples_per_epoch}) is smaller than one global batch "
                 f"(distill.batch_size {self.distill.batch_size} x scaling.num_workers {self.scaling.num_workers})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_is_consistent(self) -> Config:
+        if self.tune.metric == "val_loss" and not (self.distill.val_samples and self.data.val_fraction):
+            raise ValueError(
+                "tune.metric=val_loss needs a validation split: set distill.val_samples > 0 and data.val_fraction > 0"
             )
         return self
 

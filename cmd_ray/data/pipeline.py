@@ -11,6 +11,7 @@ A pair that cannot be read, decoded or aligned is recorded once in a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from cmd_ray.data.processing import PairMismatchError, align_pair, make_sample
 from cmd_ray.storage import StorageError, read_bytes
 
 logger = logging.getLogger(__name__)
+
+TRAIN_STREAM, VAL_STREAM = 0, 1
 
 # How many other pairs a sample may try before the run gives up: reached only when
 # nearly every pair is unreadable, which is a data problem to report, not to hide.
@@ -71,12 +74,14 @@ class SampleMaker:
         pairs: list[tuple[str, str]],
         data: dict[str, Any],
         seed: int,
+        stream: int,
         endpoint_url: str | None,
         skip_counter: Any,
     ) -> None:
         self._pairs = pairs
         self._data = DataConfig.model_validate(data)
         self._seed = seed
+        self._stream = stream
         self._endpoint_url = endpoint_url
         self._skip_counter = skip_counter
         self._bad: set[int] = set()
@@ -86,7 +91,7 @@ class SampleMaker:
         return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
 
     def _sample(self, index: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self._seed, index])
+        rng = np.random.default_rng([self._seed, self._stream, index])
         for _ in range(MAX_DRAWS_PER_SAMPLE):
             pair_index = int(rng.integers(len(self._pairs)))
             if pair_index in self._bad:
@@ -126,6 +131,49 @@ def list_pairs(cfg: Config) -> list[tuple[str, str]]:
     return listing.pairs
 
 
+def split_pairs(
+    pairs: list[tuple[str, str]], val_fraction: float
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(train, val)``: a pair is held out when the hash of its RGB key falls below ``val_fraction``.
+
+    The split depends on each key alone, so it is stable when pairs are added or removed; a tiny set with
+    ``val_fraction > 0`` holds out at least one pair.
+    """
+
+    def position(pair: tuple[str, str]) -> float:
+        return int.from_bytes(hashlib.sha1(pair[0].encode()).digest()[:8], "big") / 2**64
+
+    val = [pair for pair in pairs if position(pair) < val_fraction]
+    if val_fraction > 0 and not val and len(pairs) > 1:
+        val = [min(pairs, key=position)]  # a tiny set still gets a validation pair
+    held_out = set(val)
+    train = [pair for pair in pairs if pair not in held_out]
+    if not train:
+        raise ValueError(f"data.val_fraction={val_fraction} leaves no training pairs out of {len(pairs)}")
+    return train, val
+
+
+def _samples(
+    cfg: Config, pairs: list[tuple[str, str]], skip_counter: Any, indices: np.ndarray, stream: int
+) -> ray.data.Dataset:
+    # from_numpy keeps the index blocks on the driver: no read tasks competing with training for CPUs.
+    return ray.data.from_numpy(indices).map_batches(
+        SampleMaker,
+        fn_constructor_kwargs={
+            "pairs": pairs,
+            "data": cfg.data.model_dump(mode="json"),
+            "seed": cfg.distill.seed,
+            "stream": stream,
+            "endpoint_url": cfg.storage.s3_endpoint_url,
+            "skip_counter": skip_counter,
+        },
+        batch_size=cfg.distill.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.num_actors),
+        num_cpus=cfg.data.cpus_per_actor,
+    )
+
+
 def training_dataset(
     cfg: Config, pairs: list[tuple[str, str]], skip_counter: Any, start_epoch: int = 0
 ) -> ray.data.Dataset:
@@ -136,19 +184,9 @@ def training_dataset(
     per_epoch = cfg.steps_per_epoch() * cfg.distill.batch_size * cfg.scaling.num_workers
     first = start_epoch * per_epoch
     count = (cfg.distill.epochs - start_epoch) * per_epoch
-    # from_numpy keeps the index blocks on the driver: no read tasks competing with training for CPUs.
-    indices = ray.data.from_numpy(np.arange(first, first + count, dtype=np.int64))
-    return indices.map_batches(
-        SampleMaker,
-        fn_constructor_kwargs={
-            "pairs": pairs,
-            "data": cfg.data.model_dump(mode="json"),
-            "seed": cfg.distill.seed,
-            "endpoint_url": cfg.storage.s3_endpoint_url,
-            "skip_counter": skip_counter,
-        },
-        batch_size=cfg.distill.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.data.num_actors),
-        num_cpus=cfg.data.cpus_per_actor,
-    )
+    return _samples(cfg, pairs, skip_counter, np.arange(first, first + count, dtype=np.int64), TRAIN_STREAM)
+
+
+def validation_dataset(cfg: Config, pairs: list[tuple[str, str]], skip_counter: Any) -> ray.data.Dataset:
+    """The same ``distill.val_samples`` samples of the held-out pairs every epoch (the dataset re-executes)."""
+    return _samples(cfg, pairs, skip_counter, np.arange(cfg.distill.val_samples, dtype=np.int64), VAL_STREAM)

@@ -1,0 +1,130 @@
+"""The ``cmd-ray`` command: synth, distill, tune, registry pull, config show.
+
+Every command takes ``--config FILE`` and trailing dotted overrides
+(``distill.lr_tcl=1e-6``). The config is validated before anything else runs,
+so a wrong key or value fails in a second, naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from cmd_ray.config import ConfigError, dump_config, load_config
+from cmd_ray.data.pairs import EmptyPrefixError
+from cmd_ray.storage import StorageError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmd-ray", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write the synthetic RGB/TIR data set (pairs and sequences)")
+    synth.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
+    _add_config_args(synth)
+
+    distill = commands.add_parser("distill", help="run cross-modal distillation (Ray Train) and register the model")
+    _add_config_args(distill)
+
+    sweep = commands.add_parser("tune", help="Ray Tune sweep over lr_bbe, lr_tcl and lambda")
+    _add_config_args(sweep)
+
+    reg = commands.add_parser("registry", help="MLflow model registry")
+    reg_commands = reg.add_subparsers(dest="registry_command", required=True)
+    pull = reg_commands.add_parser("pull", help="fetch a registered model (models:/NAME@ALIAS) as weights + config")
+    pull.add_argument("model_uri")
+    pull.add_argument("--out", required=True, help="folder for config.yaml and state_dict.pt")
+    pull.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+
+    show = commands.add_parser("config", help="print the resolved config")
+    _add_config_args(show)
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    started = time.perf_counter()
+    summary = write_synthetic_dataset(args.out, cfg.synth, endpoint_url=cfg.storage.s3_endpoint_url)
+    print(f"synthetic data set written to {args.out} in {time.perf_counter() - started:.1f} s")
+    print(summary)
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from cmd_ray.data.pipeline import list_pairs
+    from cmd_ray.train.trainer import run_distillation
+
+    pairs = list_pairs(cfg)
+    started = time.perf_counter()
+    result = run_distillation(cfg, pairs)
+    print(f"\ndistillation finished in {time.perf_counter() - started:.1f} s on {len(pairs)} pairs")
+    if result.history and "teacher_val_loss" in result.history[0]:
+        print(f"  teacher (before distillation): val_loss {result.history[0]['teacher_val_loss']:.4f}")
+    for row in result.history:
+        line = f"  epoch {int(row['epoch'])}: loss {row['loss']:.4f}"
+        line += f" (tcl {row['loss_tcl']:.4f}, bbe {row['loss_bbe']:.4f})"
+        if "val_loss" in row:
+            line += f"  val_loss {row['val_loss']:.4f} (tcl {row['val_loss_tcl']:.4f}, bbe {row['val_loss_bbe']:.4f})"
+        print(line)
+    print(f"skipped pairs: {result.skipped_pairs}")
+    print(f"checkpoint:    {result.checkpoint_path}")
+    print(f"MLflow run:    {result.run_location}")
+    if result.registered:
+        reg = result.registered
+        print(f"registered:    {reg.uri} (version {reg.version})")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from cmd_ray.data.pipeline import list_pairs
+    from cmd_ray.tune import run_sweep
+
+    pairs = list_pairs(cfg)
+    result = run_sweep(cfg, pairs)
+    print(f"\nsweep finished: {len(result.trial_run_ids)} trials")
+    print(f"best trial:    {result.best_trial_id} {cfg.tune.metric}={result.best_metric:.4f} {result.best_params}")
+    print(f"MLflow run:    {result.run_location}")
+    print(f"registered:    {result.registered.uri} (version {result.registered.version})")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from cmd_ray.registry import pull
+
+    model, cfg = pull(args.model_uri, args.out, tracking_uri=args.tracking_uri)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model_uri}: {type(model).__name__} ({params} parameters, backbone {cfg.model.backbone})")
+    print(f"written to {args.out}: config.yaml, state_dict.pt")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    handlers = {"synth": _synth, "distill": _distill, "tune": _tune, "registry": _registry, "config": _config}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, EmptyPrefixError, StorageError) as exc:
+        print(f"cmd-ray: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""MLflow runs: where they are stored, their params, tags and per-epoch metrics.
+
+The embedded default is a local ``sqlite:///…/mlflow.db`` backend store (the
+model registry needs a database) with artifacts in ``mlartifacts/`` beside it;
+``mlflow.tracking_uri`` in the config or ``MLFLOW_TRACKING_URI`` points it at a
+server instead. Values of secret environment variables never reach a param or tag.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from cmd_ray.config import Config
+
+SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+DEFAULT_DB = "mlflow.db"
+
+
+def tracking_uri(cfg: Config) -> str:
+    """The tracking URI in force: config, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///$PWD/mlflow.db``.
+
+    A relative sqlite path is made absolute so that Ray workers, whose working
+    directory differs from the driver's, write to the same database.
+    """
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+def pin_tracking_uri(cfg: Config) -> Config:
+    """``cfg`` with the tracking URI resolved here, on the driver, so every Ray worker uses the same store."""
+    return cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": tracking_uri(cfg)})})
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts beside a local sqlite store; a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///") :]).parent / "mlartifacts")
+    return None
+
+
+def client(cfg: Config) -> MlflowClient:
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(cfg: Config) -> str:
+    mlflow_client = client(cfg)
+    experiment = mlflow_client.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = _artifact_root(tracking_uri(cfg))
+    location = Path(root).as_uri() if root else None
+    return mlflow_client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the contents of secret environment variables replaced by ``***``."""
+    if not isinstance(value, str):
+        return value
+    for name in SECRET_ENV_VARS:
+        secret = os.environ.get(name)
+        if secret and secret in value:
+            value = value.replace(secret, "***")
+    return value
+
+
+def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
+    """Create a run holding the resolved config as params; returns its id (the run is left open)."""
+    mlflow_client = client(cfg)
+    all_tags = {key: str(redact(value)) for key, value in (tags or {}).items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(experiment_id(cfg), run_name=run_name, tags=all_tags)
+    params = [Param(key, str(redact(value))[:6000]) for key, value in cfg.to_flat_dict().items()]
+    for i in range(0, len(params), 100):
+        mlflow_client.log_batch(run.info.run_id, params=params[i : i + 100])
+    return run.info.run_id
+
+
+def log_metrics(cfg: Config, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log numeric metrics at ``step`` (the epoch)."""
+    timestamp = mlflow.utils.time.get_current_time_millis()
+    batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+    client(cfg).log_batch(run_id, metrics=batch)
+
+
+def set_tags(cfg: Config, run_id: str, tags: dict[str, Any]) -> None:
+    client(cfg).log_batch(run_id, tags=[RunTag(key, str(redact(value))) for key, value in tags.items()])
+
+
+def end_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(run_id, status=status)
+
+
+def run_url(cfg: Config, run_id: str) -> str:
+    """Where a person finds the run: the server page, or the local store and id."""
+    uri = tracking_uri(cfg)
+    exp = experiment_id(cfg)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+    return (
+        f"{uri} (experiment {cfg.mlflow.experiment!r}, run {run_id}); browse with: mlflow ui --backend-store-uri {uri}"
+    )

@@ -1,0 +1,167 @@
+"""Ray Tune sweep over lr_bbe, lr_tcl and λ: one trial = one Ray Train distillation run.
+
+Each trial is a Tune function trainable that fits its own ``TorchTrainer``;
+``TuneReportCallback`` forwards every epoch's report so ASHA can stop bad trials
+early. The sweep is one MLflow run; every trial is a run nested under it. At the
+end the best trial's final model is registered with the configured alias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from cmd_ray import mlflow_runs, registry
+from cmd_ray.config import Config
+from cmd_ray.data import pipeline
+from cmd_ray.models.checkpoint import load_training_state
+from cmd_ray.models.dimpnet import build_model
+from cmd_ray.storage import is_s3, resolve
+from cmd_ray.train.trainer import check_trainable, fit
+
+SEARCHED = ("lr_tcl", "lr_bbe", "loss_weight_bbe")
+TRIAL_TAG = "cmd_ray.tune_trial_id"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    sweep_run_id: str
+    trial_run_ids: dict[str, str]
+    best_trial_id: str
+    best_params: dict[str, float]
+    best_metric: float
+    registered: registry.RegisteredModel
+    run_location: str
+
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    """Log-uniform ranges of ``cfg.tune`` for each searched knob."""
+    return {name: tune.loguniform(*getattr(cfg.tune, name)) for name in SEARCHED}
+
+
+def trial_config(base: Config, params: dict[str, float], trial_name: str) -> Config:
+    """The base config with a trial's sampled values and its own run name."""
+    tree = base.model_dump(mode="json")
+    tree["distill"].update({name: float(params[name]) for name in SEARCHED})
+    tree["storage"]["run_name"] = f"{base.storage.run_name}-{trial_name}"
+    return Config.model_validate(tree)
+
+
+def trial_status(trial: ray.tune.Result, epochs: int) -> str:
+    """MLflow status of a finished trial: FAILED on error, KILLED when ASHA stopped it early, else FINISHED."""
+    if trial.error is not None:
+        return "FAILED"
+    if int((trial.metrics or {}).get("training_iteration", 0)) < epochs:
+        return "KILLED"
+    return "FINISHED"
+
+
+def _run_trial(params: dict[str, float], base: dict[str, Any], pairs: list[tuple[str, str]], parent: str) -> None:
+    context = tune.get_context()
+    cfg = trial_config(Config.model_validate(base), params, context.get_trial_name())
+    run_id = mlflow_runs.start_run(
+        cfg,
+        context.get_trial_name(),
+        tags={TRIAL_TAG: context.get_trial_id(), "cmd_ray.job": "tune-trial"},
+        parent_run_id=parent,
+    )
+    status = "FAILED"
+    try:
+        fit(cfg, pairs, run_id, callbacks=[TuneReportCallback()])
+        status = "FINISHED"
+    finally:
+        mlflow_runs.end_run(cfg, run_id, status)
+
+
+def _checkpoint(cfg: Config, path: str) -> ray.train.Checkpoint:
+    filesystem = (
+        resolve(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)[0] if is_s3(cfg.storage.storage_path) else None
+    )
+    return ray.train.Checkpoint(path, filesystem=filesystem)
+
+
+def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepResult:
+    """Run the sweep of ``cfg.tune``; returns the best trial and its registered model."""
+    check_trainable(cfg)
+    if pairs is None:
+        pairs = pipeline.list_pairs(cfg)
+    cfg = mlflow_runs.pin_tracking_uri(cfg)
+    if not ray.is_initialized():
+        ray.init()
+    sweep_run = mlflow_runs.start_run(cfg, f"{cfg.storage.run_name}-sweep", tags={"cmd_ray.job": "tune"})
+    filesystem, storage_path = (
+        resolve(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
+        if is_s3(cfg.storage.storage_path)
+        else (None, resolve(cfg.storage.storage_path)[1])
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), pairs=pairs, parent=sweep_run),
+        {"cpu": cfg.tune.trial_cpus},
+    )
+    metric = cfg.tune.metric
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="min",
+            num_samples=cfg.tune.num_samples,
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=cfg.distill.epochs,
+                grace_period=cfg.tune.grace_period,
+                reduction_factor=cfg.tune.reduction_factor,
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{cfg.storage.run_name}-sweep", storage_path=storage_path, storage_filesystem=filesystem
+        ),
+    )
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        best = grid.get_best_result(metric=metric, mode="min")
+        if best.metrics is None or "checkpoint_path" not in best.metrics:
+            raise RuntimeError(f"no trial of sweep {cfg.storage.run_name} reported a checkpoint")
+        mlflow_client = mlflow_runs.client(cfg)
+        trial_runs = {
+            run.data.tags[TRIAL_TAG]: run.info.run_id
+            for run in mlflow_client.search_runs(
+                [mlflow_runs.experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{sweep_run}'"
+            )
+        }
+        for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
+            trial_id = str((trial.metrics or {}).get("trial_id", ""))
+            if trial_id in trial_runs:
+                mlflow_runs.end_run(cfg, trial_runs[trial_id], trial_status(trial, cfg.distill.epochs))
+        best_trial = str(best.metrics["trial_id"])
+        best_cfg = trial_config(cfg, best.config, best_trial)
+        with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
+            state = load_training_state(directory)
+        model = build_model(best_cfg)
+        model.load_state_dict(state["model"])
+        registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
+        best_params = {name: float(best.config[name]) for name in SEARCHED}
+        mlflow_runs.set_tags(
+            cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}
+        )
+        mlflow_runs.log_metrics(cfg, sweep_run, {f"best_{metric}": float(best.metrics[metric])}, step=0)
+        status = "FINISHED"
+    finally:
+        mlflow_runs.end_run(cfg, sweep_run, status)
+    return SweepResult(
+        sweep_run_id=sweep_run,
+        trial_run_ids=trial_runs,
+        best_trial_id=best_trial,
+        best_params=best_params,
+        best_metric=float(best.metrics[metric]),
+        registered=registered,
+        run_location=mlflow_runs.run_url(cfg, sweep_run),
+    )

@@ -1,0 +1,118 @@
+"""End to end: `ray start --head` with token authentication, `ray job submit` of jobs/distill.py, SUCCEEDED, stop."""
+
+import http.client
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(port: int, head: subprocess.Popen, deadline_s: float = 120.0) -> None:
+    """Block until the dashboard answers HTTP (any status), or fail if the head died or the deadline passed."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start --head exited with {head.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/api/version")
+            conn.getresponse()
+            return
+        except OSError:
+            time.sleep(0.5)  # polling a readiness condition with a deadline, not synchronising on time
+    raise TimeoutError(f"dashboard on port {port} did not answer within {deadline_s} s")
+
+
+def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_file),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("RAY_ADDRESS", None)
+    dashboard = free_port()
+    address = f"http://127.0.0.1:{dashboard}"
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(dashboard, head)
+        unauthenticated = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        refused = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address],
+            env=unauthenticated,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0
+        assert "Unauthorized" in refused.stdout + refused.stderr or "token" in refused.stdout + refused.stderr
+
+        overrides = [
+            *tiny_overrides,
+            f"data.uri={local_pairs}",
+            f"storage.storage_path={tmp_path}/ray_results",
+            "storage.run_name=submitted",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "mlflow.registered_model_name=submitted-tracker",
+        ]
+        submitted = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(ROOT),
+                "--",
+                "python",
+                "jobs/distill.py",
+                "--config",
+                "configs/demo.yaml",
+                *overrides,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = submitted.stdout + submitted.stderr
+        assert submitted.returncode == 0, output[-4000:]
+        assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-4000:]
+        assert "registered:    models:/submitted-tracker@candidate" in output
+    finally:
+        head.terminate()
+        head.wait(timeout=120)

@@ -1,0 +1,50 @@
+"""End to end: a tiny Ray Tune sweep; every trial is a Ray Train run and an MLflow run nested under the sweep."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cmd_ray.config import load_config
+from cmd_ray.tune import run_sweep
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
+    ray_session, local_pairs, tmp_path, tiny_overrides
+):
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides,
+            f"data.uri={local_pairs}",
+            f"storage.storage_path={tmp_path}/ray_results",
+            "storage.run_name=sweep-e2e",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "mlflow.registered_model_name=sweep-tracker",
+            "mlflow.alias=best",
+            "distill.epochs=2",
+            "tune.num_samples=3",
+            "tune.max_concurrent_trials=2",
+        ],
+    )
+
+    result = run_sweep(cfg)
+
+    client = MlflowClient(tracking_uri)
+    children = client.search_runs(
+        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'",
+    )
+    assert len(children) == 3
+    assert {run.info.run_id for run in children} == set(result.trial_run_ids.values())
+    assert all(run.info.status in ("FINISHED", "KILLED") for run in children)
+    for run in children:
+        for name in ("lr_tcl", "lr_bbe", "loss_weight_bbe"):
+            low, high = getattr(cfg.tune, name)
+            assert low <= float(run.data.params[f"distill.{name}"]) <= high
+    version = client.get_model_version_by_alias("sweep-tracker", "best")
+    assert version.run_id == result.trial_run_ids[result.best_trial_id]
+    best_run = client.get_run(version.run_id)
+    losses = [r.data.metrics["loss"] for r in children]
+    assert best_run.data.metrics["loss"] == pytest.approx(min(losses))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import torch
 
 # Set before anything can create a pyarrow S3 filesystem (the AWS SDK reads it once, at initialisation):
 # without it a credential/region lookup off EC2 waits on the instance-metadata endpoint.
@@ -140,3 +141,32 @@ def ray_session(s3_server: S3Server) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def make_random_batch(batch_size: int = 4, crop: int = 64, num_proposals: int = 4, seed: int = 0) -> dict:
+    """A training batch of the pipeline's schema with random images and one fixed box (feature stride 16)."""
+    g = torch.Generator().manual_seed(seed)
+    side = crop // 16 + 1
+    box = torch.tensor([crop * 0.3, crop * 0.35, crop * 0.4, crop * 0.35])
+    cy, cx = (box[1] + box[3] / 2) / 16, (box[0] + box[2] / 2) / 16
+    yy, xx = torch.meshgrid(
+        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
+    )
+    label = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.9**2))
+    return {
+        "rgb_ref": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
+        "tir_ref": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
+        "rgb_test": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
+        "tir_test": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
+        "ref_box": box.expand(batch_size, 4).clone(),
+        "test_box": box.expand(batch_size, 4).clone(),
+        "test_label": label.expand(batch_size, side, side).clone(),
+        "test_proposals": box + torch.randn(batch_size, num_proposals, 4, generator=g) * 3.0,
+        "proposal_iou": torch.rand(batch_size, num_proposals, generator=g),
+    }
+
+
+@pytest.fixture
+def random_batch():
+    """Factory of random training batches: ``random_batch(batch_size=…, crop=…, num_proposals=…, seed=…)``."""
+    return make_random_batch

@@ -14,28 +14,6 @@ from cmd_ray.models.classifier import DiMPSteepestDescentGN, FilterInitializerLi
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_dimpnet
 
 
-def make_batch(batch_size: int = 4, crop: int = 64, num_proposals: int = 4, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    side = crop // 16 + 1
-    box = torch.tensor([crop * 0.3, crop * 0.35, crop * 0.4, crop * 0.35])
-    cy, cx = (box[1] + box[3] / 2) / 16, (box[0] + box[2] / 2) / 16
-    yy, xx = torch.meshgrid(
-        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
-    )
-    label = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.9**2))
-    return {
-        "rgb_ref": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
-        "tir_ref": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
-        "rgb_test": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
-        "tir_test": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
-        "ref_box": box.expand(batch_size, 4).clone(),
-        "test_box": box.expand(batch_size, 4).clone(),
-        "test_label": label.expand(batch_size, side, side).clone(),
-        "test_proposals": box + torch.randn(batch_size, num_proposals, 4, generator=g) * 3.0,
-        "proposal_iou": torch.rand(batch_size, num_proposals, generator=g),
-    }
-
-
 def test_to_network_input_rgb_and_tir():
     rgb = torch.zeros(2, 3, 4, 3, dtype=torch.uint8)
     rgb[..., 0] = 255
@@ -72,8 +50,8 @@ class _Recorder(nn.Module):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_branch_modalities_follow_variant(name):
-    batch = make_batch(batch_size=5)
+def test_branch_modalities_follow_variant(name, random_batch):
+    batch = random_batch(batch_size=5)
     rec = _Recorder()
     out = distill_step(rec, batch, name, loss_weight_bbe=1.0)
     assert set(out) == {"loss", "loss_tcl", "loss_bbe"}
@@ -99,7 +77,7 @@ def test_branch_modalities_follow_variant(name):
         torch.testing.assert_close(test_imgs[0, i], to_network_input(test_src[i : i + 1])[0])
 
 
-def test_tiny_d3_overfits_one_batch():
+def test_tiny_d3_overfits_one_batch(random_batch):
     """Acceptance: the loss of a tiny D3 model on one fixed batch falls by at least half."""
     torch.manual_seed(0)
     model = build_dimpnet("tiny", optim_iter=3)
@@ -107,7 +85,7 @@ def test_tiny_d3_overfits_one_batch():
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    batch = make_batch(batch_size=4, crop=128, num_proposals=8, seed=1)
+    batch = random_batch(batch_size=4, crop=128, num_proposals=8, seed=1)
     losses, bbe_losses = [], []
     for _ in range(40):
         out = distill_step(model, batch, "D3", loss_weight_bbe=1.0)

@@ -10,8 +10,6 @@ from cmd_ray.distill.step import distill_step
 from cmd_ray.distill.variants import VARIANTS
 from cmd_ray.models.dimpnet import DiMPNet, apply_variant_trainability, build_dimpnet, parameter_groups
 
-CROP = 64
-NUM_PROPOSALS = 4
 
 # What each (module, branch) must train, written out independently of the implementation.
 TCL_PREFIXES = {
@@ -26,29 +24,6 @@ BBE_PREFIXES = {
     "test": tuple(f"bb_regressor.{m}." for m in _TEST),
     "both": tuple(f"bb_regressor.{m}." for m in _REF + _TEST),
 }
-
-
-def make_batch(batch_size: int = 4, crop: int = CROP, num_proposals: int = NUM_PROPOSALS, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    side = crop // 16 + 1
-    box = torch.tensor([crop * 0.3, crop * 0.35, crop * 0.4, crop * 0.35])
-    cy, cx = (box[1] + box[3] / 2) / 16, (box[0] + box[2] / 2) / 16
-    yy, xx = torch.meshgrid(
-        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
-    )
-    label = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.9**2))
-    proposals = box + torch.randn(batch_size, num_proposals, 4, generator=g) * 3.0
-    return {
-        "rgb_ref": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
-        "tir_ref": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
-        "rgb_test": torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, generator=g),
-        "tir_test": torch.randint(0, 256, (batch_size, crop, crop), dtype=torch.uint8, generator=g),
-        "ref_box": box.expand(batch_size, 4).clone(),
-        "test_box": box.expand(batch_size, 4).clone(),
-        "test_label": label.expand(batch_size, side, side).clone(),
-        "test_proposals": proposals,
-        "proposal_iou": torch.rand(batch_size, num_proposals, generator=g),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +117,11 @@ def _expected_trained(variant_name: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if not VARIANTS[n].is_merge])
-def test_variant_trains_exactly_its_parameters(name, tiny_state):
+def test_variant_trains_exactly_its_parameters(name, tiny_state, random_batch):
     model = fresh_tiny(tiny_state)
     apply_variant_trainability(model, name)
     model.train()
-    out = distill_step(model, make_batch(), VARIANTS[name], loss_weight_bbe=1.0)
+    out = distill_step(model, random_batch(), VARIANTS[name], loss_weight_bbe=1.0)
     prefixes = _expected_trained(name)
     if not prefixes:
         assert not out["loss"].requires_grad
@@ -179,12 +154,12 @@ def test_merge_variant_is_not_trainable(tiny_state):
         parameter_groups(model, "Z9")
 
 
-def test_frozen_batchnorm_statistics_do_not_drift(tiny_state):
+def test_frozen_batchnorm_statistics_do_not_drift(tiny_state, random_batch):
     model = fresh_tiny(tiny_state)
     apply_variant_trainability(model, "B1")
     model.train()  # must not put frozen BatchNorms back into training mode
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
-    distill_step(model, make_batch(seed=3), "B1", 1.0)["loss"].backward()
+    distill_step(model, random_batch(seed=3), "B1", 1.0)["loss"].backward()
     after = model.state_dict()
     backbone_keys = [k for k in before if k.startswith("feature_extractor.")]
     assert backbone_keys

@@ -10,7 +10,6 @@ from cmd_ray.distill.step import distill_step
 from cmd_ray.distill.variants import VARIANTS
 from cmd_ray.models.dimpnet import DiMPNet, apply_variant_trainability, build_dimpnet, parameter_groups
 
-
 # What each (module, branch) must train, written out independently of the implementation.
 TCL_PREFIXES = {
     "reference": ("classifier.feature_extractor.", "classifier.filter_initializer.", "classifier.filter_optimizer."),

@@ -2,7 +2,8 @@
 
 ``ray job submit --working-dir . -- python jobs/distill.py --config configs/demo.yaml [key=value …]``
 
-Also runs directly (``python jobs/distill.py …``), starting a local Ray cluster when ``RAY_ADDRESS`` is unset.
+Also runs directly (``python jobs/distill.py …``): it joins the cluster that ``RAY_ADDRESS`` (or a running
+``ray start`` on this machine) names, else starts a local one.
 """
 
 import sys

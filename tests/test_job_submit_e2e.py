@@ -4,9 +4,11 @@ import http.client
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +51,9 @@ def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RAY_ADDRESS", None)
+    # Its own temp dir (short: Ray puts unix sockets there) keeps the head's address file out of /tmp/ray, where a
+    # later plain ray.init() would find it and try to join this head after it is gone.
+    ray_temp = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
     dashboard = free_port()
     address = f"http://127.0.0.1:{dashboard}"
     head = subprocess.Popen(
@@ -62,6 +67,7 @@ def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
             "--dashboard-host=127.0.0.1",
             "--num-cpus=4",
             "--disable-usage-stats",
+            f"--temp-dir={ray_temp}",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -116,3 +122,4 @@ def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
     finally:
         head.terminate()
         head.wait(timeout=120)
+        shutil.rmtree(ray_temp, ignore_errors=True)

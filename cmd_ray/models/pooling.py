@@ -1,17 +1,18 @@
 """Box pooling: the one place where the models cut a box out of a feature map.
 
 Both the target classifier (filter initialisation) and the IoU-Net (modulation vectors and
-proposal features) pool through :func:`pool_boxes`. For now it is torchvision's ``roi_align``
-(bilinear sampling, ``aligned=False`` so that feature cell ``k`` sits at image coordinate
-``k / spatial_scale``, the convention of pytracking's precise RoI pooling). ``roi_align`` gives
-no gradient with respect to the boxes; a later change swaps in precise RoI pooling (``prroi.py``)
-behind this same signature.
+proposal features) pool through :func:`pool_boxes`. It is precise RoI pooling (``prroi.py``, the
+PrRoIPool of ATOM/DiMP): per output bin, the exact integral of the bilinear interpolant of the map
+(zero outside it, feature cell ``k`` at image coordinate ``k / spatial_scale``) divided by the bin
+area. It is differentiable with respect to the features and the boxes (the IoU-Net's box
+refinement ascends the predicted IoU along the box gradient).
 """
 
 from __future__ import annotations
 
 import torch
-from torchvision.ops import roi_align
+
+from cmd_ray.models.prroi import prroi_pool2d_per_map
 
 
 def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -47,9 +48,5 @@ def pool_boxes(
             f"boxes must be [N, 4] or [N, K, 4] with N = {feat.shape[0]}, got shape {tuple(boxes_xywh.shape)}"
         )
     num_maps, num_boxes = boxes_xywh.shape[:2]
-    batch_index = torch.arange(num_maps, device=feat.device, dtype=feat.dtype)
-    batch_index = batch_index.reshape(num_maps, 1, 1).expand(num_maps, num_boxes, 1)
-    rois = torch.cat((batch_index, xywh_to_xyxy(boxes_xywh.to(feat.dtype))), dim=2).reshape(-1, 5)
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    return roi_align(feat, rois, output_size, spatial_scale=spatial_scale, sampling_ratio=-1, aligned=False)
+    pooled = prroi_pool2d_per_map(feat, xywh_to_xyxy(boxes_xywh.to(feat.dtype)), output_size, spatial_scale)
+    return pooled.reshape(num_maps * num_boxes, *pooled.shape[2:])

@@ -8,6 +8,7 @@ mean losses with a checkpoint (rank 0 writes it and logs the metrics to MLflow).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from contextlib import nullcontext
@@ -22,10 +23,13 @@ from torch import nn
 
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config
-from cmd_ray.distill.step import distill_step
+from cmd_ray.distill.step import distill_step, loss_options
 from cmd_ray.distill.variants import get_variant
 from cmd_ray.models.backbone import freeze_batchnorm_stats
 from cmd_ray.models.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_into,
     load_state_dict,
     load_training_state,
     restore_rng_state,
@@ -36,6 +40,7 @@ from cmd_ray.models.dimpnet import apply_variant_trainability, build_model, para
 from cmd_ray.storage import read_bytes
 
 LOSS_KEYS = ("loss", "loss_tcl", "loss_bbe")
+logger = logging.getLogger(__name__)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
@@ -50,15 +55,24 @@ def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimize
     return optimizer, scheduler
 
 
-def load_teacher(model: nn.Module, cfg: Config) -> None:
-    """Initialise from ``model.init_checkpoint`` (a cmd-ray state dict or training checkpoint), if set."""
+def load_teacher(model: nn.Module, cfg: Config) -> LoadReport | None:
+    """Initialise from ``model.init_checkpoint`` (cmd-ray weights or a pytracking checkpoint), if set.
+
+    What fits is loaded; missing, unexpected and mis-shaped keys are reported, and a checkpoint that fits
+    nothing at all is an error (it belongs to another network).
+    """
     uri = cfg.model.init_checkpoint
     if not uri:
-        return
+        return None
     with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
         tmp.write(read_bytes(uri, cfg.storage.s3_endpoint_url))
         tmp.flush()
-        model.load_state_dict(load_state_dict(tmp.name))
+        report = load_into(model, load_state_dict(tmp.name))
+    if not report.loaded:
+        raise CheckpointError(f"model.init_checkpoint {uri} has no weights that fit a {cfg.model.preset} network")
+    if not report.ok:
+        logger.warning("teacher %s loaded partially:\n%s", uri, report)
+    return report
 
 
 def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
@@ -73,13 +87,14 @@ def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
 def validate(model: nn.Module, shard: Any, cfg: Config, device: torch.device) -> dict[str, float]:
     """Mean losses over this epoch's pass of the validation shard (all workers), as ``val_*`` keys."""
     variant = get_variant(cfg.distill.variant)
+    options = loss_options(cfg.distill)
     model.eval()
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     count = 0
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=cfg.distill.batch_size, device=device):
             size = len(batch["test_box"])
-            losses = distill_step(model, batch, variant, cfg.distill.loss_weight_bbe)
+            losses = distill_step(model, batch, variant, cfg.distill.loss_weight_bbe, **options)
             for key in LOSS_KEYS:
                 sums[key] += float(losses[key]) * size
             count += size
@@ -98,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     variant = get_variant(cfg.distill.variant)
+    options = loss_options(cfg.distill)
     torch.manual_seed(cfg.distill.seed + rank)
     device = ray.train.torch.get_device()
 
@@ -141,7 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             wait += time.perf_counter() - fetch_start
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
-                losses = distill_step(model, batch, variant, cfg.distill.loss_weight_bbe)
+                losses = distill_step(model, batch, variant, cfg.distill.loss_weight_bbe, **options)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()

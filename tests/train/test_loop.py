@@ -1,0 +1,40 @@
+"""Pieces of the training loop that need no cluster: teacher loading and the optimizer groups."""
+
+import pytest
+import torch
+
+from cmd_ray.config import load_config
+from cmd_ray.models.checkpoint import CheckpointError
+from cmd_ray.models.dimpnet import apply_variant_trainability, build_model
+from cmd_ray.train.loop import build_optimizer, load_teacher
+
+
+def test_teacher_weights_are_loaded_from_the_init_checkpoint(tmp_path):
+    cfg = load_config(None, [f"model.init_checkpoint={tmp_path / 'teacher.pt'}"])
+    torch.manual_seed(1)
+    teacher = build_model(cfg)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    torch.manual_seed(2)
+    student = build_model(cfg)
+    report = load_teacher(student, cfg)
+    assert report is not None and report.ok
+    for name, tensor in student.state_dict().items():
+        assert torch.equal(tensor, teacher.state_dict()[name]), name
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path):
+    cfg = load_config(None, [f"model.init_checkpoint={tmp_path / 'other.pt'}"])
+    torch.save({"something.else.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt"):
+        load_teacher(build_model(cfg), cfg)
+
+
+def test_optimizer_groups_carry_the_configured_learning_rates():
+    cfg = load_config(None, ["distill.variant=D3", "distill.lr_tcl=3e-6", "distill.lr_bbe=4e-5"])
+    model = apply_variant_trainability(build_model(cfg), "D3")
+    optimizer, scheduler = build_optimizer(model, cfg)
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs == {"tcl": pytest.approx(3e-6), "bbe": pytest.approx(4e-5)}
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+    assert scheduler.step_size == cfg.distill.lr_step

@@ -1,4 +1,4 @@
-"""The ``cmd-ray`` command: synth, distill, tune, registry pull, config show.
+"""The ``cmd-ray`` command: synth, distill, tune, registry pull, config show, variants, merge.
 
 Every command takes ``--config FILE`` and trailing dotted overrides
 (``distill.lr_tcl=1e-6``). The config is validated before anything else runs,
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from cmd_ray.config import ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError
+from cmd_ray.distill.variants import VARIANTS, Variant
 from cmd_ray.storage import StorageError
 
 
@@ -46,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the resolved config")
     _add_config_args(show)
+
+    commands.add_parser("variants", help="list the paper's Table 1 variants (one line each)")
+
+    merge = commands.add_parser(
+        "merge", help="variant B3: IoU-Net reference branch of one checkpoint + test branch of another"
+    )
+    merge.add_argument("--reference", required=True, help="checkpoint whose reference branch is kept (B1)")
+    merge.add_argument("--test", required=True, help="checkpoint whose test branch is kept (B2)")
+    merge.add_argument("--out", required=True, help="where the merged checkpoint is written")
     return parser
 
 
@@ -105,7 +115,10 @@ def _registry(args: argparse.Namespace) -> int:
 
     model, cfg = pull(args.model_uri, args.out, tracking_uri=args.tracking_uri)
     params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model_uri}: {type(model).__name__} ({params} parameters, backbone {cfg.model.backbone})")
+    print(
+        f"{args.model_uri}: {type(model).__name__} ({params} parameters, "
+        f"preset {cfg.model.preset}, backbone {cfg.model.backbone})"
+    )
     print(f"written to {args.out}: config.yaml, state_dict.pt")
     return 0
 
@@ -115,10 +128,56 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trains_text(variant: Variant) -> str:
+    if variant.is_merge:
+        return "merge " + "+".join(f"{module}:{branch}<-{src}" for module, branch, src in variant.merge_of)
+    if not variant.trains_anything:
+        return "nothing"
+    return f"tcl:{variant.train_tcl or '-'} bbe:{variant.train_bbe or '-'}"
+
+
+def format_variant(variant: Variant, trains_width: int = 0) -> str:
+    """One line: name, reference/test modality, what is trained (or merged), box method, the paper's rates."""
+    rates = f"lr_tcl={variant.lr_tcl:g} lr_bbe={variant.lr_bbe:g}"
+    return (
+        f"{variant.name}  ref={variant.reference_modality:<3}  test={variant.test_modality:<3}  "
+        f"trains={_trains_text(variant):<{trains_width}}  boxes={variant.box_method:<9}  {rates:<26}  "
+        f"{variant.meaning}"
+    )
+
+
+def _variants(args: argparse.Namespace) -> int:
+    width = max(len(_trains_text(v)) for v in VARIANTS.values())
+    for variant in VARIANTS.values():
+        print(format_variant(variant, width))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from cmd_ray.models.checkpoint import merge_branches  # imported here: cli import must never depend on it
+
+    try:
+        result = merge_branches(args.reference, args.test, args.out)
+    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+        print(f"cmd-ray merge: {exc}", file=sys.stderr)
+        return 2
+    written = args.out if result is None else result
+    print(f"merged (B3): IoU-Net reference branch from {args.reference}, test branch from {args.test} -> {written}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"synth": _synth, "distill": _distill, "tune": _tune, "registry": _registry, "config": _config}
+    handlers = {
+        "synth": _synth,
+        "distill": _distill,
+        "tune": _tune,
+        "registry": _registry,
+        "config": _config,
+        "variants": _variants,
+        "merge": _merge,
+    }
     try:
         return handlers[args.command](args)
     except (ConfigError, EmptyPrefixError, StorageError) as exc:

@@ -18,6 +18,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 VARIANTS = ("A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5")
 VariantName = Literal["A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5"]
 
+PresetName = Literal["tiny", "dimp18", "dimp50", "superdimp", "atom18", "atom50"]
+PRESETS: dict[str, tuple[str, ...]] = {
+    "dimp": ("tiny", "dimp18", "dimp50", "superdimp"),
+    "atom": ("tiny", "atom18", "atom50"),
+}
+"""Network presets allowed per ``model.architecture`` (see :mod:`cmd_ray.models.dimpnet`)."""
+PRESET_BACKBONE = {
+    "tiny": "tiny",
+    "dimp18": "resnet18",
+    "dimp50": "resnet50",
+    "superdimp": "resnet50",
+    "atom18": "resnet18",
+    "atom50": "resnet50",
+}
+
 
 class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names it."""
@@ -50,8 +65,20 @@ class SamplingConfig(_Strict):
     scale_jitter_factor: float = Field(0.25, ge=0.0)
     label_sigma_factor: float = Field(0.25, gt=0.0, description="sigma / target size, in feature cells")
     num_proposals: int = Field(8, ge=1, le=128)
+    proposal_method: Literal["perturb", "gmm"] = Field(
+        "perturb",
+        description="'perturb': ATOM/DiMP jittered boxes above min_proposal_iou (IoU targets); "
+        "'gmm': SuperDiMP boxes from a Gaussian mixture, adding proposal_density and gt_density (KL box loss)",
+    )
     proposal_sigma_factors: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.3])
     min_proposal_iou: float = Field(0.1, ge=0.0, lt=1.0)
+    gmm_proposal_sigma: list[tuple[float, float]] = Field(
+        default_factory=lambda: [(0.05, 0.05), (0.5, 0.5)],
+        description="'gmm': (centre, size) std of each mixture component, relative to the box size / in log size",
+    )
+    gmm_gt_sigma: tuple[float, float] = Field(
+        (0.05, 0.05), description="'gmm': (centre, size) std of the ground-truth box density"
+    )
 
     @model_validator(mode="after")
     def _crop_divides(self) -> SamplingConfig:
@@ -61,6 +88,10 @@ class SamplingConfig(_Strict):
             )
         if not self.proposal_sigma_factors or min(self.proposal_sigma_factors) <= 0:
             raise ValueError("proposal_sigma_factors must be a non-empty list of positive numbers")
+        if not self.gmm_proposal_sigma or min(min(pair) for pair in self.gmm_proposal_sigma) <= 0:
+            raise ValueError("gmm_proposal_sigma must be a non-empty list of positive (centre, size) pairs")
+        if min(self.gmm_gt_sigma) <= 0:
+            raise ValueError("gmm_gt_sigma must be a positive (centre, size) pair")
         return self
 
     @property
@@ -89,9 +120,49 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    architecture: Literal["dimp"] = "dimp"
-    backbone: Literal["tiny", "resnet18", "resnet50"] = "tiny"
+    """The network: ``architecture`` (DiMP or ATOM) and a ``preset`` of its layer sizes and classifier settings.
+
+    Presets (:mod:`cmd_ray.models.dimpnet`): ``dimp`` allows ``tiny``, ``dimp18``, ``dimp50``,
+    ``superdimp``; ``atom`` allows ``tiny``, ``atom18``, ``atom50``. The backbone follows from the
+    preset (:attr:`backbone`).
+    """
+
+    architecture: Literal["dimp", "atom"] = "dimp"
+    preset: PresetName = Field("tiny", description="layer sizes and classifier settings; implies the backbone")
     init_checkpoint: str | None = Field(None, description="teacher weights (URI of a cmd-ray or pytracking file)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_was_renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backbone" in data:
+            raise ValueError(
+                "model.backbone was replaced by model.preset "
+                f"(dimp: {', '.join(PRESETS['dimp'])}; atom: {', '.join(PRESETS['atom'])})"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _preset_fits_architecture(self) -> ModelConfig:
+        if self.preset not in PRESETS[self.architecture]:
+            other = next(arch for arch, names in PRESETS.items() if self.preset in names)
+            raise ValueError(
+                f"model.preset {self.preset!r} is not one of the {self.architecture} presets (it belongs to {other}); "
+                f"allowed for {self.architecture}: {', '.join(PRESETS[self.architecture])}"
+            )
+        return self
+
+    @property
+    def backbone(self) -> str:
+        """The backbone the preset uses: ``"tiny"``, ``"resnet18"`` or ``"resnet50"``."""
+        return PRESET_BACKBONE[self.preset]
+
+
+class TclWeights(_Strict):
+    """Weights of the TCL loss per filter iterate (pytracking: test_init_clf, test_iter_clf, test_clf)."""
+
+    init: float = Field(100.0, ge=0.0, description="score map of the initial filter")
+    iter: float = Field(400.0, ge=0.0, description="shared equally by the intermediate filter iterates")
+    final: float = Field(100.0, ge=0.0, description="score map of the final filter")
 
 
 class DistillConfig(_Strict):
@@ -100,7 +171,21 @@ class DistillConfig(_Strict):
     variant: VariantName = "D3"
     lr_tcl: float = Field(2e-8, gt=0.0)
     lr_bbe: float = Field(1e-7, gt=0.0)
-    loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1")
+    loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1 (SuperDiMP's KL box weight: 0.01)")
+    tcl_loss: Literal["lbhinge", "squared"] = Field(
+        "lbhinge",
+        description="data term of L_TCL: 'lbhinge' (DiMP: squared error, hinged on the background) or 'squared' "
+        "(Eq. 2 as written: plain squared error against the Gaussian label)",
+    )
+    tcl_weights: TclWeights = Field(default_factory=TclWeights)
+    hinge_threshold: float = Field(0.05, description="'lbhinge': label value below which a cell is background")
+    filter_reg_mu: float = Field(0.0, ge=0.0, description="mu of Eq. 2: adds mu * |final filter|^2 to L_TCL")
+    bbe_loss: Literal["mse", "kl"] = Field(
+        "mse",
+        description="data term of L_BBE: 'mse' (Eq. 3: squared error against 2*IoU-1) or 'kl' (SuperDiMP's KL "
+        "box regression; needs data.sampling.proposal_method=gmm)",
+    )
+    bbe_reg_nu: float = Field(0.0, ge=0.0, description="nu of Eq. 3: adds nu * |trained BBE parameters|^2 to L_BBE")
     epochs: int = Field(50, ge=1)
     samples_per_epoch: int = Field(26000, ge=1)
     batch_size: int = Field(5, ge=1, description="pairs per worker per step")
@@ -171,6 +256,26 @@ class Config(_Strict):
             raise ValueError(
                 f"distill.samples_per_epoch ({self.distill.samples_per_epoch}) is smaller than one global batch "
                 f"(distill.batch_size {self.distill.batch_size} x scaling.num_workers {self.scaling.num_workers})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _losses_fit_model_and_data(self) -> Config:
+        from cmd_ray.distill.variants import get_variant
+
+        if self.model.architecture == "atom":
+            variant = get_variant(self.distill.variant)
+            if variant.train_tcl is not None:
+                raise ValueError(
+                    f"distill.variant {variant.name} trains the target classifier (TCL), which model.architecture="
+                    "atom does not have; ATOM runs A1, B1, B2 (and B3 by merging B1 and B2)"
+                )
+            if self.tune.metric == "loss_tcl":
+                raise ValueError("tune.metric=loss_tcl is always 0 for model.architecture=atom")
+        if self.distill.bbe_loss == "kl" and self.data.sampling.proposal_method != "gmm":
+            raise ValueError(
+                "distill.bbe_loss=kl needs proposal densities: set data.sampling.proposal_method=gmm "
+                f"(got {self.data.sampling.proposal_method!r})"
             )
         return self
 

@@ -91,7 +91,7 @@ def s3_server() -> Iterator[S3Server]:
 
 # A tiny distillation run: a few steps of the tiny network, enough for end-to-end tests on 2 cores.
 TINY_OVERRIDES = (
-    "model.backbone=tiny",
+    "model.preset=tiny",
     "distill.samples_per_epoch=32",
     "distill.batch_size=4",
     "distill.epochs=2",

@@ -66,3 +66,73 @@ def test_flat_dict_has_dotted_keys():
     flat = Config().to_flat_dict()
     assert flat["distill.lr_bbe"] == pytest.approx(1e-7)
     assert flat["data.sampling.output_sz"] == 128
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_validates_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+def test_shipped_configs_exist():
+    assert {p.stem for p in CONFIGS} >= {"demo", "cluster", "dimp50", "superdimp", "atom18"}
+
+
+def test_superdimp_config_is_the_released_setting():
+    cfg = load_config(DEMO.parent / "superdimp.yaml")
+    s, d = cfg.data.sampling, cfg.distill
+    assert (cfg.model.architecture, cfg.model.preset, cfg.model.backbone) == ("dimp", "superdimp", "resnet50")
+    assert (s.search_area_factor, s.output_sz, s.feature_stride, s.feature_sz, s.filter_size) == (6.0, 352, 16, 22, 4)
+    assert s.label_sz == 23
+    assert (s.proposal_method, s.num_proposals) == ("gmm", 128)
+    assert s.gmm_proposal_sigma == [(0.05, 0.05), (0.5, 0.5)] and s.gmm_gt_sigma == (0.05, 0.05)
+    assert (d.bbe_loss, d.loss_weight_bbe, d.tcl_loss, d.hinge_threshold) == ("kl", 0.01, "lbhinge", 0.05)
+    assert (d.tcl_weights.init, d.tcl_weights.iter, d.tcl_weights.final) == (100.0, 400.0, 100.0)
+
+
+def test_dimp50_and_atom18_configs():
+    dimp = load_config(DEMO.parent / "dimp50.yaml")
+    assert (dimp.model.preset, dimp.data.sampling.feature_sz, dimp.distill.bbe_loss) == ("dimp50", 18, "mse")
+    atom = load_config(DEMO.parent / "atom18.yaml")
+    assert (atom.model.architecture, atom.model.preset, atom.model.backbone) == ("atom", "atom18", "resnet18")
+    assert atom.distill.variant == "B1" and atom.data.sampling.num_proposals == 16
+
+
+def test_old_backbone_key_points_to_preset(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  architecture: dimp\n  backbone: resnet50\n")
+    with pytest.raises(ConfigError, match=r"model\.backbone was replaced by model\.preset"):
+        load_config(old)
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.backbone'.*preset"):
+        load_config(DEMO, ["model.backbone=tiny"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["model.preset=atom18"], "not one of the dimp presets"),
+        (["model.architecture=atom", "model.preset=superdimp", "distill.variant=B1"], "not one of the atom presets"),
+        (["model.architecture=atom"], "D3 trains the target classifier"),
+        (["model.architecture=atom", "distill.variant=C1"], "C1 trains the target classifier"),
+        (["distill.bbe_loss=kl"], "proposal_method=gmm"),
+        (["distill.tcl_loss=l2"], "distill.tcl_loss"),
+        (["distill.tcl_weights.iter=-1"], "distill.tcl_weights.iter"),
+        (["data.sampling.gmm_proposal_sigma=[[0.05, 0]]"], "gmm_proposal_sigma"),
+    ],
+)
+def test_model_and_loss_choices_are_checked(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(DEMO, overrides)
+
+
+def test_atom_variants_and_kl_with_gmm_are_accepted():
+    for variant in ("A1", "B1", "B2", "B3"):
+        cfg = load_config(DEMO, ["model.architecture=atom", f"distill.variant={variant}"])
+        assert cfg.model.backbone == "tiny"
+    cfg = load_config(DEMO, ["distill.bbe_loss=kl", "data.sampling.proposal_method=gmm"])
+    assert cfg.distill.bbe_loss == "kl"

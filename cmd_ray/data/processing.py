@@ -17,7 +17,9 @@ to each modality (:func:`apply_crop`), so RGB and TIR of a pair are cut
 identically.
 
 Labels and proposals follow pytracking's ``gaussian_label_function`` and
-ATOM's ``perturb_box`` (see :func:`gaussian_label`, :func:`sample_proposals`).
+ATOM's ``perturb_box`` (see :func:`gaussian_label`, :func:`sample_proposals`); with
+``proposal_method="gmm"`` the proposals are SuperDiMP's Gaussian-mixture samples with their
+densities (``sample_box_gmm``, see :func:`sample_gmm_proposals`).
 """
 
 from __future__ import annotations
@@ -317,6 +319,54 @@ def sample_proposals(box: np.ndarray, cfg: SamplingConfig, rng: np.random.Genera
     return proposals, box_iou(proposals, box32)
 
 
+def _gauss_density(x: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Density of ``N(0, std**2)`` at ``x`` (element-wise)."""
+    return np.exp(-0.5 * (x / std) ** 2) / (math.sqrt(2.0 * math.pi) * std)
+
+
+def sample_gmm_proposals(
+    box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """KL box-regression proposals around ``box`` (pytracking's ``sample_box_gmm``, SuperDiMP's setting).
+
+    The box is written in relative coordinates ``r = (cx / w, cy / h, log w, log h)`` (``w, h`` of
+    ``box``). Each of ``cfg.num_proposals`` samples picks a mixture component ``k`` uniformly and
+    draws ``d ~ N(0, diag(s_c, s_c, s_s, s_s)**2)`` with ``(s_c, s_s) = cfg.gmm_proposal_sigma[k]``;
+    the proposal is ``r + d`` mapped back to ``(x, y, w, h)``. Densities are those of ``d`` in the
+    relative coordinates:
+
+    - ``proposal_density = mean_k prod_i N(d_i; 0, std_k,i)`` (the mixture the sample came from);
+    - ``gt_density = prod_i N(d_i; 0, g_i)`` with ``(g_c, g_s) = cfg.gmm_gt_sigma``.
+
+    Args:
+        box: ``(x, y, w, h)`` (crop pixels in a training sample).
+
+    Returns:
+        ``(proposals float32 [P, 4], proposal_density float32 [P], gt_density float32 [P],
+        iou float32 [P])``; ``iou == box_iou(proposals, box)``.
+    """
+    box = _check_box(box)
+    size = box[2:]
+    rel_mean = np.concatenate([(box[:2] + 0.5 * size) / size, np.log(size)])
+    sigma = np.asarray(cfg.gmm_proposal_sigma, dtype=np.float64)  # [K, 2]: (centre, size)
+    std = sigma[:, [0, 0, 1, 1]]  # [K, 4]
+    count = cfg.num_proposals
+    component = rng.integers(len(std), size=count)
+    offset = std[component] * rng.standard_normal((count, 4))  # [P, 4]
+    proposal_density = np.prod(_gauss_density(offset[:, None, :], std[None]), axis=-1).mean(axis=1)
+    gt_std = np.asarray(cfg.gmm_gt_sigma, dtype=np.float64)[[0, 0, 1, 1]]
+    gt_density = np.prod(_gauss_density(offset, gt_std), axis=-1)
+    rel = rel_mean + offset
+    new_size = np.exp(rel[:, 2:])
+    proposals = np.concatenate([rel[:, :2] * size - 0.5 * new_size, new_size], axis=1).astype(np.float32)
+    return (
+        proposals,
+        proposal_density.astype(np.float32),
+        gt_density.astype(np.float32),
+        box_iou(proposals, box.astype(np.float32)),
+    )
+
+
 # --------------------------------------------------------------------------- one training sample
 
 
@@ -340,6 +390,8 @@ def make_sample(
         ``tir_test`` uint8 [S, S], ``ref_box`` float32 [4], ``test_box`` float32 [4]
         (``x, y, w, h`` in crop pixels), ``test_label`` float32 [L, L],
         ``test_proposals`` float32 [P, 4] (crop pixels), ``proposal_iou`` float32 [P].
+        With ``cfg.proposal_method == "gmm"`` the proposals come from :func:`sample_gmm_proposals`
+        and two more keys are added: ``proposal_density`` and ``gt_density``, float32 [P].
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"RGB image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
@@ -351,7 +403,11 @@ def make_sample(
     ref = jittered_crop_geometry(box, cfg, rng)
     test = jittered_crop_geometry(box, cfg, rng)
     test_box = test.box_to_crop(box)
-    proposals, iou = sample_proposals(test_box, cfg, rng)
+    extra: dict[str, np.ndarray] = {}
+    if cfg.proposal_method == "gmm":
+        proposals, extra["proposal_density"], extra["gt_density"], iou = sample_gmm_proposals(test_box, cfg, rng)
+    else:
+        proposals, iou = sample_proposals(test_box, cfg, rng)
     return {
         "rgb_ref": apply_crop(rgb, ref),
         "tir_ref": apply_crop(tir, ref),
@@ -362,4 +418,5 @@ def make_sample(
         "test_label": gaussian_label(test_box, cfg),
         "test_proposals": proposals,
         "proposal_iou": iou,
+        **extra,
     }

@@ -16,6 +16,11 @@ key                dtype / shape       meaning
 ``proposal_iou``   float32 [B, P]      IoU of each proposal with ``test_box``, in [0, 1]
 =================  ==================  ==========================================================
 
+With ``data.sampling.proposal_method=gmm`` the batch also holds ``proposal_density`` and
+``gt_density`` (float32 [B, P]), which the KL box loss (``bbe_loss="kl"``) needs.
+
+The model is a DiMPNet (score maps + IoUs) or an ATOMNet (IoUs only: ``loss_tcl`` is 0).
+
 The variant decides, per sample, whether RGB or TIR feeds each branch (see
 :meth:`cmd_ray.distill.variants.Variant.sample_modalities`). One reference and one test crop per
 sample: ``Ntr = Nte = 1``.
@@ -24,12 +29,21 @@ sample: ``Ntr = Nte = 1``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from cmd_ray.distill.losses import HINGE_THRESHOLD, bbe_loss, tcl_loss, total_loss
+from cmd_ray.distill import losses
+from cmd_ray.distill.losses import HINGE_THRESHOLD
 from cmd_ray.distill.variants import Variant, get_variant
+from cmd_ray.models.dimpnet import ATOMNet, parameter_groups
+
+if TYPE_CHECKING:
+    from cmd_ray.config import DistillConfig
+
+TCL_LOSSES = ("lbhinge", "squared")
+BBE_LOSSES = ("mse", "kl")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,6 +86,19 @@ def _branch_input(rgb: torch.Tensor, tir: torch.Tensor, modalities: Sequence[str
     return torch.where(use_tir, to_network_input(tir), to_network_input(rgb))
 
 
+def loss_options(distill: DistillConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`distill_step` that ``cfg.distill`` sets (everything but λ)."""
+    weights = distill.tcl_weights
+    return {
+        "hinge_threshold": distill.hinge_threshold,
+        "clf_loss_weights": (weights.init, weights.iter, weights.final),
+        "tcl_loss": distill.tcl_loss,
+        "filter_reg_mu": distill.filter_reg_mu,
+        "bbe_loss": distill.bbe_loss,
+        "bbe_reg_nu": distill.bbe_reg_nu,
+    }
+
+
 def distill_step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
@@ -80,8 +107,12 @@ def distill_step(
     *,
     hinge_threshold: float = HINGE_THRESHOLD,
     clf_loss_weights: tuple[float, float, float] = (100.0, 400.0, 100.0),
+    tcl_loss: str = "lbhinge",
+    filter_reg_mu: float = 0.0,
+    bbe_loss: str = "mse",
+    bbe_reg_nu: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Forward one mini-batch through ``model`` (a DiMPNet, possibly DDP-wrapped) and compute Eq. 1.
+    """Forward one mini-batch through ``model`` (a DiMPNet or ATOMNet, possibly DDP-wrapped) and compute Eq. 1.
 
     Args:
         model: the network; its ``requires_grad`` flags decide what receives gradients.
@@ -90,11 +121,25 @@ def distill_step(
         loss_weight_bbe: λ of Eq. 1.
         hinge_threshold: label value below which a cell is background in the TCL hinge.
         clf_loss_weights: weights of the initial, intermediate and final filter iterates.
+        tcl_loss: ``"lbhinge"`` (DiMP's hinge) or ``"squared"`` (plain squared error, Eq. 2).
+        filter_reg_mu: μ of Eq. 2, times ``‖φ‖²`` of the final filter (0: no term, no filter requested).
+        bbe_loss: ``"mse"`` (against ``2·IoU − 1``) or ``"kl"`` (KL regression; needs the batch's
+            ``proposal_density`` and ``gt_density``).
+        bbe_reg_nu: ν of Eq. 3, times ``‖θ‖²`` of the variant's BBE parameters (its ``bbe`` group).
 
     Returns:
-        ``{"loss", "loss_tcl", "loss_bbe"}`` scalars; ``loss`` carries the graph whenever some
-        parameter requires grad.
+        ``{"loss", "loss_tcl", "loss_bbe"}`` scalars (the regularisers are inside ``loss_tcl`` and
+        ``loss_bbe``); ``loss`` carries the graph whenever some parameter requires grad.
     """
+    if tcl_loss not in TCL_LOSSES:
+        raise ValueError(f"unknown tcl_loss {tcl_loss!r}; allowed: {', '.join(TCL_LOSSES)}")
+    if bbe_loss not in BBE_LOSSES:
+        raise ValueError(f"unknown bbe_loss {bbe_loss!r}; allowed: {', '.join(BBE_LOSSES)}")
+    if bbe_loss == "kl" and not {"proposal_density", "gt_density"} <= batch.keys():
+        raise ValueError(
+            "bbe_loss='kl' needs 'proposal_density' and 'gt_density' in the batch: "
+            "sample with data.sampling.proposal_method=gmm"
+        )
     variant = get_variant(variant)
     batch_size = batch["rgb_ref"].shape[0]
     ref_modalities, test_modalities = variant.sample_modalities(batch_size)
@@ -103,9 +148,35 @@ def distill_step(
     train_bb = batch["ref_box"].float().unsqueeze(0)
     proposals = batch["test_proposals"].float().unsqueeze(0)
 
-    scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
+    has_classifier = not isinstance(getattr(model, "module", model), ATOMNet)
+    final_filter = None
+    if not has_classifier:
+        iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
+        l_tcl = iou_pred.new_zeros((), dtype=torch.float32)
+    else:
+        if filter_reg_mu > 0:
+            scores, iou_pred, final_filter = model(train_imgs, test_imgs, train_bb, proposals, return_filter=True)
+        else:
+            scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
+        label = batch["test_label"].unsqueeze(0)
+        weight_init, weight_iter, weight_final = clf_loss_weights
+        if tcl_loss == "squared":
+            l_tcl = losses.squared_tcl_loss(
+                scores, label, weight_init=weight_init, weight_iter=weight_iter, weight_final=weight_final
+            )
+        else:
+            l_tcl = losses.tcl_loss(scores, label, hinge_threshold, weight_init, weight_iter, weight_final)
+        if final_filter is not None:
+            l_tcl = l_tcl + filter_reg_mu * losses.filter_l2(final_filter)
 
-    weight_init, weight_iter, weight_final = clf_loss_weights
-    l_tcl = tcl_loss(scores, batch["test_label"].unsqueeze(0), hinge_threshold, weight_init, weight_iter, weight_final)
-    l_bbe = bbe_loss(iou_pred, batch["proposal_iou"].unsqueeze(0))
-    return {"loss": total_loss(l_tcl, l_bbe, loss_weight_bbe), "loss_tcl": l_tcl, "loss_bbe": l_bbe}
+    if bbe_loss == "kl":
+        l_bbe = losses.kl_regression_loss(
+            iou_pred, batch["proposal_density"].unsqueeze(0), batch["gt_density"].unsqueeze(0), mc_dim=-1
+        )
+    else:
+        l_bbe = losses.bbe_loss(iou_pred, batch["proposal_iou"].unsqueeze(0))
+    if bbe_reg_nu > 0:
+        params = parameter_groups(model, variant)["bbe"]
+        if params:
+            l_bbe = l_bbe + bbe_reg_nu * losses.parameters_l2(params)
+    return {"loss": losses.total_loss(l_tcl, l_bbe, loss_weight_bbe), "loss_tcl": l_tcl, "loss_bbe": l_bbe}

@@ -19,6 +19,7 @@ Tensor layout follows pytracking: features ``[N_images, B_sequences, C, H, W]``,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -186,15 +187,39 @@ def leaky_relu_par_deriv(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (1.0 - a) / 2.0 * torch.sign(x.detach()) + (1.0 + a) / 2.0
 
 
+def bent_ident_par(x: torch.Tensor, a: torch.Tensor, b: float = 1.0) -> torch.Tensor:
+    """Smooth alternative to :func:`leaky_relu_par` (pytracking's ``score_act='bentpar'``).
+
+    ``(1 - a)/2 * (sqrt(x**2 + 4 b**2) - 2 b) + (1 + a)/2 * x``: identity where ``a = 1``, a smooth
+    hinge (``≈ |x|`` for ``|x| >> b``, 0 at ``x = 0``) where ``a = 0``.
+    """
+    return (1.0 - a) / 2.0 * (torch.sqrt(x * x + 4.0 * b * b) - 2.0 * b) + (1.0 + a) / 2.0 * x
+
+
+def bent_ident_par_deriv(x: torch.Tensor, a: torch.Tensor, b: float = 1.0) -> torch.Tensor:
+    """Derivative of :func:`bent_ident_par` with respect to ``x``."""
+    return (1.0 - a) / 2.0 * (x / torch.sqrt(x * x + 4.0 * b * b)) + (1.0 + a) / 2.0
+
+
+SCORE_ACTIVATIONS = ("relu", "bentpar")
+MASK_ACTIVATIONS = ("sigmoid", "linear")
+
+
 class DiMPSteepestDescentGN(nn.Module):
     """DiMP's filter optimizer: ``num_iter`` steepest-descent steps with Gauss–Newton step length.
 
     Objective for filter ``f`` on reference features ``x`` (per sequence):
     ``L(f) = sum_n || v_n * (act(x_n * f, m_n) - y_n) ||^2 + reg * ||f||^2`` where the label ``y``,
     target mask ``m`` and spatial weight ``v`` are predicted from the distance to the target centre,
-    ``act`` is :func:`leaky_relu_par`, ``reg = filter_reg**2`` (at least ``min_filter_reg**2``).
+    ``act`` is the score activation, ``reg = filter_reg**2`` (at least ``min_filter_reg**2``).
     Each step: ``g = dL/df / 2``, ``alpha = |g|^2 / (|J g|^2 + reg |g|^2)``,
     ``f <- f - exp(log_step_length) * alpha * g``.
+
+    Activations (pytracking's options): ``score_act="relu"`` is :func:`leaky_relu_par` (the DiMP
+    paper's, used by DiMP-18/50 and SuperDiMP); ``"bentpar"`` is :func:`bent_ident_par` with
+    ``b = act_param`` (default 1). ``mask_act="sigmoid"`` puts a sigmoid after the mask conv (DiMP,
+    SuperDiMP); ``"linear"`` uses the conv output directly and initialises its weights 0.5 higher.
+    Neither option changes the parameter names.
     """
 
     def __init__(
@@ -210,8 +235,18 @@ class DiMPSteepestDescentGN(nn.Module):
         min_filter_reg: float = 1e-3,
         detach_length: float = float("inf"),
         alpha_eps: float = 0.0,
+        score_act: str = "relu",
+        act_param: float | None = None,
+        mask_act: str = "sigmoid",
     ) -> None:
         super().__init__()
+        if score_act not in SCORE_ACTIVATIONS:
+            raise ValueError(f"unknown score_act {score_act!r}; allowed: {', '.join(SCORE_ACTIVATIONS)}")
+        if mask_act not in MASK_ACTIVATIONS:
+            raise ValueError(f"unknown mask_act {mask_act!r}; allowed: {', '.join(MASK_ACTIVATIONS)}")
+        self.score_act = score_act
+        self.act_param = 1.0 if act_param is None else float(act_param)
+        self.mask_act = mask_act
         self.num_iter = num_iter
         self.feat_stride = feat_stride
         self.min_filter_reg = min_filter_reg
@@ -229,8 +264,12 @@ class DiMPSteepestDescentGN(nn.Module):
             init_gauss = torch.exp(-0.5 * (dist / init_gauss_sigma) ** 2)
         self.label_map_predictor = nn.Conv2d(num_dist_bins, 1, kernel_size=1, bias=False)
         self.label_map_predictor.weight.data = init_gauss - init_gauss.min()
-        self.target_mask_predictor = nn.Sequential(nn.Conv2d(num_dist_bins, 1, kernel_size=1, bias=False), nn.Sigmoid())
-        self.target_mask_predictor[0].weight.data = mask_init_factor * torch.tanh(2.0 - dist)
+        mask_layers: list[nn.Module] = [nn.Conv2d(num_dist_bins, 1, kernel_size=1, bias=False)]
+        if mask_act == "sigmoid":
+            mask_layers.append(nn.Sigmoid())
+        self.target_mask_predictor = nn.Sequential(*mask_layers)
+        init_bias = 0.0 if mask_act == "sigmoid" else 0.5
+        self.target_mask_predictor[0].weight.data = mask_init_factor * torch.tanh(2.0 - dist) + init_bias
         self.spatial_weight_predictor = nn.Conv2d(num_dist_bins, 1, kernel_size=1, bias=False)
         self.spatial_weight_predictor.weight.data.fill_(1.0)
 
@@ -291,8 +330,8 @@ class DiMPSteepestDescentGN(nn.Module):
                 if self.detach_length <= 0 or (i > 0 and i % self.detach_length == 0):
                     weights = weights.detach()
                 scores = apply_filter(feat, weights)
-                scores_act = leaky_relu_par(scores, target_mask)
-                score_mask = leaky_relu_par_deriv(scores, target_mask)
+                scores_act = self.score_activation(scores, target_mask)
+                score_mask = self.score_activation_deriv(scores, target_mask)
                 residuals = sample_weight * (scores_act - label_map)
                 if compute_losses:
                     losses.append(self._objective(residuals, weights, reg_weight, num_seq))
@@ -309,10 +348,22 @@ class DiMPSteepestDescentGN(nn.Module):
                 iterates.append(weights)
 
             if compute_losses:
-                scores_act = leaky_relu_par(apply_filter(feat, weights), target_mask)
+                scores_act = self.score_activation(apply_filter(feat, weights), target_mask)
                 residuals = sample_weight * (scores_act - label_map)
                 losses.append(self._objective(residuals, weights, reg_weight, num_seq))
         return weights, iterates, losses
+
+    def score_activation(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The configured score activation of ``scores`` under target mask ``mask``."""
+        if self.score_act == "bentpar":
+            return bent_ident_par(scores, mask, self.act_param)
+        return leaky_relu_par(scores, mask)
+
+    def score_activation_deriv(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Derivative of :meth:`score_activation` with respect to ``scores``."""
+        if self.score_act == "bentpar":
+            return bent_ident_par_deriv(scores, mask, self.act_param)
+        return leaky_relu_par_deriv(scores, mask)
 
     @staticmethod
     def _objective(
@@ -342,7 +393,7 @@ class LinearFilterClassifier(nn.Module):
         feature_stride: int = 16,
         num_iter: int = 5,
         num_blocks: int = 0,
-        **optimizer_kwargs: float,
+        **optimizer_kwargs: Any,
     ) -> None:
         super().__init__()
         self.filter_size = filter_size
@@ -368,20 +419,25 @@ class LinearFilterClassifier(nn.Module):
         """Filter ``[B, C, f, f]`` on classification features ``[N, B, C, H, W]`` -> scores ``[N, B, L, L]``."""
         return apply_filter(feat, weights)
 
-    def forward(self, train_feat: torch.Tensor, test_feat: torch.Tensor, train_bb: torch.Tensor) -> list[torch.Tensor]:
+    def forward(
+        self, train_feat: torch.Tensor, test_feat: torch.Tensor, train_bb: torch.Tensor, return_filter: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
         """Learn a filter on the reference frames and score the test frames with every iterate.
 
         Args:
             train_feat: backbone features of the reference frames ``[Ntr, B, C_in, H, W]``.
             test_feat: backbone features of the test frames ``[Nte, B, C_in, H, W]``.
             train_bb: reference boxes ``[Ntr, B, 4]``, ``x, y, w, h`` in image pixels.
+            return_filter: also return the final filter (for the ``μ‖φ‖²`` term of Eq. 2).
 
         Returns:
-            ``num_iter + 1`` score maps ``[Nte, B, L, L]``, initial filter first.
+            ``num_iter + 1`` score maps ``[Nte, B, L, L]``, initial filter first; with
+            ``return_filter``, ``(scores, final filter [B, C, f, f])``.
         """
         if train_bb.dim() != 3 or train_feat.dim() != 5 or test_feat.dim() != 5:
             raise ValueError("expected train_feat/test_feat [N, B, C, H, W] and train_bb [N, B, 4]")
         train_feat = self.extract_classification_feat(train_feat)
         test_feat = self.extract_classification_feat(test_feat)
-        _, iterates, _ = self.get_filter(train_feat, train_bb, compute_losses=False)
-        return [self.classify(w, test_feat) for w in iterates]
+        final, iterates, _ = self.get_filter(train_feat, train_bb, compute_losses=False)
+        scores = [self.classify(w, test_feat) for w in iterates]
+        return (scores, final) if return_filter else scores

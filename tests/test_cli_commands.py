@@ -1,0 +1,74 @@
+"""``cmd-ray variants`` and the wiring of ``cmd-ray merge`` (in-process: no Ray, no subprocess)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmd_ray import cli
+from cmd_ray.distill.variants import VARIANTS
+from cmd_ray.models import checkpoint
+
+
+def test_variants_prints_one_line_per_table_row(capsys):
+    assert cli.main(["variants"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10
+    assert [line.split()[0] for line in lines] == list(VARIANTS)
+    rows = dict(zip(VARIANTS, lines, strict=True))
+    assert "ref=tir" in rows["B1"] and "test=rgb" in rows["B1"] and "bbe:reference" in rows["B1"]
+    assert "lr_bbe=1e-06" in rows["B1"] and "lr_tcl=0 " in rows["B1"]
+    assert "ref=mix" in rows["D3"] and "tcl:both bbe:both" in rows["D3"] and "lr_tcl=2e-08 lr_bbe=1e-07" in rows["D3"]
+    assert "merge" in rows["B3"] and "B1" in rows["B3"] and "B2" in rows["B3"]
+    assert "trains=nothing" in rows["A1"]
+    assert "boxes=random" in rows["D4"] and "boxes=detection" in rows["D5"] and "boxes=center" in rows["C1"]
+
+
+def test_merge_calls_merge_branches_with_the_three_paths(monkeypatch, capsys, tmp_path):
+    calls = []
+
+    def fake(reference, test, out):
+        calls.append((reference, test, out))
+        return tmp_path / "merged.pt"
+
+    monkeypatch.setattr(checkpoint, "merge_branches", fake, raising=False)
+    assert cli.main(["merge", "--reference", "b1.pt", "--test", "b2.pt", "--out", "b3.pt"]) == 0
+    assert calls == [("b1.pt", "b2.pt", "b3.pt")]
+    assert str(tmp_path / "merged.pt") in capsys.readouterr().out
+
+
+def test_merge_reports_a_bad_checkpoint(monkeypatch, capsys):
+    def fake(reference, test, out):
+        raise ValueError(f"checkpoint {reference} does not exist")
+
+    monkeypatch.setattr(checkpoint, "merge_branches", fake, raising=False)
+    assert cli.main(["merge", "--reference", "nope.pt", "--test", "b2.pt", "--out", "b3.pt"]) == 2
+    assert "nope.pt does not exist" in capsys.readouterr().err
+
+
+def test_merge_requires_all_three_paths():
+    with pytest.raises(SystemExit):
+        cli.main(["merge", "--reference", "b1.pt", "--out", "b3.pt"])
+
+
+def test_merge_end_to_end_on_tiny_state_dicts(tmp_path, capsys):
+    import torch
+
+    from cmd_ray.models.dimpnet import build_dimpnet
+
+    torch.manual_seed(0)
+    b1, b2 = build_dimpnet("tiny", optim_iter=1).state_dict(), build_dimpnet("tiny", optim_iter=1).state_dict()
+    torch.save(b1, tmp_path / "b1.pt")
+    torch.save(b2, tmp_path / "b2.pt")
+    out = tmp_path / "b3.pt"
+    assert (
+        cli.main(
+            ["merge", "--reference", str(tmp_path / "b1.pt"), "--test", str(tmp_path / "b2.pt"), "--out", str(out)]
+        )
+        == 0
+    )
+    merged = torch.load(out, weights_only=True)
+    assert torch.equal(merged["bb_regressor.conv3_1r.0.weight"], b1["bb_regressor.conv3_1r.0.weight"])
+    assert torch.equal(merged["bb_regressor.conv3_1t.0.weight"], b2["bb_regressor.conv3_1t.0.weight"])
+    assert torch.equal(merged["bb_regressor.iou_predictor.weight"], b2["bb_regressor.iou_predictor.weight"])
+    assert torch.equal(merged["classifier.feature_extractor.0.weight"], b1["classifier.feature_extractor.0.weight"])
+    assert str(out) in capsys.readouterr().out

@@ -73,8 +73,9 @@ def _synth(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from cmd_ray.data.pipeline import list_pairs
-    from cmd_ray.train.trainer import run_distillation
+    from cmd_ray.train.trainer import check_trainable, run_distillation
 
+    check_trainable(cfg)
     pairs = list_pairs(cfg)
     started = time.perf_counter()
     result = run_distillation(cfg, pairs)
@@ -99,8 +100,10 @@ def _distill(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from cmd_ray.data.pipeline import list_pairs
+    from cmd_ray.train.trainer import check_trainable
     from cmd_ray.tune import run_sweep
 
+    check_trainable(cfg)
     pairs = list_pairs(cfg)
     result = run_sweep(cfg, pairs)
     print(f"\nsweep finished: {len(result.trial_run_ids)} trials")

@@ -694,7 +694,7 @@ _FACTORY_BACKBONES: dict[str, str] = {
     "L2dimpnet18": "resnet18",
     "klcedimpnet18": "resnet18",
     "dimpnet50": "resnet50",
-    "klcedimpnet50": "resnet50",  # SuperDiMP
+    "klcedimpnet50": "resnet50",  # PrDiMP-50 (SuperDiMP is built by dimpnet50)
     "atom_resnet18": "resnet18",
     "atom_resnet50": "resnet50",
 }

@@ -116,7 +116,7 @@ def final_model(result: ray.train.Result, cfg: Config) -> Any:
 
 
 def check_trainable(cfg: Config) -> None:
-    """Fail before any cluster work when the variant has nothing to train."""
+    """Fail before any cluster work when the variant cannot be distilled as configured."""
     variant = get_variant(cfg.distill.variant)
     if variant.is_merge:
         parts = ", ".join(f"{module} {branch} branch of {source}" for module, branch, source in variant.merge_of)
@@ -124,6 +124,11 @@ def check_trainable(cfg: Config) -> None:
     if not variant.trains_anything:
         raise ConfigError(
             f"distill.variant={variant.name} trains nothing ({variant.meaning}); pick B1, B2, C1 or D1-D5"
+        )
+    if variant.box_method != cfg.data.boxes:
+        raise ConfigError(
+            f"distill.variant={variant.name} distills on {variant.box_method!r} pseudo boxes but data.boxes is "
+            f"{cfg.data.boxes!r}; set data.boxes={variant.box_method}"
         )
 
 

@@ -38,3 +38,19 @@ def test_optimizer_groups_carry_the_configured_learning_rates():
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
     assert scheduler.step_size == cfg.distill.lr_step
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.variant=A1", "trains nothing"),
+        ("distill.variant=B3", "merged"),
+        ("distill.variant=D4", "data.boxes"),
+    ],
+)
+def test_variants_that_cannot_be_distilled_as_configured_fail_before_ray(override, message):
+    from cmd_ray.config import ConfigError
+    from cmd_ray.train.trainer import check_trainable
+
+    with pytest.raises(ConfigError, match=message):
+        check_trainable(load_config(None, [override]))

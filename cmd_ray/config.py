@@ -130,6 +130,9 @@ class ModelConfig(_Strict):
     architecture: Literal["dimp", "atom"] = "dimp"
     preset: PresetName = Field("tiny", description="layer sizes and classifier settings; implies the backbone")
     init_checkpoint: str | None = Field(None, description="teacher weights (URI of a cmd-ray or pytracking file)")
+    trainable_backbone_layers: list[Literal["conv1", "layer1", "layer2", "layer3"]] = Field(
+        default_factory=list, description="backbone stages to train (default: all frozen, BatchNorm stats too)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +174,7 @@ class DistillConfig(_Strict):
     variant: VariantName = "D3"
     lr_tcl: float = Field(2e-8, gt=0.0)
     lr_bbe: float = Field(1e-7, gt=0.0)
+    lr_backbone: float = Field(1e-7, gt=0.0, description="for model.trainable_backbone_layers, if any")
     loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1 (SuperDiMP's KL box weight: 0.01)")
     tcl_loss: Literal["lbhinge", "squared"] = Field(
         "lbhinge",

@@ -486,8 +486,25 @@ def _bbe_modules(model: TrackerNet, branch: str) -> list[nn.Module]:
     return [getattr(model.bb_regressor, name) for name in names]
 
 
-def parameter_groups(model: nn.Module, variant_name: str | Variant) -> dict[str, list[nn.Parameter]]:
-    """``{"tcl": [...], "bbe": [...]}``: exactly the parameters the variant trains (a list may be empty).
+BACKBONE_STAGES = ("conv1", "layer1", "layer2", "layer3")
+
+
+def _backbone_modules(model: TrackerNet, layers: Sequence[str]) -> list[nn.Module]:
+    unknown = sorted(set(layers) - set(BACKBONE_STAGES))
+    if unknown:
+        raise ValueError(f"trainable backbone layers {unknown} unknown; allowed: {', '.join(BACKBONE_STAGES)}")
+    net = model.feature_extractor
+    stages = {"conv1": [net.conv1, net.bn1], "layer1": [net.layer1], "layer2": [net.layer2], "layer3": [net.layer3]}
+    return [module for layer in layers for module in stages[layer]]
+
+
+def parameter_groups(
+    model: nn.Module, variant_name: str | Variant, trainable_backbone_layers: Sequence[str] = ()
+) -> dict[str, list[nn.Parameter]]:
+    """``{"tcl": [...], "bbe": [...], "backbone": [...]}``: exactly the parameters trained (a list may be empty).
+
+    The backbone is frozen unless ``trainable_backbone_layers`` names stages of it (``conv1`` with its
+    BatchNorm, ``layer1`` … ``layer3``); their parameters form the ``backbone`` group.
 
     TCL ``"reference"``/``"both"``: ``classifier.feature_extractor``, ``filter_initializer``,
     ``filter_optimizer``; TCL ``"test"``: ``classifier.feature_extractor``. BBE ``"reference"``:
@@ -506,10 +523,11 @@ def parameter_groups(model: nn.Module, variant_name: str | Variant) -> dict[str,
             f"variant {variant.name} trains the target classifier (TCL), but ATOM has no target classifier "
             "(only the IoU-Net, BBE); variants for ATOM: A1, B1, B2 (and B3 by merging B1 and B2)"
         )
-    groups: dict[str, list[nn.Parameter]] = {"tcl": [], "bbe": []}
+    groups: dict[str, list[nn.Parameter]] = {"tcl": [], "bbe": [], "backbone": []}
     for key, modules in (
         ("tcl", _tcl_modules(core, variant.train_tcl) if variant.train_tcl else []),
         ("bbe", _bbe_modules(core, variant.train_bbe) if variant.train_bbe else []),
+        ("backbone", _backbone_modules(core, trainable_backbone_layers)),
     ):
         seen: set[int] = set()
         for module in modules:
@@ -520,13 +538,16 @@ def parameter_groups(model: nn.Module, variant_name: str | Variant) -> dict[str,
     return groups
 
 
-def apply_variant_trainability(model: nn.Module, variant_name: str | Variant) -> nn.Module:
-    """Set ``requires_grad`` on exactly the variant's parameters (backbone always frozen); returns ``model``.
+def apply_variant_trainability(
+    model: nn.Module, variant_name: str | Variant, trainable_backbone_layers: Sequence[str] = ()
+) -> nn.Module:
+    """Set ``requires_grad`` on exactly the variant's parameters (plus any trainable backbone stages).
 
-    BatchNorm layers of the frozen parts go to eval mode (and stay there through ``model.train()``).
+    BatchNorm layers of the frozen parts go to eval mode (and stay there through ``model.train()``), so
+    their running statistics stay as loaded; those of trainable stages keep updating. Returns ``model``.
     Raises ``ValueError`` for a merge-only variant (B3) or a TCL variant on ATOM.
     """
-    groups = parameter_groups(model, variant_name)
+    groups = parameter_groups(model, variant_name, trainable_backbone_layers)
     for p in model.parameters():
         p.requires_grad_(False)
     for params in groups.values():

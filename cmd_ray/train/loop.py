@@ -44,9 +44,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
-    """Adam with the variant's groups (``tcl`` at lr_tcl, ``bbe`` at lr_bbe) and StepLR(lr_step, lr_gamma)."""
-    groups = parameter_groups(model, cfg.distill.variant)
-    lrs = {"tcl": cfg.distill.lr_tcl, "bbe": cfg.distill.lr_bbe}
+    """Adam with the trained groups (``tcl`` at lr_tcl, ``bbe`` at lr_bbe, ``backbone`` at lr_backbone), StepLR."""
+    groups = parameter_groups(model, cfg.distill.variant, cfg.model.trainable_backbone_layers)
+    lrs = {"tcl": cfg.distill.lr_tcl, "bbe": cfg.distill.lr_bbe, "backbone": cfg.distill.lr_backbone}
     param_groups = [{"params": params, "lr": lrs[name], "name": name} for name, params in groups.items() if params]
     if not param_groups:
         raise ValueError(f"variant {cfg.distill.variant} trains no parameters")
@@ -119,7 +119,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     model = build_model(cfg)
     load_teacher(model, cfg)
-    apply_variant_trainability(model, cfg.distill.variant)
+    apply_variant_trainability(model, cfg.distill.variant, cfg.model.trainable_backbone_layers)
     optimizer, scheduler = build_optimizer(model, cfg)
 
     start_epoch = 0

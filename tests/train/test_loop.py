@@ -54,3 +54,24 @@ def test_variants_that_cannot_be_distilled_as_configured_fail_before_ray(overrid
 
     with pytest.raises(ConfigError, match=message):
         check_trainable(load_config(None, [override]))
+
+
+def test_trainable_backbone_stages_get_their_own_group_and_keep_other_stats_frozen(random_batch):
+    from cmd_ray.distill.step import distill_step
+    from cmd_ray.distill.variants import get_variant
+
+    cfg = load_config(None, ["model.trainable_backbone_layers=[layer3]", "distill.lr_backbone=5e-6"])
+    model = apply_variant_trainability(build_model(cfg), "D3", cfg.model.trainable_backbone_layers)
+    optimizer, _ = build_optimizer(model, cfg)
+    backbone = next(group for group in optimizer.param_groups if group["name"] == "backbone")
+    assert backbone["lr"] == pytest.approx(5e-6)
+    layer3 = {id(p) for p in model.feature_extractor.layer3.parameters()}
+    assert {id(p) for p in backbone["params"]} == layer3
+    stem_stats = model.feature_extractor.bn1.running_mean.clone()
+    layer3_stats = model.feature_extractor.layer3[0].bn1.running_mean.clone()
+    model.train()
+    distill_step(model, random_batch(crop=128), get_variant("D3"), 1.0)["loss"].backward()
+    assert torch.equal(model.feature_extractor.bn1.running_mean, stem_stats)  # frozen stage: stats as loaded
+    assert not torch.equal(model.feature_extractor.layer3[0].bn1.running_mean, layer3_stats)
+    assert all(p.grad is not None for p in model.feature_extractor.layer3.parameters())
+    assert all(p.grad is None for p in model.feature_extractor.layer2.parameters())

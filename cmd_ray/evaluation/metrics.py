@@ -22,7 +22,7 @@ success curve is all zero.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -194,7 +194,7 @@ class Scores:
 
 
 @dataclass(frozen=True, eq=False)
-class DatasetScores:
+class DatasetScores(Scores):
     """Dataset-level OPE scores of one tracker.
 
     ``success`` / ``precision`` / ``norm_precision`` and the ``*_curve`` arrays average the per-sequence curves of the
@@ -203,16 +203,8 @@ class DatasetScores:
     carrying it. All scores are NaN when no sequence is averaged.
     """
 
-    protocol: str
-    success: float
-    precision: float
-    norm_precision: float
-    success_curve: np.ndarray
-    precision_curve: np.ndarray
-    norm_precision_curve: np.ndarray
-    num_sequences_averaged: int
-    sequences: tuple[str, ...]
-    dropped: tuple[str, ...]
+    protocol: str = "lsotb"
+    dropped: tuple[str, ...] = ()
     per_attribute: dict[str, Scores] = field(default_factory=dict)
 
     @property
@@ -289,15 +281,8 @@ def aggregate(
             per_attribute[a] = _average(curves, carrying, protocol)
 
     return DatasetScores(
+        **{f.name: getattr(total, f.name) for f in fields(Scores)},
         protocol=protocol,
-        success=total.success,
-        precision=total.precision,
-        norm_precision=total.norm_precision,
-        success_curve=total.success_curve,
-        precision_curve=total.precision_curve,
-        norm_precision_curve=total.norm_precision_curve,
-        num_sequences_averaged=total.num_sequences_averaged,
-        sequences=total.sequences,
         dropped=tuple(dropped),
         per_attribute=per_attribute,
     )

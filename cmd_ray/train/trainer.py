@@ -81,8 +81,13 @@ def build_trainer(
     )
 
 
-def fit(cfg: Config, pairs: list[tuple[str, str]], run_id: str, callbacks: Sequence[Any] = ()) -> ray.train.Result:
-    """Fit one distillation run on ``pairs``; metrics go to MLflow run ``run_id`` every epoch."""
+def fit(
+    cfg: Config, pairs: list[tuple[str, str]], run_id: str, callbacks: Sequence[Any] = ()
+) -> tuple[ray.train.Result, pipeline.SkipReport]:
+    """Fit one distillation run on ``pairs``; metrics go to MLflow run ``run_id`` every epoch.
+
+    Returns the Ray Train result and the pairs skipped as unreadable.
+    """
     skip_counter = pipeline.SkipCounter.remote()
     train_pairs, val_pairs = pipeline.split_pairs(pairs, cfg.data.val_fraction)
     datasets = {"train": pipeline.training_dataset(cfg, train_pairs, skip_counter)}
@@ -101,7 +106,7 @@ def fit(cfg: Config, pairs: list[tuple[str, str]], run_id: str, callbacks: Seque
     mlflow_runs.log_metrics(cfg, run_id, {"skipped_pairs_total": report.skipped}, step=cfg.distill.epochs)
     if report.skipped:
         logger.warning("%d pair(s) skipped: %s", report.skipped, "; ".join(report.examples[:5]))
-    return result
+    return result, report
 
 
 def final_model(result: ray.train.Result, cfg: Config) -> Any:
@@ -155,7 +160,7 @@ def run_distillation(cfg: Config, pairs: list[tuple[str, str]] | None = None) ->
     )
     status = "FAILED"
     try:
-        result = fit(cfg, pairs, run_id)
+        result, skipped = fit(cfg, pairs, run_id)
         model = final_model(result, cfg)
         registered = registry.log_and_register(cfg, run_id, model)
         status = "FINISHED"
@@ -168,5 +173,5 @@ def run_distillation(cfg: Config, pairs: list[tuple[str, str]] | None = None) ->
         metrics=dict(result.metrics or {}),
         history=epoch_history(cfg, run_id),
         checkpoint_path=result.checkpoint.path if result.checkpoint else "",
-        skipped_pairs=int(mlflow_runs.client(cfg).get_run(run_id).data.metrics.get("skipped_pairs_total", 0)),
+        skipped_pairs=skipped.skipped,
     )

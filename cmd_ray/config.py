@@ -243,6 +243,18 @@ class TuneSettings(_Strict):
         return self
 
 
+class PretrainConfig(_Strict):
+    """Supervised RGB teacher training on labeled sequences (``jobs/pretrain.py``)."""
+
+
+class TrackerConfig(_Strict):
+    """Online DiMP tracker parameters (:mod:`cmd_ray.tracking`)."""
+
+
+class EvaluationConfig(_Strict):
+    """OPE evaluation on TIR sequences (``jobs/evaluate.py``, :mod:`cmd_ray.evaluation.runner`)."""
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -252,6 +264,9 @@ class Config(_Strict):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     tune: TuneSettings = Field(default_factory=TuneSettings)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _epoch_fits_workers(self) -> Config:

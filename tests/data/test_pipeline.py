@@ -1,12 +1,38 @@
-"""The pure parts of the Ray Data pipeline module (the streaming itself runs in the end-to-end tests)."""
+"""The Ray Data pipeline module: splitting, the sample maker without Ray, and the streams on a local Ray cluster."""
 
+from pathlib import Path
+
+import cv2
+import numpy as np
 import pytest
+import ray
+import torch
+import torchvision
 
-from cmd_ray.data.pipeline import split_pairs
+from cmd_ray import cli
+from cmd_ray.config import SynthConfig, load_config
+from cmd_ray.data.detect import DetectorWeightsError, hog_available
+from cmd_ray.data.images import encode_rgb, encode_tir
+from cmd_ray.data.pairs import PairTable, write_manifest
+from cmd_ray.data.pipeline import (
+    TRAIN_STREAM,
+    SampleMaker,
+    SkipCounter,
+    index_blocks,
+    list_pairs,
+    split_pairs,
+    training_dataset,
+)
+from cmd_ray.data.synthetic import generate_pair, write_synthetic_dataset
+
+TINY_ARCH = "ssdlite320_mobilenet_v3_large"
 
 
 def pairs(n):
     return [(f"s3://b/rgb/{i:05d}.jpg", f"s3://b/tir/{i:05d}.jpg") for i in range(n)]
+
+
+# --------------------------------------------------------------------------- splitting
 
 
 def test_split_is_deterministic_disjoint_and_near_the_fraction():
@@ -32,3 +58,224 @@ def test_tiny_sets_still_get_a_validation_pair_and_zero_disables_it():
 def test_split_that_leaves_nothing_to_train_names_the_setting():
     with pytest.raises(ValueError, match="val_fraction"):
         split_pairs(pairs(1), 0.99)
+
+
+def test_a_pair_table_splits_exactly_like_the_list():
+    table = PairTable.from_pairs(pairs(1000), boxes=[[[i, i, 5, 5]] for i in range(1000)])
+    train, val = split_pairs(table, 0.2)
+    list_train, list_val = split_pairs(pairs(1000), 0.2)
+    assert isinstance(train, PairTable) and train.to_list() == list_train and val.to_list() == list_val
+    first_val = pairs(1000).index(list_val[0])
+    np.testing.assert_array_equal(val.boxes_of(0), [[first_val, first_val, 5, 5]])
+
+
+def test_index_blocks_hold_whole_batches_and_cover_every_index():
+    blocks = index_blocks(np.arange(1000), batch_size=4, num_actors=2)
+    assert all(len(b) == 32 for b in blocks[:-1])  # 8 batches a block
+    np.testing.assert_array_equal(np.concatenate(blocks), np.arange(1000))
+    small = index_blocks(np.arange(24), batch_size=3, num_actors=2)
+    assert len(small) == 8  # a short stream still gives both actors work: a batch a block
+    huge = index_blocks(np.arange(1_300_000), batch_size=5, num_actors=4)  # 50 epochs of the paper's 26 000
+    assert len(huge) <= 2048 and all(len(b) % 5 == 0 for b in huge[:-1])
+
+
+# --------------------------------------------------------------------------- the sample maker, without Ray
+
+
+@pytest.fixture(scope="module")
+def pair_root(tmp_path_factory) -> Path:
+    """Eight synthetic pairs on local disk, plus one corrupt pair and one whose TIR has another aspect ratio."""
+    root = tmp_path_factory.mktemp("pipeline-pairs")
+    write_synthetic_dataset(str(root), SynthConfig(num_pairs=8, num_rgb_sequences=0, num_tir_sequences=0), False)
+    pairs_dir = root / "pairs"
+    (pairs_dir / "rgb" / "900000.jpg").write_bytes(b"not a jpeg")
+    (pairs_dir / "tir" / "900000.jpg").write_bytes(b"not a jpeg either")
+    rgb, _ = generate_pair(np.random.default_rng(5), 160, 128)
+    (pairs_dir / "rgb" / "900001.jpg").write_bytes(encode_rgb(rgb))
+    (pairs_dir / "tir" / "900001.png").write_bytes(encode_tir(np.zeros((100, 100), np.uint8), ".png"))
+    return pairs_dir
+
+
+def data_config(uri: str, *overrides: str):
+    return load_config(None, [f"data.uri={uri}", "data.progress=false", *overrides])
+
+
+def maker_for(cfg, table=None, stream=0) -> SampleMaker:
+    table = list_pairs(cfg) if table is None else table
+    return SampleMaker(table, cfg.data.model_dump(mode="json"), 0, stream, None, None)
+
+
+def test_corrupt_and_mismatched_pairs_are_counted_once_and_skipped(pair_root):
+    cfg = data_config(str(pair_root))
+    table = list_pairs(cfg)
+    assert len(table) == 10
+    maker = maker_for(cfg, table)
+    batch = maker({"data": np.arange(40)})
+    assert len(batch["rgb_ref"]) == 40
+    report = maker.local_report
+    assert report.skipped == 2
+    assert any("900000.jpg" in line and "not a decodable image" in line for line in report.examples)
+    assert any("900001" in line and "aspect ratios differ" in line for line in report.examples)
+    maker({"data": np.arange(40, 80)})
+    assert maker.local_report.skipped == 2  # each bad pair once, never drawn again
+
+
+@pytest.mark.parametrize("method", ["center", "random"])
+def test_samples_are_deterministic_per_seed_and_index(pair_root, method):
+    cfg = data_config(str(pair_root), f"data.boxes={method}")
+    a = maker_for(cfg)({"data": np.array([3, 7, 11])})
+    b = maker_for(cfg)({"data": np.array([3, 7, 11])})
+    s = cfg.data.sampling.output_sz
+    assert a["rgb_ref"].shape == (3, s, s, 3) and a["tir_test"].shape == (3, s, s)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    other = maker_for(cfg, stream=1)({"data": np.array([3, 7, 11])})
+    assert not np.array_equal(other["ref_box"], a["ref_box"])
+
+
+def test_random_regions_are_fixed_per_pair_and_resized_to_the_patch(pair_root):
+    cfg = data_config(str(pair_root), "data.boxes=random", "data.random_boxes_per_pair=3")
+    maker = maker_for(cfg)
+    rgb, tir = maker.load(0)
+    first = maker.boxes(0, rgb, tir)
+    again = maker.boxes(0, rgb, tir)
+    np.testing.assert_array_equal(first.boxes, again.boxes)
+    assert first.boxes.shape == (3, 4) and not first.fallback
+    other_rgb, other_tir = maker.load(1)
+    assert not np.array_equal(maker.boxes(1, other_rgb, other_tir).boxes, first.boxes)
+    np.testing.assert_allclose(first.boxes[:, 2] / 160, first.boxes[:, 3] / 128, rtol=1e-5)  # ~1/6 of each side
+    assert np.all(first.boxes[:, 2] / 160 <= 1.25 / 6 + 1e-6) and np.all(first.boxes[:, 2] / 160 >= 0.8 / 6 - 1e-6)
+
+
+def test_side_by_side_pairs_are_split_and_odd_widths_counted(tmp_path):
+    root = tmp_path / "concat"
+    root.mkdir()
+    for i in range(3):
+        rgb, tir = generate_pair(np.random.default_rng(i), 160, 128)
+        side = np.concatenate([rgb, np.repeat(tir[..., None], 3, axis=2)], axis=1)
+        (root / f"{i:04d}.png").write_bytes(encode_rgb(side, ".png"))
+    (root / "odd.png").write_bytes(encode_rgb(np.zeros((64, 161, 3), np.uint8), ".png"))
+    cfg = data_config(str(root), "data.layout=concatenated")
+    table = list_pairs(cfg)
+    assert table.side_by_side and len(table) == 4
+    maker = maker_for(cfg, table)
+    rgb, tir = maker.load(0)
+    assert rgb.shape == (128, 160, 3) and tir.shape == (128, 160)
+    maker({"data": np.arange(12)})
+    assert maker.local_report.skipped == 1 and "odd.png" in maker.local_report.examples[0]
+
+
+def test_manifest_boxes_are_used_instead_of_detecting(pair_root, tmp_path):
+    table = list_pairs(data_config(str(pair_root))).take(range(8))  # the good pairs
+    boxes = [np.array([[10, 20, 40, 50], [80, 30, 30, 60]], np.float32)] * 7 + [np.zeros((0, 4), np.float32)]
+    write_manifest(str(tmp_path / "m.parquet"), table, boxes)
+    # torchvision weights that do not exist: any attempt to detect would fail
+    cfg = data_config(
+        str(pair_root),
+        "data.layout=manifest",
+        f"data.manifest={tmp_path}/m.parquet",
+        "data.boxes=detection",
+        "data.detector=torchvision",
+        f"data.detector_weights={tmp_path}/missing.pt",
+    )
+    manifest_table = list_pairs(cfg)
+    maker = maker_for(cfg, manifest_table)
+    rgb, tir = maker.load(0)
+    np.testing.assert_array_equal(maker.boxes(0, rgb, tir).boxes, boxes[0])
+    batch = maker({"data": np.arange(24)})
+    assert len(batch["ref_box"]) == 24
+    report = maker.local_report
+    assert report.fallback_boxes == 1 and report.fallback_examples[0].startswith(manifest_table.rgb_uri(7))
+    # the same config without boxes in the table has to detect, and the missing weights say so
+    with pytest.raises(DetectorWeightsError, match=r"missing\.pt cannot be read"):
+        maker_for(cfg, PairTable.from_pairs(manifest_table.to_list()))
+
+
+@pytest.mark.skipif(not hog_available(), reason=f"OpenCV {cv2.__version__} has no HOGDescriptor")
+def test_hog_detection_in_the_maker_counts_each_fallback_once(pair_root):
+    cfg = data_config(str(pair_root), "data.boxes=detection", "data.detector=hog", "data.detector_upscale=2")
+    maker = maker_for(cfg, list_pairs(cfg).take(range(8)))
+    maker({"data": np.arange(16)})
+    maker({"data": np.arange(16)})
+    report = maker.local_report
+    # synthetic 160x128 scenes rarely hold a HOG-sized upright person: most pairs fall back, each counted once
+    assert report.skipped == 0 and report.fallback_boxes == len(set(report.fallback_examples)) <= 8
+
+
+# --------------------------------------------------------------------------- on a local Ray cluster
+
+
+def save_tiny_detector(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(TINY_ARCH, weights=None, weights_backbone=None, num_classes=2)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pair_root):
+    cfg = load_config(
+        None,
+        [
+            f"data.uri={pair_root}",
+            "data.num_actors=2",
+            "data.cpus_per_actor=0.5",
+            "data.object_store_memory_mb=256",
+            "distill.samples_per_epoch=12",
+            "distill.batch_size=3",
+            "distill.epochs=2",
+            "distill.val_samples=5",
+        ],
+    )
+    counter = SkipCounter.remote()
+    table = list_pairs(cfg)
+    train = training_dataset(cfg, table, counter)
+    assert train.context.execution_options.resource_limits.object_store_memory == 256 * 2**20
+    rows = train.take_all()
+    assert len(rows) == 24  # 2 epochs of exactly 12, whatever the 10 pairs
+    # the same samples as the maker computes without Ray, whatever the actor order
+    local = SampleMaker(table, cfg.data, cfg.distill.seed, TRAIN_STREAM, None, None)({"data": np.arange(24)})
+    streamed = sorted(tuple(r["ref_box"]) + tuple(r["test_box"]) for r in rows)
+    assert streamed == sorted(tuple(a) + tuple(b) for a, b in zip(local["ref_box"], local["test_box"], strict=True))
+    report = ray.get(counter.report.remote())
+    assert report.skipped == 2 and report.fallback_boxes == 0 and report.unpaired == 0
+    counter.record_unpaired.remote(3, ["a", "b", "c"])
+    counter.record_fallback.remote("p1")
+    counter.record_fallback.remote("p1")
+    report = ray.get(counter.report.remote())
+    assert report.unpaired == 3 and report.fallback_boxes == 1 and report.fallback_examples == ["p1"]
+
+
+def test_boxes_command_writes_a_manifest_that_training_reads(ray_session, pair_root, tmp_path, capsys):
+    weights = save_tiny_detector(tmp_path / "tiny.pt")
+    out = tmp_path / "boxes.parquet"
+    overrides = [
+        f"data.uri={pair_root}",
+        "data.progress=false",
+        "data.detector=torchvision",
+        f"data.detector_weights={weights}",
+        f"data.detector_arch={TINY_ARCH}",
+        "data.detector_num_classes=2",
+        "data.detector_score_threshold=0.3",
+        "data.max_boxes=3",
+        "data.detect_on_tir=true",
+    ]
+    assert cli.main(["boxes", "--out", str(out), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "boxes of 10 pairs" in printed and "unreadable:   2" in printed and f"data.manifest={out}" in printed
+
+    manifest = ["data.layout=manifest", f"data.manifest={out}", "data.boxes=detection"]
+    manifest_cfg = load_config(None, [*overrides, *manifest])
+    table = list_pairs(manifest_cfg)
+    assert len(table) == 10 and table.boxes is not None
+    found = [table.boxes_of(i) for i in range(len(table))]
+    assert sum(b is None for b in found) == 2  # the unreadable pairs: not computed
+    assert all(len(b) <= 3 for b in found if b is not None) and any(b is not None and len(b) for b in found)
+    for b in found:
+        if b is not None and len(b):
+            assert np.all(b[:, :2] >= 0) and np.all(b[:, 0] + b[:, 2] <= 160 + 1e-3)
+    maker = maker_for(manifest_cfg, table)
+    good = next(i for i, b in enumerate(found) if b is not None and len(b))
+    rgb, tir = maker.load(good)
+    np.testing.assert_array_equal(maker.boxes(good, rgb, tir).boxes, found[good])
+    assert cli.main(["boxes", "--out", str(tmp_path / "boxes.json"), *overrides]) == 2
+    assert "unknown format" in capsys.readouterr().err

@@ -40,13 +40,14 @@ class RegisteredModel:
         return f"models:/{self.name}@{self.alias}"
 
 
-def log_and_register(cfg: Config, run_id: str, model: nn.Module) -> RegisteredModel:
-    """Log ``model`` to run ``run_id``, register it as ``cfg.mlflow.registered_model_name`` and alias the version."""
-    name, alias = cfg.mlflow.registered_model_name, cfg.mlflow.alias
+def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | None = None) -> RegisteredModel:
+    """Log ``model`` to run ``run_id``, register it as ``name`` (default ``cfg.mlflow.registered_model_name``)
+    and point ``cfg.mlflow.alias`` at the new version."""
+    name, alias = name or cfg.mlflow.registered_model_name, cfg.mlflow.alias
     client = mlflow_runs.client(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp, CONFIG_FILE)
-        config_path.write_text(dump_config(cfg))
+        config_path.write_text(mlflow_runs.redact(dump_config(cfg)))  # no secret reaches a logged file
         weights_path = Path(tmp, WEIGHTS_FILE)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
         with mlflow.start_run(run_id=run_id):
@@ -94,6 +95,53 @@ def pull(
             shutil.copy(config_path, out / CONFIG_FILE)
             shutil.copy(weights_path, out / WEIGHTS_FILE)
     return model.eval(), cfg
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A registered version's raw files: ``weights`` (``state_dict.pt`` bytes), its config and producing run."""
+
+    uri: str
+    run_id: str
+    version: str
+    config: Config
+    weights: bytes
+
+
+def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelFiles:
+    """The weights file, config and run id behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+
+    Raises:
+        ValueError: not a ``models:/`` URI, or no such model, version or alias (the message names it).
+    """
+    name, ref = _parse_model_uri(model_uri)
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@") else client.get_model_version(
+            name, ref
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{model_uri}: no such registered model version in {uri} ({exc.message})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=uri))
+        cfg = Config.model_validate(yaml.safe_load(_find(local, CONFIG_FILE, model_uri).read_text()))
+        weights = _find(local, WEIGHTS_FILE, model_uri).read_bytes()
+    return ModelFiles(model_uri, version.run_id, str(version.version), cfg, weights)
+
+
+def _parse_model_uri(model_uri: str) -> tuple[str, str]:
+    """``models:/NAME@ALIAS`` ─▶ ``(NAME, "@ALIAS")``; ``models:/NAME/VERSION`` ─▶ ``(NAME, VERSION)``."""
+    body = model_uri[len("models:/") :] if model_uri.startswith("models:/") else ""
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if name and alias:
+            return name, "@" + alias
+    elif body.count("/") == 1:
+        name, version = body.split("/")
+        if name and version.isdigit():
+            return name, version
+    raise ValueError(f"model URI {model_uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
 def _find(root: Path, file_name: str, model_uri: str) -> Path:

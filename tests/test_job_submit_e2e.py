@@ -93,6 +93,7 @@ def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
             "storage.run_name=submitted",
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             "mlflow.registered_model_name=submitted-tracker",
+            "model.init_checkpoint=null",  # the demo's teacher comes from jobs/pretrain.py, not run here
         ]
         submitted = subprocess.run(
             [

@@ -8,7 +8,7 @@ key                dtype / shape       meaning
 ``rgb_ref``        uint8 [B, S, S, 3]  RGB reference crop
 ``tir_ref``        uint8 [B, S, S]     TIR reference crop (pixel-aligned with ``rgb_ref``)
 ``rgb_test``       uint8 [B, S, S, 3]  RGB test crop
-``tir_test``       uint8 [B, S, S]     TIR test crop
+``tir_test``       uint8 [B, S, S]     TIR test crop (the TIR keys may be absent when no branch sees TIR)
 ``ref_box``        float32 [B, 4]      pseudo box in the reference crop, x, y, w, h px
 ``test_box``       float32 [B, 4]      pseudo box in the test crop (not used by the loss)
 ``test_label``     float32 [B, L, L]   Gaussian label at the pseudo centre of the test crop
@@ -76,10 +76,12 @@ def to_network_input(images: torch.Tensor) -> torch.Tensor:
     return ((x / scale - mean) / std).contiguous()
 
 
-def _branch_input(rgb: torch.Tensor, tir: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-    """Per-sample choice between the RGB and the TIR crop -> ``[B, 3, S, S]``."""
+def _branch_input(rgb: torch.Tensor, tir: torch.Tensor | None, modalities: Sequence[str]) -> torch.Tensor:
+    """Per-sample choice between the RGB and the TIR crop -> ``[B, 3, S, S]`` (``tir`` may be absent for all-RGB)."""
     if all(m == "rgb" for m in modalities):
         return to_network_input(rgb)
+    if tir is None:
+        raise ValueError("the batch has no TIR crops, but the variant feeds TIR to a branch")
     if all(m == "tir" for m in modalities):
         return to_network_input(tir)
     use_tir = torch.tensor([m == "tir" for m in modalities], device=rgb.device).reshape(-1, 1, 1, 1)
@@ -143,8 +145,8 @@ def distill_step(
     variant = get_variant(variant)
     batch_size = batch["rgb_ref"].shape[0]
     ref_modalities, test_modalities = variant.sample_modalities(batch_size)
-    train_imgs = _branch_input(batch["rgb_ref"], batch["tir_ref"], ref_modalities).unsqueeze(0)
-    test_imgs = _branch_input(batch["rgb_test"], batch["tir_test"], test_modalities).unsqueeze(0)
+    train_imgs = _branch_input(batch["rgb_ref"], batch.get("tir_ref"), ref_modalities).unsqueeze(0)
+    test_imgs = _branch_input(batch["rgb_test"], batch.get("tir_test"), test_modalities).unsqueeze(0)
     train_bb = batch["ref_box"].float().unsqueeze(0)
     proposals = batch["test_proposals"].float().unsqueeze(0)
 

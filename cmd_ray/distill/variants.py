@@ -145,3 +145,35 @@ def get_variant(name: str | Variant) -> Variant:
         return VARIANTS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown variant {name!r}; allowed: {', '.join(VARIANTS)}") from None
+
+
+SUPERVISED_DIMP = Variant(
+    "PT",
+    "supervised teacher training on labeled RGB sequences: classifier and IoU-Net, both branches",
+    "rgb",
+    "rgb",
+    "both",
+    "both",
+    "center",
+    lr_tcl=0.0,
+    lr_bbe=0.0,
+)
+"""Not a Table 1 row: ``jobs/pretrain.py`` trains every head module on RGB, as ordinary DiMP training does."""
+
+SUPERVISED_ATOM = Variant(
+    "PT",
+    "supervised teacher training on labeled RGB sequences: IoU-Net, both branches",
+    "rgb",
+    "rgb",
+    None,
+    "both",
+    "center",
+    lr_tcl=0.0,
+    lr_bbe=0.0,
+)
+"""ATOM's supervised training: the IoU-Net only (ATOM has no target classifier to learn offline)."""
+
+
+def supervised_variant(architecture: str) -> Variant:
+    """The training plan of ``jobs/pretrain.py`` for ``model.architecture`` (``dimp`` or ``atom``)."""
+    return SUPERVISED_ATOM if architecture == "atom" else SUPERVISED_DIMP

@@ -1,9 +1,10 @@
-"""``train_loop_per_worker``: one Ray Train worker's distillation loop.
+"""``train_loop_per_worker``: one Ray Train worker's loop, for distillation and for teacher pretraining.
 
-Each worker builds the network, trains exactly the parameters of the variant
-(Adam with one group per module, ``lr_tcl`` and ``lr_bbe``, StepLR), reads its
-shard of the sample stream, and at the end of every epoch reports the global
-mean losses with a checkpoint (rank 0 writes it and logs the metrics to MLflow).
+Each worker builds the network, loads the teacher, trains exactly the parameters of the job's
+:class:`~cmd_ray.train.schedule.Schedule` (Adam with one group per module, StepLR), reads its shard of the
+sample stream, and at the end of every epoch reports the global mean losses with a checkpoint (rank 0 writes
+it and logs the metrics to MLflow). A restarted worker group resumes from the latest checkpoint: model,
+optimizer, scheduler, RNG states and the position in the sample stream (the :class:`EpochCursor`).
 """
 
 from __future__ import annotations
@@ -24,55 +25,29 @@ from torch import nn
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config
 from cmd_ray.distill.step import distill_step, loss_options
-from cmd_ray.distill.variants import get_variant
 from cmd_ray.models.backbone import freeze_batchnorm_stats
-from cmd_ray.models.checkpoint import (
-    CheckpointError,
-    LoadReport,
-    load_into,
-    load_state_dict,
-    load_training_state,
-    restore_rng_state,
-    rng_state,
-    save_training_state,
-)
+from cmd_ray.models.checkpoint import load_training_state, restore_rng_state, rng_state, save_training_state
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model, parameter_groups
-from cmd_ray.storage import read_bytes
+from cmd_ray.train.schedule import Job, Schedule, schedule_for
+from cmd_ray.train.teacher import Teacher, load_teacher_weights
 
 LOSS_KEYS = ("loss", "loss_tcl", "loss_bbe")
 logger = logging.getLogger(__name__)
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
-    """Adam with the trained groups (``tcl`` at lr_tcl, ``bbe`` at lr_bbe, ``backbone`` at lr_backbone), StepLR."""
-    groups = parameter_groups(model, cfg.distill.variant, cfg.model.trainable_backbone_layers)
-    lrs = {"tcl": cfg.distill.lr_tcl, "bbe": cfg.distill.lr_bbe, "backbone": cfg.distill.lr_backbone}
+def build_optimizer(
+    model: nn.Module, cfg: Config, job: Job = "distill"
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+    """Adam with the job's trained groups (``tcl``, ``bbe``, ``backbone``) at their learning rates, and StepLR."""
+    schedule = schedule_for(cfg, job)
+    groups = parameter_groups(model, schedule.variant, schedule.trainable_backbone_layers)
+    lrs = schedule.learning_rates
     param_groups = [{"params": params, "lr": lrs[name], "name": name} for name, params in groups.items() if params]
     if not param_groups:
-        raise ValueError(f"variant {cfg.distill.variant} trains no parameters")
+        raise ValueError(f"{job}: variant {schedule.variant.name} trains no parameters")
     optimizer = torch.optim.Adam(param_groups)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.distill.lr_step, gamma=cfg.distill.lr_gamma)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.lr_step, gamma=schedule.lr_gamma)
     return optimizer, scheduler
-
-
-def load_teacher(model: nn.Module, cfg: Config) -> LoadReport | None:
-    """Initialise from ``model.init_checkpoint`` (cmd-ray weights or a pytracking checkpoint), if set.
-
-    What fits is loaded; missing, unexpected and mis-shaped keys are reported, and a checkpoint that fits
-    nothing at all is an error (it belongs to another network).
-    """
-    uri = cfg.model.init_checkpoint
-    if not uri:
-        return None
-    with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-        tmp.write(read_bytes(uri, cfg.storage.s3_endpoint_url))
-        tmp.flush()
-        report = load_into(model, load_state_dict(tmp.name))
-    if not report.loaded:
-        raise CheckpointError(f"model.init_checkpoint {uri} has no weights that fit a {cfg.model.preset} network")
-    if not report.ok:
-        logger.warning("teacher %s loaded partially:\n%s", uri, report)
-    return report
 
 
 def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
@@ -84,54 +59,75 @@ def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
     return {k: float(totals[i] / max(float(totals[-1]), 1.0)) for i, k in enumerate(keys)}
 
 
-def validate(model: nn.Module, shard: Any, cfg: Config, device: torch.device) -> dict[str, float]:
+def validate(
+    model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, device: torch.device
+) -> dict[str, float]:
     """Mean losses over this epoch's pass of the validation shard (all workers), as ``val_*`` keys."""
-    variant = get_variant(cfg.distill.variant)
     options = loss_options(cfg.distill)
     model.eval()
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     count = 0
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=cfg.distill.batch_size, device=device):
+        for batch in shard.iter_torch_batches(batch_size=schedule.batch_size, device=device):
             size = len(batch["test_box"])
-            losses = distill_step(model, batch, variant, cfg.distill.loss_weight_bbe, **options)
+            losses = distill_step(model, batch, schedule.variant, schedule.loss_weight_bbe, **options)
             for key in LOSS_KEYS:
                 sums[key] += float(losses[key]) * size
             count += size
     return {f"val_{key}": value for key, value in _global_mean(sums, count).items()}
 
 
+def _restore(
+    checkpoint: ray.train.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> int:
+    """Load a training checkpoint into model, optimizer, scheduler and the RNGs; returns the next epoch."""
+    with checkpoint.as_directory() as directory:
+        state = load_training_state(directory)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    return int(state["epoch"]) + 1
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point.
 
-    ``loop_config``: ``config`` (a Config dump), ``mlflow_run_id``, ``skip_counter`` (actor handle) and
-    ``has_val`` (whether a ``val`` dataset was given).
+    ``loop_config``: ``config`` (a Config dump), ``job`` (``distill`` | ``pretrain``), ``mlflow_run_id``,
+    ``teacher`` (a :class:`~cmd_ray.train.teacher.Teacher` or an object ref to one), ``skip_counter`` and
+    ``epoch_cursor`` (actor handles, optional) and ``has_val`` (whether a ``val`` dataset was given).
     """
     cfg = Config.model_validate(loop_config["config"])
+    schedule = schedule_for(cfg, loop_config.get("job", "distill"))
     run_id: str | None = loop_config.get("mlflow_run_id")
     skip_counter = loop_config.get("skip_counter")
+    cursor = loop_config.get("epoch_cursor")
+    teacher = loop_config.get("teacher")
+    if isinstance(teacher, ray.ObjectRef):
+        teacher = ray.get(teacher)
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    variant = get_variant(cfg.distill.variant)
+    variant = schedule.variant
     options = loss_options(cfg.distill)
-    torch.manual_seed(cfg.distill.seed + rank)
+    torch.manual_seed(schedule.seed + rank)
     device = ray.train.torch.get_device()
 
     model = build_model(cfg)
-    load_teacher(model, cfg)
-    apply_variant_trainability(model, cfg.distill.variant, cfg.model.trainable_backbone_layers)
-    optimizer, scheduler = build_optimizer(model, cfg)
+    if isinstance(teacher, Teacher):
+        load_teacher_weights(model, teacher)
+    apply_variant_trainability(model, variant, schedule.trainable_backbone_layers)
+    optimizer, scheduler = build_optimizer(model, cfg, schedule.job)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_training_state(directory)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        start_epoch = int(state["epoch"]) + 1
+        start_epoch = _restore(checkpoint, model, optimizer, scheduler)
+        logger.info("resuming %s at epoch %d from %s", schedule.run_name, start_epoch, checkpoint.path)
+        if rank == 0 and run_id:
+            mlflow_runs.log_metrics(cfg, run_id, {"resumed_at_epoch": start_epoch}, start_epoch)
+    if cursor is not None:
+        # before the first batch is requested: the stream then starts at this epoch's first sample
+        ray.get(cursor.set.remote(start_epoch))
 
     model = ray.train.torch.prepare_model(model)
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -141,11 +137,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
     teacher_metrics: dict[str, float] = {}
     if val_shard is not None and start_epoch == 0:
-        teacher_metrics = {f"teacher_{k}": v for k, v in validate(core, val_shard, cfg, device).items()}
-    batches = iter(shard.iter_torch_batches(batch_size=cfg.distill.batch_size, drop_last=True, device=device))
-    steps = cfg.steps_per_epoch()
+        teacher_metrics = {f"teacher_{k}": v for k, v in validate(core, val_shard, cfg, schedule, device).items()}
+    batches = iter(shard.iter_torch_batches(batch_size=schedule.batch_size, drop_last=True, device=device))
+    steps = schedule.steps_per_epoch(context.get_world_size())
 
-    for epoch in range(start_epoch, cfg.distill.epochs):
+    for epoch in range(start_epoch, schedule.epochs):
         model.train()
         freeze_batchnorm_stats(core)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
@@ -157,7 +153,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             wait += time.perf_counter() - fetch_start
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
-                losses = distill_step(model, batch, variant, cfg.distill.loss_weight_bbe, **options)
+                losses = distill_step(model, batch, variant, schedule.loss_weight_bbe, **options)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
@@ -169,15 +165,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         metrics: dict[str, float] = _global_mean(sums, steps)
         if val_shard is not None:
-            metrics.update(validate(core, val_shard, cfg, device))
+            metrics.update(validate(core, val_shard, cfg, schedule, device))
         if epoch == 0:
             metrics.update(teacher_metrics)
         metrics.update(lrs)
         metrics["epoch"] = epoch
-        metrics["samples_per_s"] = steps * cfg.distill.batch_size * context.get_world_size() / elapsed
+        metrics["samples_per_s"] = steps * schedule.batch_size * context.get_world_size() / elapsed
         metrics["data_wait_s"] = wait
+        metrics["data_wait_fraction"] = wait / elapsed if elapsed > 0 else 0.0
         if skip_counter is not None:
-            metrics["skipped_pairs"] = ray.get(skip_counter.report.remote()).skipped
+            report = ray.get(skip_counter.report.remote())
+            metrics["skipped_pairs"] = report.skipped
+            metrics["fallback_boxes"] = report.fallback_boxes
 
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
@@ -189,8 +188,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch,
+                        "job": schedule.job,
                         "config": cfg.model_dump(mode="json"),
                         "rng": rng_state(),
+                        "mlflow_run_id": run_id,
                     },
                 )
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)

@@ -1,4 +1,4 @@
-"""Pieces of the training loop that need no cluster: teacher loading and the optimizer groups."""
+"""Pieces of the training loop that need no cluster: teacher loading, the optimizer groups, the schedules."""
 
 import pytest
 import torch
@@ -6,7 +6,12 @@ import torch
 from cmd_ray.config import load_config
 from cmd_ray.models.checkpoint import CheckpointError
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model
-from cmd_ray.train.loop import build_optimizer, load_teacher
+from cmd_ray.train.loop import build_optimizer
+from cmd_ray.train.teacher import load_teacher_weights, resolve_teacher
+
+
+def load_teacher(model, cfg):
+    return load_teacher_weights(model, resolve_teacher(cfg))
 
 
 def test_teacher_weights_are_loaded_from_the_init_checkpoint(tmp_path):
@@ -75,3 +80,54 @@ def test_trainable_backbone_stages_get_their_own_group_and_keep_other_stats_froz
     assert not torch.equal(model.feature_extractor.layer3[0].bn1.running_mean, layer3_stats)
     assert all(p.grad is not None for p in model.feature_extractor.layer3.parameters())
     assert all(p.grad is None for p in model.feature_extractor.layer2.parameters())
+
+
+def test_pretraining_trains_every_head_module_and_the_listed_backbone_stages():
+    from cmd_ray.train.schedule import schedule_for
+
+    cfg = load_config(
+        None,
+        ["pretrain.lr_tcl=1e-4", "pretrain.lr_bbe=2e-3", "pretrain.lr_backbone=3e-5",
+         "pretrain.trainable_backbone_layers=[layer2, layer3]"],
+    )
+    schedule = schedule_for(cfg, "pretrain")
+    model = apply_variant_trainability(build_model(cfg), schedule.variant, schedule.trainable_backbone_layers)
+    optimizer, scheduler = build_optimizer(model, cfg, "pretrain")
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs == {"tcl": pytest.approx(1e-4), "bbe": pytest.approx(2e-3), "backbone": pytest.approx(3e-5)}
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    backbone = model.feature_extractor
+    for module in (model.classifier, model.bb_regressor, backbone.layer2, backbone.layer3):
+        assert {id(p) for p in module.parameters()} <= trained
+    assert not {id(p) for p in model.feature_extractor.layer1.parameters()} & trained
+    assert scheduler.gamma == pytest.approx(cfg.pretrain.lr_gamma)
+    assert schedule.steps_per_epoch(2) == cfg.pretrain.samples_per_epoch // (cfg.pretrain.batch_size * 2)
+
+
+def test_the_pretraining_epoch_must_hold_a_global_batch():
+    from cmd_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pretrain\.samples_per_epoch"):
+        load_config(None, ["pretrain.samples_per_epoch=8", "pretrain.batch_size=5", "scaling.num_workers=2"])
+
+
+def test_an_unreadable_init_checkpoint_fails_before_ray_naming_it(tmp_path):
+    from cmd_ray.config import ConfigError
+
+    missing = tmp_path / "nowhere" / "teacher.pt"
+    with pytest.raises(ConfigError, match=r"model\.init_checkpoint .*nowhere"):
+        resolve_teacher(load_config(None, [f"model.init_checkpoint={missing}"]))
+
+
+def test_a_cmd_ray_checkpoint_names_the_run_that_wrote_it(tmp_path):
+    from cmd_ray.models.checkpoint import save_training_state
+
+    cfg = load_config(None)
+    (tmp_path / "epoch_0003").mkdir()
+    save_training_state(tmp_path / "epoch_0003", {"model": build_model(cfg).state_dict(), "mlflow_run_id": "abc123"})
+    teacher = resolve_teacher(load_config(None, [f"model.init_checkpoint={tmp_path / 'epoch_0003'}"]))
+    assert teacher.run_id == "abc123"
+    source = str(tmp_path / "epoch_0003")
+    assert teacher.tags() == {"cmd_ray.teacher_source": source, "cmd_ray.teacher_run_id": "abc123"}
+    student = build_model(cfg)
+    assert load_teacher_weights(student, teacher).ok

@@ -1,0 +1,190 @@
+"""Labeled RGB sequences for supervised teacher training (``jobs/pretrain.py``).
+
+Layout, one folder per sequence (local path or ``s3://`` prefix)::
+
+    <root>/<seq>/img/0001.jpg … NNNN.jpg       frames, numbered 1..T in order
+    <root>/<seq>/groundtruth_rect.txt          T lines ``x,y,w,h`` (commas, tabs or spaces), pixels
+
+A training sample is ordinary DiMP supervision: a reference frame and a test frame of one
+sequence, at most ``max_gap`` frames apart, each cropped around its own jittered true box.
+Frames whose box is missing (``w`` or ``h`` ≤ 0, or NaN) are never drawn.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmd_ray.config import SamplingConfig
+from cmd_ray.data.processing import (
+    apply_crop,
+    gaussian_label,
+    jittered_crop_geometry,
+    sample_gmm_proposals,
+    sample_proposals,
+)
+from cmd_ray.storage import StorageError, iter_files, read_bytes, resolve, to_uri
+
+GROUND_TRUTH_FILE = "groundtruth_rect.txt"
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_SEPARATORS = re.compile(r"[,\t ]+")
+
+
+class SequenceError(ValueError):
+    """A labeled sequence is malformed; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class LabeledSequence:
+    """One labeled sequence.
+
+    Attributes:
+        name: folder name.
+        frames: frame URIs in order (``frames[t]`` is frame ``t + 1``).
+        boxes: ``float64 [T, 4]`` true boxes ``x, y, w, h`` in pixels.
+    """
+
+    name: str
+    frames: tuple[str, ...]
+    boxes: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``bool [T]``: frames with a usable box (finite, positive size)."""
+        return np.all(np.isfinite(self.boxes), axis=1) & (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0)
+
+
+def parse_boxes(text: str, where: str) -> np.ndarray:
+    """``float64 [T, 4]`` from ``x,y,w,h`` lines; blank lines are skipped, a malformed line names ``where:line``."""
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        tokens = _SEPARATORS.split(line.strip())
+        try:
+            if len(tokens) != 4:
+                raise ValueError
+            rows.append([float(t) for t in tokens])
+        except ValueError:
+            raise SequenceError(f"{where}:{lineno}: expected 4 numbers x,y,w,h, got {line!r}") from None
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def list_sequences(root_uri: str, endpoint_url: str | None = None) -> list[LabeledSequence]:
+    """Every labeled sequence below ``root_uri``, sorted by name, from one recursive listing.
+
+    Raises:
+        SequenceError: no sequence found, a frame/ground-truth count mismatch, a malformed line, or a sequence
+            without any usable box — each naming the file.
+        StorageError: the root cannot be listed.
+    """
+    _, root_path = resolve(root_uri, endpoint_url)
+    root_path = root_path.rstrip("/")
+    frames: dict[str, list[tuple[int, str]]] = {}
+    truth: dict[str, str] = {}
+    for path in iter_files(root_uri, endpoint_url):
+        parts = posixpath.relpath(path, root_path).split("/")
+        if len(parts) == 2 and parts[1] == GROUND_TRUTH_FILE:
+            truth[parts[0]] = path
+        elif len(parts) == 3 and parts[1] == "img":
+            stem, ext = posixpath.splitext(parts[2])
+            if ext.lower() in FRAME_EXTENSIONS and stem.isdigit():
+                frames.setdefault(parts[0], []).append((int(stem), path))
+    names = sorted(set(frames) | set(truth))
+    if not names:
+        raise SequenceError(
+            f"no labeled sequences under {root_uri}: expected <seq>/img/0001.jpg … and <seq>/{GROUND_TRUTH_FILE}"
+        )
+    sequences = []
+    for name in names:
+        gt_path = truth.get(name)
+        where = to_uri(root_uri, gt_path) if gt_path else f"{root_uri}/{name}/{GROUND_TRUTH_FILE}"
+        if gt_path is None:
+            raise SequenceError(f"{where} is missing (sequence {name!r} has frames but no ground truth)")
+        if name not in frames:
+            raise SequenceError(f"sequence {name!r} under {root_uri} has {GROUND_TRUTH_FILE} but no img/ frames")
+        try:
+            boxes = parse_boxes(read_bytes(to_uri(root_uri, gt_path), endpoint_url).decode(), where)
+        except (StorageError, UnicodeDecodeError) as exc:
+            raise SequenceError(f"cannot read {where}: {exc}") from exc
+        numbered = sorted(frames[name])
+        if len(numbered) != len(boxes):
+            raise SequenceError(f"{where}: {len(boxes)} boxes for {len(numbered)} frames in {name}/img")
+        sequence = LabeledSequence(name, tuple(to_uri(root_uri, p) for _, p in numbered), boxes)
+        if not sequence.valid.any():
+            raise SequenceError(f"{where}: no frame has a usable box (w, h > 0)")
+        sequences.append(sequence)
+    return sequences
+
+
+def split_sequences(
+    sequences: list[LabeledSequence], val_fraction: float
+) -> tuple[list[LabeledSequence], list[LabeledSequence]]:
+    """``(train, val)`` by whole sequences: every ``k``-th sequence (by name) is held out, ``k = 1/val_fraction``.
+
+    Frames of one sequence are near-duplicates, so holding out frames would leak; with one sequence there is no
+    validation split.
+    """
+    if val_fraction <= 0 or len(sequences) < 2:
+        return list(sequences), []
+    every = max(2, round(1.0 / val_fraction))
+    val = [s for i, s in enumerate(sequences) if i % every == every - 1] or [sequences[-1]]
+    held_out = {s.name for s in val}
+    return [s for s in sequences if s.name not in held_out], val
+
+
+def draw_frame_pair(valid: np.ndarray, max_gap: int, rng: np.random.Generator) -> tuple[int, int]:
+    """``(reference, test)`` frame indices: both with usable boxes, ``|test - reference| <= max_gap``.
+
+    The reference frame is uniform over the usable frames; the test frame uniform over the usable frames within
+    the gap (it may be the reference frame itself when nothing else is in reach).
+    """
+    usable = np.flatnonzero(valid)
+    if not len(usable):
+        raise ValueError("no usable frame")
+    reference = int(usable[rng.integers(len(usable))])
+    near = usable[np.abs(usable - reference) <= max_gap]
+    return reference, int(near[rng.integers(len(near))])
+
+
+def make_frame_pair_sample(
+    ref_image: np.ndarray,
+    ref_box: np.ndarray,
+    test_image: np.ndarray,
+    test_box: np.ndarray,
+    cfg: SamplingConfig,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """One supervised DiMP sample from two RGB frames and their true boxes.
+
+    Args:
+        ref_image, test_image: ``uint8 [H, W, 3]`` RGB frames (sizes may differ).
+        ref_box, test_box: ``x, y, w, h`` in pixels of their frame.
+
+    Returns:
+        The RGB keys of :func:`cmd_ray.data.processing.make_sample` (``rgb_ref``, ``rgb_test`` uint8
+        ``[S, S, 3]``; ``ref_box``, ``test_box`` float32 ``[4]`` in crop pixels; ``test_label`` float32
+        ``[L, L]``; ``test_proposals`` float32 ``[P, 4]``; ``proposal_iou`` float32 ``[P]``; with GMM
+        proposals also ``proposal_density``, ``gt_density``). No TIR keys: the teacher sees RGB only.
+    """
+    ref = jittered_crop_geometry(np.asarray(ref_box, dtype=np.float64), cfg, rng)
+    test = jittered_crop_geometry(np.asarray(test_box, dtype=np.float64), cfg, rng)
+    box_in_test = test.box_to_crop(test_box)
+    extra: dict[str, np.ndarray] = {}
+    if cfg.proposal_method == "gmm":
+        proposals, extra["proposal_density"], extra["gt_density"], iou = sample_gmm_proposals(box_in_test, cfg, rng)
+    else:
+        proposals, iou = sample_proposals(box_in_test, cfg, rng)
+    return {
+        "rgb_ref": apply_crop(ref_image, ref),
+        "rgb_test": apply_crop(test_image, test),
+        "ref_box": ref.box_to_crop(ref_box),
+        "test_box": box_in_test,
+        "test_label": gaussian_label(box_in_test, cfg),
+        "test_proposals": proposals,
+        "proposal_iou": iou,
+        **extra,
+    }

@@ -1,0 +1,28 @@
+"""Online tracking: DiMP's tracker on a DiMPNet, and running trackers over sequences (no Ray here).
+
+``build_tracker(net, cfg.tracker, device)`` gives a :class:`Tracker`; :func:`track_sequence` runs it over a
+sequence's frames from the first box. Parameters: :class:`cmd_ray.config.TrackerConfig`.
+"""
+
+from cmd_ray.tracking.base import Tracker
+from cmd_ray.tracking.dimp import DiMPTracker, build_tracker
+from cmd_ray.tracking.run import (
+    SequenceComparison,
+    TrackResult,
+    compare_with_static_box,
+    static_box_auc,
+    synthetic_tir_sequences,
+    track_sequence,
+)
+
+__all__ = [
+    "DiMPTracker",
+    "SequenceComparison",
+    "TrackResult",
+    "Tracker",
+    "build_tracker",
+    "compare_with_static_box",
+    "static_box_auc",
+    "synthetic_tir_sequences",
+    "track_sequence",
+]

@@ -235,3 +235,26 @@ def read_synthetic(root: Path | str, sequences: Iterable[str] | None = None) -> 
         attributes = parse_named_attributes(att) if att.is_file() else {}
         out.append(_build(name, root / name / "img", root / name / "groundtruth_rect.txt", attributes, digits=None))
     return out
+
+
+BENCHMARKS: tuple[str, ...] = ("synthetic", "lsotb", "ptb")
+"""Benchmark names of :func:`read_benchmark` (``evaluation.benchmark`` in the config)."""
+
+
+def read_benchmark(
+    benchmark: str,
+    root: Path | str,
+    sequences: Iterable[str] | None = None,
+    lsotb_subset: Literal["119", "120"] = "119",
+) -> list[Sequence]:
+    """The sequences of ``benchmark`` (``synthetic``, ``lsotb`` or ``ptb``) under ``root``, sorted by name.
+
+    ``sequences`` picks names explicitly; ``lsotb_subset`` applies to ``lsotb`` only.
+    """
+    if benchmark == "synthetic":
+        return read_synthetic(root, sequences)
+    if benchmark == "lsotb":
+        return read_lsotb_tir(root, lsotb_subset, sequences)
+    if benchmark == "ptb":
+        return read_ptb_tir(root, sequences)
+    raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")

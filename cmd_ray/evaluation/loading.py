@@ -1,0 +1,227 @@
+"""What one evaluation task needs, without Ray: the tracker's network, the tracker, the frames, one tracked sequence.
+
+- :func:`load_network` (driver, once per tracker): ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) from the
+  MLflow registry, or a checkpoint URI (local path or ``s3://``): a cmd-ray checkpoint folder or its
+  ``training_state.pt`` (network rebuilt from the config stored with it), or a state-dict / pytracking weights file
+  (network built from the evaluation config's ``model`` section). Weights that do not fit the network fail here,
+  naming the URI and the keys.
+- :func:`run_sequence` (one task): builds the network from the state dict, builds the tracker, reads and decodes
+  the frames (TIR, ``[H, W]``), tracks (:func:`cmd_ray.tracking.track_sequence`: per-frame seconds of the tracker's
+  calls only, frame 1's being the initialisation) and writes the result files atomically
+  (:func:`cmd_ray.evaluation.results.write_result`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmd_ray import storage
+from cmd_ray.config import Config, TrackerConfig
+from cmd_ray.data.images import decode_tir
+from cmd_ray.evaluation.results import write_result
+from cmd_ray.models.checkpoint import TRAINING_STATE_FILE, load_into, load_state_dict
+from cmd_ray.models.dimpnet import build_model
+
+if TYPE_CHECKING:
+    from cmd_ray.tracking.base import Tracker
+
+log = logging.getLogger(__name__)
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".pth.tar", ".ckpt", ".bin")
+
+
+class ModelLoadError(ValueError):
+    """A tracker's model cannot be loaded or does not fit its network; the message names the URI."""
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedNetwork:
+    """A tracker's weights and the config its network is built from.
+
+    Attributes:
+        state_dict: CPU tensors, ready to ``ray.put``.
+        model_config: the config whose ``model`` (and ``data.sampling``) sections build the network.
+        source: the URI it came from.
+        version: the registry version a ``models:/`` URI resolved to (None for files).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    model_config: Config
+    source: str
+    version: str | None = None
+
+
+def registry_version(uri: str, cfg: Config) -> str:
+    """The version number ``models:/NAME@ALIAS`` points at now (``models:/NAME/VERSION`` gives its own)."""
+    from cmd_ray import mlflow_runs
+
+    m = _MODEL_URI.match(uri)
+    if m is None:
+        raise ModelLoadError(f"model URI {uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+    if m["version"]:
+        return m["version"]
+    try:
+        return str(mlflow_runs.client(cfg).get_model_version_by_alias(m["name"], m["alias"]).version)
+    except Exception as exc:  # MlflowException for an unknown name or alias
+        raise ModelLoadError(f"cannot resolve {uri} in the registry at {mlflow_runs.tracking_uri(cfg)}: {exc}") from exc
+
+
+def build_network(model_config: Config, state_dict: Mapping[str, torch.Tensor], source: str = "") -> nn.Module:
+    """The network of ``model_config`` with ``state_dict`` loaded, in eval mode; every key must fit."""
+    net = build_model(model_config)
+    report = load_into(net, state_dict)
+    if not report.ok:
+        raise ModelLoadError(
+            f"weights of {source or 'the model'} do not fit the {model_config.model.architecture}/"
+            f"{model_config.model.preset} network:\n{report}"
+        )
+    return net.eval()
+
+
+def _is_file_uri(uri: str) -> bool:
+    return uri.rstrip("/").lower().endswith(_WEIGHT_SUFFIXES)
+
+
+def _fetch_local(uri: str, cfg: Config, tmp: Path) -> Path:
+    """A local path for ``uri``: itself, or an s3:// file (a folder's ``training_state.pt``) copied into ``tmp``."""
+    if not storage.is_s3(uri):
+        _, path = storage.resolve(uri)
+        return Path(path)
+    remote = uri.rstrip("/") if _is_file_uri(uri) else storage.join(uri.rstrip("/"), TRAINING_STATE_FILE)
+    local = tmp / Path(remote).name
+    local.write_bytes(storage.read_bytes(remote, cfg.storage.s3_endpoint_url))
+    return local
+
+
+def _stored_config(path: Path) -> Config | None:
+    """The run config a cmd-ray training checkpoint holds (None for a plain state dict or a pytracking file)."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not weights-only loadable: a pytracking file, read by load_state_dict
+        return None
+    if isinstance(raw, Mapping) and isinstance(raw.get("config"), Mapping) and "model" in raw:
+        try:
+            return Config.model_validate(raw["config"])
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: the config stored with the checkpoint is not valid: {exc}") from exc
+    return None
+
+
+def load_network(uri: str, cfg: Config) -> LoadedNetwork:
+    """Load a tracker's network on the driver (see the module docstring for the URIs).
+
+    Raises:
+        ModelLoadError: naming the URI, when it cannot be read or its weights do not fit.
+    """
+    if uri.startswith("models:/"):
+        from cmd_ray import mlflow_runs, registry
+
+        version = registry_version(uri, cfg)
+        try:
+            net, model_cfg = registry.pull(uri, tracking_uri=mlflow_runs.tracking_uri(cfg))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot pull {uri}: {exc}") from exc
+        weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        return LoadedNetwork(weights, model_cfg, uri, version)
+    with tempfile.TemporaryDirectory(prefix="cmd-ray-model-") as tmp:
+        try:
+            path = _fetch_local(uri, cfg, Path(tmp))
+            if path.is_dir():
+                path = path / TRAINING_STATE_FILE
+            if not path.is_file():
+                raise ModelLoadError(f"model {uri}: no such file (a checkpoint folder must hold {TRAINING_STATE_FILE})")
+            model_cfg = _stored_config(path) or cfg
+            weights = load_state_dict(path)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as exc:  # StorageError, CheckpointError
+            raise ModelLoadError(f"cannot load model {uri}: {exc}") from exc
+    build_network(model_cfg, weights, uri)  # fail on the driver, before any task starts
+    return LoadedNetwork(weights, model_cfg, uri, None)
+
+
+def make_tracker(
+    kind: str, net: nn.Module | None = None, params: TrackerConfig | None = None, device: str = "cpu"
+) -> Tracker:
+    """The tracker of an evaluated tracker's ``kind``: ``static`` (baseline) or ``dimp`` (the online DiMP tracker)."""
+    if kind == "static":
+        from cmd_ray.tracking.baselines import StaticBoxTracker
+
+        return StaticBoxTracker()
+    if kind == "dimp":
+        if net is None:
+            raise ValueError("a dimp tracker needs a network")
+        from cmd_ray.tracking import build_tracker
+
+        return build_tracker(net, params if params is not None else TrackerConfig(), device=device)
+    raise ValueError(f"unknown tracker kind {kind!r}; expected 'dimp' or 'static'")
+
+
+def read_frames(paths: Iterable[str | Path]) -> Iterator[np.ndarray]:
+    """Decode each frame as TIR (``[H, W]`` uint8/uint16), lazily, in order."""
+    for p in paths:
+        yield decode_tir(storage.read_bytes(str(p)), str(p))
+
+
+@dataclass(frozen=True)
+class SequenceRun:
+    """What one tracked sequence produced (the result files hold the boxes and times)."""
+
+    tracker: str
+    sequence: str
+    num_frames: int
+    seconds: float
+    result_path: str
+
+
+def run_sequence(
+    *,
+    tracker_name: str,
+    kind: str,
+    sequence: str,
+    frames: list[str],
+    init_box: list[float],
+    out_dir: str,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    model_config: dict[str, Any] | None = None,
+    tracker_params: dict[str, Any] | None = None,
+    device: str = "cpu",
+    num_threads: int | None = None,
+) -> SequenceRun:
+    """Track one sequence and write ``out_dir/<sequence>.txt`` and ``<sequence>_time.txt`` atomically.
+
+    Args:
+        frames: frame paths in order; ``init_box``: frame 1's ground truth ``x, y, w, h`` pixels.
+        state_dict, model_config: the network's weights and its config (a :class:`Config` dump); ``dimp`` only.
+        tracker_params: a :class:`TrackerConfig` dump (``dimp`` only).
+        num_threads: torch intra-op threads (the task's CPU share), if given.
+    """
+    if num_threads is not None:
+        torch.set_num_threads(max(1, num_threads))
+    net = None
+    if kind == "dimp":
+        if state_dict is None or model_config is None:
+            raise ValueError(f"tracker {tracker_name!r}: a dimp tracker needs weights and their config")
+        net = build_network(Config.model_validate(model_config), state_dict, tracker_name).to(device)
+    params = TrackerConfig.model_validate(tracker_params or {})
+    tracker = make_tracker(kind, net, params, device)
+    from cmd_ray.tracking import track_sequence
+
+    # No inference_mode here: the DiMP tracker refines boxes by gradient ascent on IoU-Net's output.
+    result = track_sequence(tracker, read_frames(frames), np.asarray(init_box, dtype=np.float64))
+    boxes, times = result.boxes, result.times
+    if boxes.shape[0] != len(frames):
+        raise RuntimeError(f"{tracker_name}/{sequence}: tracked {boxes.shape[0]} of {len(frames)} frames")
+    path = write_result(out_dir, sequence, boxes, times)
+    return SequenceRun(tracker_name, sequence, int(boxes.shape[0]), float(times.sum()), str(path))

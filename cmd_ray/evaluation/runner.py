@@ -1,0 +1,328 @@
+"""Ray-parallel OPE evaluation: one task per (tracker, sequence), result files, metrics, plots, one MLflow run.
+
+``run_evaluation(cfg)`` is what ``jobs/evaluate.py`` and ``cmd-ray evaluate`` do:
+
+1. read the benchmark's sequences (``evaluation.benchmark``/``root``) and check every tracker's result folder
+   (``results_dir/<tracker>/meta.json``: results of another model or benchmark are never mixed in) — all before
+   any cluster work;
+2. plan: a (tracker, sequence) whose result files are complete (one line per frame) is skipped, unless
+   ``evaluation.overwrite``; only trackers with work left load their network (once, on the driver) and ``ray.put``
+   its state dict;
+3. run the tasks with ``evaluation.cpus_per_task`` CPUs (and ``gpus_per_task`` GPUs with ``use_gpu``) each, at
+   most ``evaluation.num_workers`` in flight (``ray.wait``), a progress bar on the driver; each task writes its
+   sequence's files atomically, so a killed job loses only the sequences in flight;
+4. score every tracker from its files (:func:`results.score_directory`), print/write the tables, draw the plots, and
+   log params, metrics (``<tracker>/success``, ``/precision``, ``/norm_precision``, ``/fps``), the plots, the tables
+   and the result files to one MLflow run.
+
+Frames are read by the tasks from ``evaluation.root`` (a local path): on a multi-node cluster it must be on storage
+that every node mounts at the same path. ``results_dir`` is a local folder of the driver's machine written by the
+tasks, so the same holds for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from cmd_ray import mlflow_runs
+from cmd_ray.config import Config, EvaluatedTracker
+from cmd_ray.evaluation.benchmarks import Sequence, read_benchmark
+from cmd_ray.evaluation.loading import LoadedNetwork, load_network, registry_version, run_sequence
+from cmd_ray.evaluation.metrics import DatasetScores, format_table
+from cmd_ray.evaluation.plots import write_plots
+from cmd_ray.evaluation.results import (
+    ResultMeta,
+    format_attribute_table,
+    format_comparison,
+    frame_rate,
+    has_complete_result,
+    prepare_tracker_dir,
+    score_directory,
+)
+
+logger = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+TABLES_FILE = "ope_tables.txt"
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot start or some sequences failed; the message names them."""
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationResult:
+    """What an evaluation job produced.
+
+    Attributes:
+        scores: tracker name → dataset scores, in the config's order (the first is the comparison's reference).
+        fps: tracker name → frames per second over all its sequences (from the time files).
+        tracked / skipped: (tracker, sequence) tasks run now / skipped because their results were complete.
+        tracking_wall_s: wall time of the Ray tasks (0 when everything was skipped).
+    """
+
+    run_id: str
+    run_location: str
+    results_dir: Path
+    tracker_dirs: dict[str, Path]
+    num_sequences: int
+    scores: dict[str, DatasetScores]
+    fps: dict[str, float]
+    table: str
+    attribute_tables: str
+    plots: list[Path]
+    tracked: int
+    skipped: int
+    tracking_wall_s: float
+    wall_s: float
+
+
+def load_sequences(cfg: Config) -> list[Sequence]:
+    """The sequences ``cfg.evaluation`` names; a missing folder or malformed file raises :class:`EvaluationError`."""
+    ev = cfg.evaluation
+    try:
+        # An absolute root gives the tasks absolute frame paths, whatever their working directory.
+        sequences = read_benchmark(ev.benchmark, Path(ev.root).resolve(), ev.sequences, ev.lsotb_subset)
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"evaluation.root={ev.root!r} ({ev.benchmark}): {exc}") from exc
+    if not sequences:
+        raise EvaluationError(f"evaluation.root={ev.root!r} holds no {ev.benchmark} sequences")
+    return sequences
+
+
+def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Sequence]) -> ResultMeta:
+    ev = cfg.evaluation
+    version = registry_version(tracker.model, cfg) if tracker.model and tracker.model.startswith("models:/") else None
+    return ResultMeta(
+        tracker=tracker.name,
+        kind=tracker.kind,
+        model=tracker.model,
+        model_version=version,
+        benchmark=ev.benchmark,
+        root=str(Path(ev.root).resolve()),
+        lsotb_subset=ev.lsotb_subset if ev.benchmark == "lsotb" else None,
+        protocol=ev.protocol,
+        sequences=tuple(s.name for s in sequences),
+        index=index,
+    )
+
+
+def plan(
+    cfg: Config, sequences: list[Sequence], tracker_dirs: dict[str, Path]
+) -> tuple[list[tuple[EvaluatedTracker, Sequence]], int]:
+    """``(tasks to run, number skipped)``: a (tracker, sequence) with complete results is skipped unless overwrite."""
+    todo, skipped = [], 0
+    for tracker in cfg.evaluation.trackers:
+        for seq in sequences:
+            if not cfg.evaluation.overwrite and has_complete_result(tracker_dirs[tracker.name], seq.name, len(seq)):
+                skipped += 1
+            else:
+                todo.append((tracker, seq))
+    return todo, skipped
+
+
+# The task is run_sequence itself, pickled by reference to cmd_ray.evaluation.loading: a worker imports that module
+# (torch, the network, the tracker) but not this one (MLflow, tqdm), which keeps a cold worker's start short.
+_sequence_task = ray.remote(run_sequence)
+
+
+def _check_resources(cfg: Config) -> None:
+    ev = cfg.evaluation
+    available = ray.cluster_resources()
+    if available.get("CPU", 0) < ev.cpus_per_task:
+        logger.warning(
+            "evaluation.cpus_per_task=%s but the cluster has %s CPUs: tasks wait until a node fits them",
+            ev.cpus_per_task,
+            available.get("CPU", 0),
+        )
+    if ev.use_gpu and available.get("GPU", 0) < ev.gpus_per_task:
+        logger.warning("evaluation.use_gpu but the cluster has %s GPUs: tasks wait for one", available.get("GPU", 0))
+
+
+def _task_kwargs(
+    cfg: Config, tracker: EvaluatedTracker, seq: Sequence, net: LoadedNetwork | None, out_dir: Path
+) -> dict[str, Any]:
+    """Arguments of :func:`run_sequence` for one (tracker, sequence), the state dict aside."""
+    ev = cfg.evaluation
+    return {
+        "tracker_name": tracker.name,
+        "kind": tracker.kind,
+        "sequence": seq.name,
+        "frames": [str(p) for p in seq.frames],
+        "init_box": [float(v) for v in seq.ground_truth[0]],
+        "out_dir": str(out_dir),
+        "model_config": net.model_config.model_dump(mode="json") if net else None,
+        "tracker_params": cfg.tracker.model_dump(mode="json"),
+        "device": "cuda" if ev.use_gpu else "cpu",
+        "num_threads": max(1, int(ev.cpus_per_task)),
+    }
+
+
+def _failure_line(label: str, exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{label}: {text.splitlines()[-1] if text else repr(exc)}"  # a task error's last line is its cause
+
+
+def _run_tasks(
+    cfg: Config,
+    todo: list[tuple[EvaluatedTracker, Sequence]],
+    networks: dict[str, LoadedNetwork],
+    tracker_dirs: dict[str, Path],
+    progress: bool,
+) -> tuple[int, list[str]]:
+    """Run the tasks, at most ``num_workers`` in flight; returns (finished, failure messages)."""
+    ev = cfg.evaluation
+    _check_resources(cfg)
+    weight_refs = {name: ray.put(net.state_dict) for name, net in networks.items()}
+    options: dict[str, Any] = {"num_cpus": ev.cpus_per_task, "num_gpus": ev.gpus_per_task if ev.use_gpu else 0}
+    queue = deque(todo)
+    in_flight: dict[ray.ObjectRef, str] = {}
+    finished, failures = 0, []
+    with tqdm(total=len(todo), desc="evaluate", unit="seq", disable=not progress) as bar:
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < ev.num_workers:
+                    tracker, seq = queue.popleft()
+                    kwargs = _task_kwargs(cfg, tracker, seq, networks.get(tracker.name), tracker_dirs[tracker.name])
+                    # A top-level ObjectRef argument reaches the task as its value: the state dict is stored once.
+                    ref = _sequence_task.options(**options).remote(**kwargs, state_dict=weight_refs.get(tracker.name))
+                    in_flight[ref] = f"{tracker.name}/{seq.name}"
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in done:
+                    label = in_flight.pop(ref)
+                    try:
+                        ray.get(ref)
+                        finished += 1
+                    except Exception as exc:  # a failed sequence must not stop the others; reported at the end
+                        logger.error("sequence %s failed: %s", label, exc)
+                        failures.append(_failure_line(label, exc))
+                    bar.update(1)
+        finally:
+            for ref in in_flight:  # interrupted: stop what still runs (files already written are complete)
+                ray.cancel(ref)
+    return finished, failures
+
+
+def _log_to_mlflow(
+    cfg: Config,
+    run_id: str,
+    tracker_dirs: dict[str, Path],
+    scores: dict[str, DatasetScores],
+    fps: dict[str, float],
+    counts: dict[str, float],
+    tables_path: Path,
+    plots: list[Path],
+) -> None:
+    metrics: dict[str, float] = dict(counts)
+    for name, s in scores.items():
+        metrics[f"{name}/success"] = s.success
+        metrics[f"{name}/precision"] = s.precision
+        metrics[f"{name}/norm_precision"] = s.norm_precision
+        metrics[f"{name}/sequences_averaged"] = s.num_sequences_averaged
+        if fps[name] == fps[name]:  # NaN when no time was measured
+            metrics[f"{name}/fps"] = fps[name]
+    mlflow_runs.log_metrics(cfg, run_id, metrics, step=0)
+    client = mlflow_runs.client(cfg)
+    client.log_artifact(run_id, str(tables_path))
+    for p in plots:
+        client.log_artifact(run_id, str(p), PLOTS_DIR)
+    for name, d in tracker_dirs.items():
+        for f in sorted(d.iterdir()):
+            if f.is_file() and not f.name.startswith("."):  # not the temporary files of a write in progress
+                client.log_artifact(run_id, str(f), f"results/{name}")
+
+
+def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
+    """The whole evaluate job on the cluster ``RAY_ADDRESS`` names (a local one when unset).
+
+    Raises:
+        EvaluationError: before any cluster work for bad input; after the run (marked FAILED in MLflow, results of
+            finished sequences kept for a rerun) when some sequences failed.
+        cmd_ray.evaluation.results.ResultsError: a result folder holds results of another model or benchmark.
+        cmd_ray.evaluation.loading.ModelLoadError: a model cannot be loaded or does not fit its network.
+    """
+    started = time.perf_counter()
+    ev = cfg.evaluation
+    cfg = mlflow_runs.pin_tracking_uri(cfg)
+    sequences = load_sequences(cfg)
+    results_dir = Path(ev.results_dir).resolve()
+    tracker_dirs = {t.name: results_dir / t.name for t in ev.trackers}
+    for i, tracker in enumerate(ev.trackers):
+        prepare_tracker_dir(tracker_dirs[tracker.name], _meta(cfg, tracker, i, sequences), ev.overwrite)
+    todo, skipped = plan(cfg, sequences, tracker_dirs)
+    pending = {t.name for t, _ in todo}
+    networks = {
+        t.name: load_network(t.model, cfg) for t in ev.trackers if t.kind == "dimp" and t.name in pending and t.model
+    }
+    logger.info(
+        "%d sequence(s) x %d tracker(s): %d to track, %d skipped (complete results)",
+        len(sequences),
+        len(ev.trackers),
+        len(todo),
+        skipped,
+    )
+
+    run_id = mlflow_runs.start_run(
+        cfg,
+        f"evaluate-{ev.benchmark}",
+        tags={"cmd_ray.job": "evaluate", "cmd_ray.benchmark": ev.benchmark, "cmd_ray.results_dir": str(results_dir)},
+    )
+    status = "FAILED"
+    try:
+        tracking_wall = 0.0
+        tracked, failures = 0, []
+        if todo:
+            if not ray.is_initialized():
+                ray.init()
+            t0 = time.perf_counter()
+            tracked, failures = _run_tasks(cfg, todo, networks, tracker_dirs, progress)
+            tracking_wall = time.perf_counter() - t0
+        if failures:
+            raise EvaluationError(
+                f"{len(failures)} of {len(todo)} sequence task(s) failed (finished ones are kept; rerun to retry "
+                "only the rest):\n  " + "\n  ".join(failures[:20])
+            )
+        names = [s.name for s in sequences]
+        scores = {t.name: score_directory(tracker_dirs[t.name], sequences, ev.protocol) for t in ev.trackers}
+        fps = {t.name: frame_rate(tracker_dirs[t.name], names) for t in ev.trackers}
+        show_np = ev.benchmark != "ptb"  # PTB-TIR's toolkit reports no normalised precision
+        table = format_comparison(scores, dataset=ev.benchmark, show_norm_precision=show_np, fps=fps)
+        attribute_tables = "\n\n".join(format_attribute_table(scores, m) for m in ("success", "precision"))
+        full = format_table(scores, dataset=ev.benchmark, show_norm_precision=show_np, per_attribute=True)
+        tables_path = results_dir / TABLES_FILE
+        tables_path.write_text(f"{table}\n\n{attribute_tables}\n\n{full}\n")
+        plots = write_plots(scores, results_dir / PLOTS_DIR, ev.benchmark, norm_precision=show_np) if ev.plots else []
+        counts = {
+            "sequences": len(sequences),
+            "sequences_tracked": tracked,
+            "sequences_skipped": skipped,
+            "tracking_wall_s": tracking_wall,
+        }
+        _log_to_mlflow(cfg, run_id, tracker_dirs, scores, fps, counts, tables_path, plots)
+        status = "FINISHED"
+    finally:
+        mlflow_runs.end_run(cfg, run_id, status)
+    return EvaluationResult(
+        run_id=run_id,
+        run_location=mlflow_runs.run_url(cfg, run_id),
+        results_dir=results_dir,
+        tracker_dirs=tracker_dirs,
+        num_sequences=len(sequences),
+        scores=scores,
+        fps=fps,
+        table=table,
+        attribute_tables=attribute_tables,
+        plots=plots,
+        tracked=tracked,
+        skipped=skipped,
+        tracking_wall_s=tracking_wall,
+        wall_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,91 @@
+"""``cmd-ray evaluate`` end to end: 4 synthetic TIR sequences, a static baseline and a tiny DiMP checkpoint, 2 Ray
+workers, result files, plots, the MLflow run (sqlite) with metrics and artifacts, a rerun that skips everything,
+and ``cmd-ray compare`` on the folder."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from cmd_ray import cli
+from cmd_ray.config import SynthConfig, load_config
+from cmd_ray.data.synthetic import write_synthetic_dataset
+from cmd_ray.evaluation.results import read_meta, read_result
+from cmd_ray.models.checkpoint import save_training_state
+from cmd_ray.models.dimpnet import build_model
+
+SEQUENCES = [f"synth_tir_{i:03d}" for i in range(4)]
+
+
+@pytest.mark.e2e
+def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
+    summary = write_synthetic_dataset(
+        str(tmp_path / "data"),
+        SynthConfig(num_pairs=1, num_rgb_sequences=0, num_tir_sequences=4, sequence_length=15),
+        progress=False,
+    )
+    # A tiny random-init network saved as a cmd-ray checkpoint folder (training_state.pt holds its config).
+    net_cfg = load_config(None, ["model.preset=tiny"])
+    torch.manual_seed(0)
+    net = build_model(net_cfg)
+    (tmp_path / "ckpt").mkdir()
+    save_training_state(tmp_path / "ckpt", {"model": net.state_dict(), "config": net_cfg.model_dump(mode="json")})
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    results = tmp_path / "results"
+    trackers = f"[{{name: static, kind: static}}, {{name: dimp, kind: dimp, model: '{tmp_path / 'ckpt'}'}}]"
+    argv = [
+        "evaluate",
+        f"evaluation.root={summary.tir_sequences_uri}",
+        f"evaluation.results_dir={results}",
+        f"evaluation.trackers={trackers}",
+        "evaluation.num_workers=2",
+        "evaluation.cpus_per_task=1",
+        "tracker.preset=tiny",
+        f"mlflow.tracking_uri={db}",
+        "mlflow.experiment=eval-e2e",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 sequences x 2 trackers; 8 tracked" in out and "0 skipped" in out
+    assert "OPE — protocol: lsotb — dataset: synthetic — deltas to static" in out
+    assert "Per attribute — Success" in out and "MLflow run:" in out
+
+    for tracker in ("static", "dimp"):
+        meta = read_meta(results / tracker)
+        assert meta.sequences == tuple(SEQUENCES) and meta.benchmark == "synthetic"
+        for s in SEQUENCES:
+            boxes, times = read_result(results / tracker, s)
+            assert boxes.shape == (15, 4) and times.shape == (15,) and np.all(np.isfinite(boxes))
+    assert read_meta(results / "dimp").model == str(tmp_path / "ckpt")
+    plots = sorted(p.name for p in (results / "plots").iterdir())
+    assert plots == ["norm_precision_plot.png", "precision_plot.png", "success_plot.png"]
+    assert all((results / "plots" / p).stat().st_size > 5000 for p in plots)
+
+    client = mlflow.MlflowClient(tracking_uri=db)
+    (run,) = client.search_runs([client.get_experiment_by_name("eval-e2e").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["cmd_ray.job"] == "evaluate"
+    for tracker in ("static", "dimp"):
+        for metric in ("success", "precision", "norm_precision"):
+            assert 0.0 <= run.data.metrics[f"{tracker}/{metric}"] <= 1.0
+        assert run.data.metrics[f"{tracker}/fps"] > 0
+    assert run.data.metrics["sequences_tracked"] == 8
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "results", "ope_tables.txt"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {f"plots/{p}" for p in plots}
+    dimp_files = {a.path for a in client.list_artifacts(run.info.run_id, "results/dimp")}
+    assert "results/dimp/meta.json" in dimp_files and "results/dimp/synth_tir_003_time.txt" in dimp_files
+
+    # A rerun finds every result complete: nothing is tracked, the scores are the same.
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 tracked" in out and "8 skipped" in out
+    runs = client.search_runs([client.get_experiment_by_name("eval-e2e").experiment_id], order_by=["start_time DESC"])
+    assert runs[0].data.metrics["sequences_skipped"] == 8
+    assert runs[0].data.metrics["dimp/success"] == run.data.metrics["dimp/success"]
+
+    assert cli.main(["compare", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "deltas to static" in out and next(line for line in out.splitlines() if line.startswith("dimp"))

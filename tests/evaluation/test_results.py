@@ -1,0 +1,181 @@
+"""Result files (round trip, atomic writes, completeness), meta.json and scoring a result folder (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmd_ray.evaluation.benchmarks import Sequence
+from cmd_ray.evaluation.metrics import aggregate, sequence_curves
+from cmd_ray.evaluation.results import (
+    META_FILE,
+    ResultMeta,
+    ResultsError,
+    atomic_write_text,
+    frame_rate,
+    has_complete_result,
+    prepare_tracker_dir,
+    read_boxes,
+    read_meta,
+    read_result,
+    read_times,
+    result_paths,
+    score_directory,
+    write_meta,
+    write_result,
+)
+
+
+def _seq(name: str, gt: np.ndarray, attributes: dict[str, bool] | None = None) -> Sequence:
+    frames = tuple(Path(f"/nowhere/{name}/img/{i + 1:04d}.jpg") for i in range(len(gt)))
+    return Sequence(
+        name=name, frames=frames, ground_truth=np.asarray(gt, dtype=np.float64), attributes=attributes or {}
+    )
+
+
+def _meta(**changes) -> ResultMeta:
+    base = dict(
+        tracker="t",
+        kind="dimp",
+        model="models:/m@a",
+        model_version="3",
+        benchmark="synthetic",
+        root="/data/seqs",
+        lsotb_subset=None,
+        protocol="lsotb",
+        sequences=("a", "b"),
+        index=0,
+    )
+    return ResultMeta(**{**base, **changes})
+
+
+def test_result_files_round_trip(tmp_path):
+    boxes = np.array([[1.5, 2.25, 10.0, 20.125], [3.0, 4.0, 5.0, 6.0], [np.nan, 1.0, 2.0, 3.0]])
+    times = np.array([0.25, 0.000125, 1.5])
+    path = write_result(tmp_path / "tracker", "seq_1", boxes, times)
+    assert path == tmp_path / "tracker" / "seq_1.txt"
+    assert path.read_text().splitlines()[0] == "1.5000,2.2500,10.0000,20.1250"
+    assert (tmp_path / "tracker" / "seq_1_time.txt").read_text().splitlines()[1] == "0.000125000"
+    got_boxes, got_times = read_result(tmp_path / "tracker", "seq_1")
+    np.testing.assert_allclose(got_boxes, boxes, atol=5e-5)
+    assert np.isnan(got_boxes[2, 0])
+    np.testing.assert_allclose(got_times, times, atol=5e-10)
+    assert has_complete_result(tmp_path / "tracker", "seq_1", 3)
+    assert not has_complete_result(tmp_path / "tracker", "seq_1", 4)  # a sequence of 4 frames is not done
+    assert sorted(p.name for p in (tmp_path / "tracker").iterdir()) == ["seq_1.txt", "seq_1_time.txt"]
+
+
+def test_reading_accepts_tabs_and_spaces_and_names_a_bad_line(tmp_path):
+    f = tmp_path / "r.txt"
+    f.write_text("1\t2\t3\t4\n\n5 6 7 8\n")
+    np.testing.assert_array_equal(read_boxes(f), [[1, 2, 3, 4], [5, 6, 7, 8]])
+    f.write_text("1,2,3,4\n1,2,3\n")
+    with pytest.raises(ResultsError, match=r"r\.txt:2: expected 4 numbers"):
+        read_boxes(f)
+    t = tmp_path / "t.txt"
+    t.write_text("0.1\n-1\n")
+    with pytest.raises(ResultsError, match=r"t\.txt:2: .*>= 0"):
+        read_times(t)
+    with pytest.raises(ResultsError, match="not found"):
+        read_boxes(tmp_path / "missing.txt")
+
+
+def test_incomplete_results_are_not_complete(tmp_path):
+    d = tmp_path / "tr"
+    write_result(d, "s", np.ones((4, 4)), np.ones(4))
+    boxes_path, times_path = result_paths(d, "s")
+    # What a run killed in the middle of a non-atomic write would leave: a truncated box file.
+    boxes_path.write_text("".join(boxes_path.read_text().splitlines(keepends=True)[:2]))
+    assert not has_complete_result(d, "s", 4)
+    write_result(d, "s", np.ones((4, 4)), np.ones(4))
+    times_path.unlink()  # boxes without times
+    assert not has_complete_result(d, "s", 4)
+    write_result(d, "s", np.ones((4, 4)), np.ones(4))
+    times_path.write_text("0.1\n0.1\n")  # counts disagree
+    with pytest.raises(ResultsError, match=r"4 boxes but .* 2 times"):
+        read_result(d, "s")
+    boxes_path.write_text("garbage\n")
+    assert not has_complete_result(d, "s", 1)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
+    target = tmp_path / "out" / "seq.txt"
+    atomic_write_text(target, "old\n")
+    assert target.read_text() == "old\n"
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n"
+    assert [p.name for p in target.parent.iterdir()] == ["seq.txt"]  # no temporary file left behind
+
+    # A failure at the rename (the target is a non-empty folder) leaves the folder as it was and no temporary file.
+    blocked = tmp_path / "out" / "blocked.txt"
+    blocked.mkdir()
+    (blocked / "keep").write_text("x")
+    with pytest.raises(OSError):
+        atomic_write_text(blocked, "partial\n")
+    assert (blocked / "keep").read_text() == "x"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["blocked.txt", "seq.txt"]
+
+
+def test_write_result_rejects_mismatched_shapes(tmp_path):
+    with pytest.raises(ValueError, match="boxes must be"):
+        write_result(tmp_path, "s", np.ones((3, 4)), np.ones(2))
+    with pytest.raises(ValueError, match="boxes must be"):
+        write_result(tmp_path, "s", np.ones((3, 3)), np.ones(3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_meta_round_trip_and_errors(tmp_path):
+    meta = _meta()
+    write_meta(tmp_path, meta)
+    back = read_meta(tmp_path)
+    assert back == meta
+    (tmp_path / META_FILE).write_text('{"tracker": "t"}')
+    with pytest.raises(ResultsError, match="lacks"):
+        read_meta(tmp_path)
+    (tmp_path / META_FILE).write_text("{not json")
+    with pytest.raises(ResultsError, match="cannot read"):
+        read_meta(tmp_path)
+    with pytest.raises(ResultsError, match=r"no meta\.json"):
+        read_meta(tmp_path / "elsewhere")
+
+
+def test_prepare_refuses_results_of_another_model(tmp_path):
+    d = tmp_path / "t"
+    prepare_tracker_dir(d, _meta(sequences=("a",)))
+    # Same model and benchmark: the sequences of both runs belong to the folder.
+    merged = prepare_tracker_dir(d, _meta(sequences=("b", "a")))
+    assert merged.sequences == ("a", "b") and read_meta(d).sequences == ("a", "b")
+    with pytest.raises(ResultsError, match=r"model_version: '3' there, '4' now.*overwrite"):
+        prepare_tracker_dir(d, _meta(model_version="4"))
+    with pytest.raises(ResultsError, match="root"):
+        prepare_tracker_dir(d, _meta(root="/other"))
+    replaced = prepare_tracker_dir(d, _meta(model="/ckpt/b1.pt", model_version=None, sequences=("c",)), overwrite=True)
+    assert read_meta(d) == replaced and replaced.sequences == ("c",)
+
+
+def test_score_directory_matches_the_metrics_and_names_missing_results(tmp_path):
+    gt_a = np.array([[10, 10, 20, 20]] * 5, dtype=np.float64)
+    gt_b = np.array([[50, 40, 10, 30]] * 4, dtype=np.float64)
+    pred_a = gt_a + np.array([3.0, 0, 0, 0])
+    pred_b = gt_b.copy()
+    pred_b[1:, 0] += 40  # lost after frame 1
+    seqs = [_seq("a", gt_a, {"occlusion": True}), _seq("b", gt_b, {"occlusion": False})]
+    d = tmp_path / "tr"
+    write_result(d, "a", pred_a, np.full(5, 0.1))
+    with pytest.raises(ResultsError, match=r"1 sequence\(s\): \['b'\]"):
+        score_directory(d, seqs)
+    write_result(d, "b", pred_b, np.full(4, 0.2))
+    scores = score_directory(d, seqs, "lsotb")
+    expected = aggregate(
+        {"a": sequence_curves(pred_a, gt_a), "b": sequence_curves(pred_b, gt_b)},
+        {"a": {"occlusion": True}, "b": {"occlusion": False}},
+    )
+    assert scores.success == pytest.approx(expected.success)
+    assert scores.precision == pytest.approx(expected.precision)
+    assert scores.norm_precision == pytest.approx(expected.norm_precision)
+    assert scores.per_attribute["occlusion"].sequences == ("a",)
+    assert scores.precision == pytest.approx((1.0 + 0.25) / 2)  # a: 3 px off everywhere; b: only frame 1 within 20
+    assert frame_rate(d, ["a", "b"]) == pytest.approx(9 / (0.5 + 0.8))
+    assert score_directory(d, seqs, "pytracking").protocol == "pytracking"

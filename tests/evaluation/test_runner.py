@@ -1,0 +1,190 @@
+"""The evaluation runner: config validation and planning (no Ray), and runs on the shared local Ray cluster."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+
+from cmd_ray.config import ConfigError, SynthConfig, load_config
+from cmd_ray.data.synthetic import write_synthetic_dataset
+from cmd_ray.evaluation.results import ResultsError, read_result, result_paths, write_result
+from cmd_ray.evaluation.runner import EvaluationError, load_sequences, plan, run_evaluation
+
+STATIC_PAIR = "evaluation.trackers=[{name: first, kind: static}, {name: second, kind: static}]"
+
+
+@pytest.fixture(scope="module")
+def seq_root(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("synthetic")
+    cfg = SynthConfig(num_pairs=1, num_rgb_sequences=0, num_tir_sequences=3, sequence_length=6)
+    return write_synthetic_dataset(str(root), cfg, progress=False).tir_sequences_uri
+
+
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory) -> str:
+    """One sqlite store for the module (creating one costs seconds); each test logs to its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _cfg(tmp_path, seq_root, *overrides, db: str | None = None):
+    return load_config(
+        None,
+        [
+            f"evaluation.root={seq_root}",
+            f"evaluation.results_dir={tmp_path / 'results'}",
+            f"mlflow.tracking_uri={db or f'sqlite:///{tmp_path}/mlflow.db'}",
+            f"mlflow.experiment=eval-{tmp_path.name}",
+            "evaluation.num_workers=2",
+            STATIC_PAIR,
+            *overrides,
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------------- no Ray
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("evaluation.trackers=[{name: a, kind: static}, {name: a, kind: static}]", "unique"),
+        ("evaluation.trackers=[{name: d, kind: dimp}]", "needs a model"),
+        ("evaluation.trackers=[{name: s, kind: static, model: x.pt}]", "uses no model"),
+        ("evaluation.trackers=[{name: 'a/b', kind: static}]", "evaluation.trackers.0.name"),
+        ("evaluation.trackers=[{name: plots, kind: static}]", "plots"),
+        ("evaluation.trackers=[]", "at least one tracker"),
+        ("evaluation.benchmark=otb", "evaluation.benchmark"),
+        ("evaluation.protocol=vot", "evaluation.protocol"),
+        ("evaluation.num_workers=0", "evaluation.num_workers"),
+        ("evaluation.gpus_per_task=2", "evaluation.gpus_per_task"),
+        ("evaluation.sequences=[a, a]", "repeated"),
+        ("evaluation.lsotb_subset=118", "evaluation.lsotb_subset"),
+        ("evaluation.root=s3://bucket/lsotb", "root must be a local folder"),
+        ("evaluation.results_dir=s3://bucket/results", "results_dir must be a local folder"),
+    ],
+)
+def test_bad_evaluation_config_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_default_evaluation_config():
+    ev = load_config().evaluation
+    assert (ev.benchmark, ev.root, ev.protocol, ev.results_dir) == (
+        "synthetic",
+        "data/demo/tir_sequences",
+        "lsotb",
+        "results",
+    )
+    assert [(t.name, t.kind, t.model) for t in ev.trackers] == [("static", "static", None)]
+    cfg = load_config(None, ["evaluation.trackers=[{name: cmd, model: 'models:/cmd-ray-tracker@candidate'}]"])
+    assert cfg.evaluation.trackers[0].kind == "dimp"
+
+
+def test_load_sequences_names_a_bad_root(tmp_path, seq_root):
+    cfg = _cfg(tmp_path, seq_root)
+    assert [s.name for s in load_sequences(cfg)] == ["synth_tir_000", "synth_tir_001", "synth_tir_002"]
+    with pytest.raises(EvaluationError, match="nowhere"):
+        load_sequences(_cfg(tmp_path, tmp_path / "nowhere"))
+    with pytest.raises(EvaluationError, match="synth_tir_404"):
+        load_sequences(_cfg(tmp_path, seq_root, "evaluation.sequences=[synth_tir_404]"))
+
+
+def test_cli_evaluate_fails_before_any_cluster_work(tmp_path, capsys):
+    from cmd_ray import cli
+
+    db = f"mlflow.tracking_uri=sqlite:///{tmp_path}/never.db"
+    assert cli.main(["evaluate", f"evaluation.root={tmp_path / 'nowhere'}", db]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli.main(["evaluate", "evaluation.trackers=[{name: d, kind: dimp}]"]) == 2
+    assert "needs a model" in capsys.readouterr().err
+    assert not (tmp_path / "never.db").exists()  # no MLflow run was opened
+
+
+def test_plan_skips_complete_results(tmp_path, seq_root):
+    cfg = _cfg(tmp_path, seq_root)
+    sequences = load_sequences(cfg)
+    dirs = {"first": tmp_path / "first", "second": tmp_path / "second"}
+    seq = sequences[1]
+    write_result(dirs["first"], seq.name, np.ones((len(seq), 4)), np.ones(len(seq)))
+    write_result(dirs["second"], seq.name, np.ones((len(seq) - 1, 4)), np.ones(len(seq) - 1))  # one frame short
+    todo, skipped = plan(cfg, sequences, dirs)
+    assert skipped == 1 and len(todo) == 5
+    assert ("first", seq.name) not in [(t.name, s.name) for t, s in todo]
+    cfg.evaluation.overwrite = True
+    assert plan(cfg, sequences, dirs) == (
+        [(t, s) for t in cfg.evaluation.trackers for s in sequences],
+        0,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- on Ray
+
+
+def test_evaluates_skips_on_rerun_and_retracks_an_incomplete_sequence(ray_session, tmp_path, seq_root, mlflow_db):
+    cfg = _cfg(tmp_path, seq_root, "evaluation.plots=false", db=mlflow_db)
+    first = run_evaluation(cfg, progress=False)
+    assert (first.tracked, first.skipped) == (6, 0)
+    assert list(first.scores) == ["first", "second"]
+    for name in ("first", "second"):
+        for s in ("synth_tir_000", "synth_tir_001", "synth_tir_002"):
+            boxes, times = read_result(tmp_path / "results" / name, s)
+            assert boxes.shape == (6, 4) and times.shape == (6,)
+            np.testing.assert_array_equal(boxes, np.repeat(boxes[:1], 6, axis=0))  # static: the first box
+    assert first.scores["first"].success == pytest.approx(first.scores["second"].success)
+    assert "deltas to first" in first.table and "(+0.000)" in first.table
+    assert first.plots == [] and not (tmp_path / "results" / "plots").exists()
+
+    second = run_evaluation(cfg, progress=False)
+    assert (second.tracked, second.skipped) == (0, 6)
+    assert second.scores["first"].success == first.scores["first"].success
+
+    # A result file cut short (a run killed during a non-atomic write would leave one) is tracked again, alone.
+    boxes_path = result_paths(tmp_path / "results" / "second", "synth_tir_001")[0]
+    boxes_path.write_text(boxes_path.read_text().splitlines(keepends=True)[0])
+    third = run_evaluation(cfg, progress=False)
+    assert (third.tracked, third.skipped) == (1, 5)
+    assert read_result(tmp_path / "results" / "second", "synth_tir_001")[0].shape == (6, 4)
+
+    overwrite = run_evaluation(
+        _cfg(tmp_path, seq_root, "evaluation.plots=false", "evaluation.overwrite=true", db=mlflow_db), progress=False
+    )
+    assert (overwrite.tracked, overwrite.skipped) == (6, 0)
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_db)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["first/success"] == pytest.approx(first.scores["first"].success)
+    assert run.data.metrics["sequences_tracked"] == 6
+    assert client.get_run(second.run_id).data.metrics["sequences_skipped"] == 6
+    assert run.data.params["evaluation.num_workers"] == "2"
+
+
+def test_a_failing_sequence_is_reported_and_the_others_are_kept(ray_session, tmp_path, seq_root, mlflow_db):
+    import shutil
+
+    root = tmp_path / "seqs"
+    shutil.copytree(seq_root, root)
+    (root / "synth_tir_002" / "img" / "0003.jpg").write_bytes(b"not a jpeg")
+    cfg = _cfg(tmp_path, root, "evaluation.trackers=[{name: only, kind: static}]", db=mlflow_db)
+    with pytest.raises(EvaluationError, match=r"1 of 3 sequence task\(s\) failed.*\n.*only/synth_tir_002.*0003\.jpg"):
+        run_evaluation(cfg, progress=False)
+    assert read_result(tmp_path / "results" / "only", "synth_tir_000")[0].shape == (6, 4)
+    assert not result_paths(tmp_path / "results" / "only", "synth_tir_002")[0].exists()
+    client = mlflow.MlflowClient(tracking_uri=mlflow_db)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_results_of_another_model_are_not_mixed_in(tmp_path, seq_root, mlflow_db):
+    cfg = _cfg(tmp_path, seq_root, "evaluation.trackers=[{name: t, kind: static}]", db=mlflow_db)
+    from cmd_ray.evaluation.results import ResultMeta, write_meta
+
+    write_meta(
+        tmp_path / "results" / "t",
+        ResultMeta("t", "dimp", "old.pt", None, "synthetic", str(seq_root), None, "lsotb", ("synth_tir_000",)),
+    )
+    with pytest.raises(ResultsError, match="kind: 'dimp' there, 'static' now"):
+        run_evaluation(cfg, progress=False)

@@ -14,9 +14,13 @@ $(BIN)/cmd-ray: pyproject.toml
 
 install: $(BIN)/cmd-ray
 
+# The whole story on synthetic data: an RGB teacher is trained on labeled RGB sequences, distilled on unlabeled
+# RGB-TIR pairs (D3), and both are evaluated on labeled TIR sequences next to a static-box baseline.
 demo: install
 	$(BIN)/cmd-ray synth --out data/demo --config $(DEMO_CONFIG)
+	$(BIN)/python jobs/pretrain.py --config $(DEMO_CONFIG)
 	$(BIN)/python jobs/distill.py --config $(DEMO_CONFIG)
+	$(BIN)/python jobs/evaluate.py --config $(DEMO_CONFIG) evaluation.overwrite=true
 
 lint: install
 	$(BIN)/ruff check .
@@ -25,4 +29,4 @@ test: lint
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:
-	rm -rf data/demo ray_results mlflow.db mlartifacts
+	rm -rf data/demo ray_results results mlflow.db mlartifacts

@@ -1,4 +1,4 @@
-"""The ``cmd-ray`` command: synth, distill, tune, registry pull, config show, variants, merge.
+"""The ``cmd-ray`` command: synth, boxes, distill, tune, evaluate, compare, registry pull, config show, variants, merge.
 
 Every command takes ``--config FILE`` and trailing dotted overrides
 (``distill.lr_tcl=1e-6``). The config is validated before anything else runs,
@@ -12,11 +12,15 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cmd_ray.config import ConfigError, dump_config, load_config
-from cmd_ray.data.pairs import EmptyPrefixError
+from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
 from cmd_ray.distill.variants import VARIANTS, Variant
 from cmd_ray.storage import StorageError
+
+if TYPE_CHECKING:
+    from cmd_ray.train.trainer import TrainingResult
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
     _add_config_args(synth)
 
+    boxes = commands.add_parser(
+        "boxes", help="detect pseudo boxes once per pair (data.detector) and write a pair manifest with them"
+    )
+    boxes.add_argument("--out", required=True, help="manifest to write: *.parquet or *.csv (local or s3://)")
+    _add_config_args(boxes)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="train the RGB teacher on labeled sequences (Ray Train) and register it"
+    )
+    _add_config_args(pretrain)
+
     distill = commands.add_parser("distill", help="run cross-modal distillation (Ray Train) and register the model")
     _add_config_args(distill)
 
     sweep = commands.add_parser("tune", help="Ray Tune sweep over lr_bbe, lr_tcl and lambda")
     _add_config_args(sweep)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="OPE evaluation of evaluation.trackers on TIR sequences (one Ray task per sequence)"
+    )
+    _add_config_args(evaluate)
+
+    compare = commands.add_parser(
+        "compare", help="Table-1 style comparison (deltas to the first) and per-attribute table of result folders"
+    )
+    compare.add_argument(
+        "results_dirs",
+        nargs="+",
+        metavar="RESULTS_DIR",
+        help="a tracker's result folder (with meta.json) or an evaluation.results_dir holding several",
+    )
+    compare.add_argument("--protocol", choices=("lsotb", "pytracking"), help="default: the first folder's")
+    compare.add_argument("--plots", metavar="DIR", help="also write the success / precision plots (PNG) here")
 
     reg = commands.add_parser("registry", help="MLflow model registry")
     reg_commands = reg.add_subparsers(dest="registry_command", required=True)
@@ -70,6 +102,22 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from cmd_ray.train.trainer import list_pretraining_sequences, run_pretraining
+
+    sequences = list_pretraining_sequences(cfg)
+    frames = sum(len(s.frames) for s in sequences)
+    started = time.perf_counter()
+    result = run_pretraining(cfg, sequences)
+    print(
+        f"\nteacher pretraining finished in {time.perf_counter() - started:.1f} s on {len(sequences)} labeled "
+        f"sequences ({frames} frames)"
+    )
+    _print_training(result, "skipped frames")
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from cmd_ray.data.pipeline import list_pairs
@@ -80,21 +128,34 @@ def _distill(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = run_distillation(cfg, pairs)
     print(f"\ndistillation finished in {time.perf_counter() - started:.1f} s on {len(pairs)} pairs")
+    _print_training(result, "skipped pairs")
+    return 0
+
+
+def _print_training(result: TrainingResult, skipped_what: str) -> None:
+    if result.teacher is not None:
+        lineage = f" (MLflow run {result.teacher.run_id})" if result.teacher.run_id else ""
+        print(f"  starting weights: {result.teacher.source}{lineage}")
+    if result.resumed_from_epoch is not None:
+        print(f"  resumed at epoch {result.resumed_from_epoch} from the run's latest checkpoint")
     if result.history and "teacher_val_loss" in result.history[0]:
-        print(f"  teacher (before distillation): val_loss {result.history[0]['teacher_val_loss']:.4f}")
+        print(f"  starting weights' val_loss: {result.history[0]['teacher_val_loss']:.4f}")
     for row in result.history:
         line = f"  epoch {int(row['epoch'])}: loss {row['loss']:.4f}"
         line += f" (tcl {row['loss_tcl']:.4f}, bbe {row['loss_bbe']:.4f})"
         if "val_loss" in row:
             line += f"  val_loss {row['val_loss']:.4f} (tcl {row['val_loss_tcl']:.4f}, bbe {row['val_loss_bbe']:.4f})"
         print(line)
-    print(f"skipped pairs: {result.skipped_pairs}")
+    print(f"{skipped_what}: {result.skipped_pairs}")
+    if result.fallback_boxes:
+        print(f"no detection (centre box used instead): {result.fallback_boxes} pairs")
+    if result.unpaired_files:
+        print(f"files without a partner: {result.unpaired_files}")
     print(f"checkpoint:    {result.checkpoint_path}")
     print(f"MLflow run:    {result.run_location}")
     if result.registered:
         reg = result.registered
         print(f"registered:    {reg.uri} (version {reg.version})")
-    return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -110,6 +171,56 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"best trial:    {result.best_trial_id} {cfg.tune.metric}={result.best_metric:.4f} {result.best_params}")
     print(f"MLflow run:    {result.run_location}")
     print(f"registered:    {result.registered.uri} (version {result.registered.version})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from cmd_ray.evaluation.loading import ModelLoadError
+    from cmd_ray.evaluation.results import ResultsError
+    from cmd_ray.evaluation.runner import EvaluationError, run_evaluation
+
+    try:
+        result = run_evaluation(cfg)
+    except (EvaluationError, ResultsError, ModelLoadError) as exc:
+        print(f"cmd-ray evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"\nevaluation finished in {result.wall_s:.1f} s: {result.num_sequences} sequences x "
+        f"{len(result.scores)} trackers; {result.tracked} tracked ({result.tracking_wall_s:.1f} s), "
+        f"{result.skipped} skipped (complete results)\n"
+    )
+    print(result.table)
+    print()
+    print(result.attribute_tables)
+    print(f"\nresults:       {result.results_dir}")
+    for path in result.plots:
+        print(f"plot:          {path}")
+    print(f"MLflow run:    {result.run_location}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cmd_ray.evaluation.results import ResultsError, format_attribute_table, format_comparison, load_results
+
+    try:
+        loaded = load_results(args.results_dirs, args.protocol)
+    except ResultsError as exc:
+        print(f"cmd-ray compare: {exc}", file=sys.stderr)
+        return 2
+    scores = {r.label: r.scores for r in loaded}
+    benchmark = loaded[0].meta.benchmark
+    show_np = benchmark != "ptb"
+    fps = {r.label: r.fps for r in loaded}
+    print(format_comparison(scores, dataset=benchmark, show_norm_precision=show_np, fps=fps))
+    for metric in ("success", "precision"):
+        print()
+        print(format_attribute_table(scores, metric))
+    if args.plots:
+        from cmd_ray.evaluation.plots import write_plots
+
+        for path in write_plots(scores, args.plots, benchmark, norm_precision=show_np):
+            print(f"plot: {path}")
     return 0
 
 
@@ -156,6 +267,32 @@ def _variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _boxes(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from cmd_ray.data.detect import DetectorUnavailableError, DetectorWeightsError, build_detector
+    from cmd_ray.data.pairs import manifest_format
+    from cmd_ray.data.pipeline import list_pairs, precompute_boxes
+
+    manifest_format(args.out)
+    try:
+        build_detector(cfg.data, cfg.storage.s3_endpoint_url)  # fails before any cluster work: no HOG, bad weights
+    except (DetectorUnavailableError, DetectorWeightsError) as exc:
+        print(f"cmd-ray boxes: {exc}", file=sys.stderr)
+        return 2
+    pairs = list_pairs(cfg)
+    started = time.perf_counter()
+    summary = precompute_boxes(cfg, args.out, pairs)
+    print(
+        f"boxes of {summary.pairs} pairs ({cfg.data.detector} detector) written to {summary.uri} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    print(f"  with boxes:   {summary.with_boxes}")
+    print(f"  no detection: {summary.no_detection} (training uses the centre box for these and counts them)")
+    print(f"  unreadable:   {summary.unreadable}" + "".join(f"\n    {line}" for line in summary.unreadable_examples))
+    print(f"train on it with: data.layout=manifest data.manifest={summary.uri} data.boxes=detection")
+    return 0
+
+
 def _merge(args: argparse.Namespace) -> int:
     from cmd_ray.models.checkpoint import merge_branches  # imported here: cli import must never depend on it
 
@@ -174,8 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "synth": _synth,
+        "boxes": _boxes,
+        "pretrain": _pretrain,
         "distill": _distill,
         "tune": _tune,
+        "evaluate": _evaluate,
+        "compare": _compare,
         "registry": _registry,
         "config": _config,
         "variants": _variants,
@@ -183,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ConfigError, EmptyPrefixError, StorageError) as exc:
+    except (ConfigError, EmptyPrefixError, ManifestError, StorageError) as exc:
         print(f"cmd-ray: {exc}", file=sys.stderr)
         return 2
 

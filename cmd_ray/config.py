@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 VARIANTS = ("A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5")
 VariantName = Literal["A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5"]
 
+BackboneStage = Literal["conv1", "layer1", "layer2", "layer3"]
 PresetName = Literal["tiny", "dimp18", "dimp50", "superdimp", "atom18", "atom50"]
 PRESETS: dict[str, tuple[str, ...]] = {
     "dimp": ("tiny", "dimp18", "dimp50", "superdimp"),
@@ -54,17 +55,88 @@ class SynthConfig(_Strict):
     seed: int = 0
 
 
-class SamplingConfig(_Strict):
-    """DiMP training-sample geometry: search-area crops, labels and IoU proposals."""
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    # pytracking ltr/train_settings/dimp/dimp50.py: feature 18 at stride 16, jitter {'train': 3, 'test': 4.5} and
+    # {'train': 0.25, 'test': 0.5}, output_sigma_factor 1/4, 8 perturbed boxes (min IoU 0.1), replicate padding
+    "dimp50": {
+        "search_area_factor": 5.0,
+        "output_sz": 288,
+        "feature_stride": 16,
+        "filter_size": 4,
+        "crop_mode": "replicate",
+        "max_scale_change": None,
+        "reference_center_jitter_factor": 3.0,
+        "test_center_jitter_factor": 4.5,
+        "reference_scale_jitter_factor": 0.25,
+        "test_scale_jitter_factor": 0.5,
+        "label_sigma_factor": 0.25,
+        "num_proposals": 8,
+        "proposal_method": "perturb",
+        "proposal_sigma_factors": [0.01, 0.05, 0.1, 0.2, 0.3],
+        "min_proposal_iou": 0.1,
+    },
+    # pytracking ltr/train_settings/dimp/super_dimp.py: feature 22 at stride 16, jitter {'train': 3, 'test': 5.5}
+    # and {'train': 0.25, 'test': 0.5}, 'inside_major' crops with max_scale_change 1.5, 128 GMM boxes
+    "superdimp": {
+        "search_area_factor": 6.0,
+        "output_sz": 352,
+        "feature_stride": 16,
+        "filter_size": 4,
+        "crop_mode": "inside_major",
+        "max_scale_change": 1.5,
+        "reference_center_jitter_factor": 3.0,
+        "test_center_jitter_factor": 5.5,
+        "reference_scale_jitter_factor": 0.25,
+        "test_scale_jitter_factor": 0.5,
+        "label_sigma_factor": 0.25,
+        "num_proposals": 128,
+        "proposal_method": "gmm",
+        "gmm_proposal_sigma": [(0.05, 0.05), (0.5, 0.5)],
+        "gmm_gt_sigma": (0.05, 0.05),
+    },
+}
+"""``data.sampling.preset``: the fields each named preset fills when the config does not set them."""
 
+_LEGACY_JITTER_KEYS = {
+    "center_jitter_factor": ("reference_center_jitter_factor", "test_center_jitter_factor"),
+    "scale_jitter_factor": ("reference_scale_jitter_factor", "test_scale_jitter_factor"),
+}
+
+
+class SamplingConfig(_Strict):
+    """DiMP training-sample geometry: search-area crops, labels and IoU proposals.
+
+    ``preset`` (``dimp50``, ``superdimp``) fills every field the config leaves unset from
+    :data:`SAMPLING_PRESETS`; fields set explicitly win (the preset applies when the config is built,
+    not on later assignment). ``custom`` (default) uses the field defaults below.
+
+    DiMP jitters the two frames of a sample differently: the reference (train) frame by
+    ``reference_*_jitter_factor`` and the test frame by ``test_*_jitter_factor``. The older keys
+    ``center_jitter_factor`` / ``scale_jitter_factor`` are still read and set both frames alike.
+    """
+
+    preset: Literal["custom", "dimp50", "superdimp"] = Field(
+        "custom", description="fill unset fields from a named preset (dimp50: 5/288/18; superdimp: 6/352/22)"
+    )
     search_area_factor: float = Field(5.0, gt=1.0, description="crop side / sqrt(box area)")
     output_sz: int = Field(128, ge=32, description="crop side in pixels")
     feature_stride: int = Field(16, ge=1, description="stride of the classifier feature map")
     filter_size: int = Field(4, ge=1)
-    center_jitter_factor: float = Field(3.0, ge=0.0)
-    scale_jitter_factor: float = Field(0.25, ge=0.0)
+    crop_mode: Literal["replicate", "inside", "inside_major"] = Field(
+        "replicate",
+        description="'replicate': crop centred on the jittered box, border pixels replicated outside the image; "
+        "'inside': crop shifted (and shrunk, down to 1/max_scale_change) to lie inside the image; 'inside_major': "
+        "the same for the image's longer side only, so the crop fits one axis (SuperDiMP)",
+    )
+    max_scale_change: float | None = Field(
+        None, ge=1.0, description="'inside'/'inside_major': most a crop may shrink to fit (None: no limit)"
+    )
+    reference_center_jitter_factor: float = Field(3.0, ge=0.0, description="reference (train) frame centre jitter")
+    test_center_jitter_factor: float = Field(3.0, ge=0.0, description="test frame centre jitter (DiMP-50: 4.5)")
+    reference_scale_jitter_factor: float = Field(0.25, ge=0.0, description="reference frame log-scale jitter std")
+    test_scale_jitter_factor: float = Field(0.25, ge=0.0, description="test frame log-scale jitter std (DiMP: 0.5)")
     label_sigma_factor: float = Field(0.25, gt=0.0, description="sigma / target size, in feature cells")
-    num_proposals: int = Field(8, ge=1, le=128)
+    num_proposals: int = Field(8, ge=8, le=128, description="boxes per test frame (DiMP-50: 8, SuperDiMP: 128)")
     proposal_method: Literal["perturb", "gmm"] = Field(
         "perturb",
         description="'perturb': ATOM/DiMP jittered boxes above min_proposal_iou (IoU targets); "
@@ -79,6 +151,29 @@ class SamplingConfig(_Strict):
     gmm_gt_sigma: tuple[float, float] = Field(
         (0.05, 0.05), description="'gmm': (centre, size) std of the ground-truth box density"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, (reference, test) in _LEGACY_JITTER_KEYS.items():
+            if old not in data:
+                continue
+            both = [key for key in (reference, test) if key in data]
+            if both:
+                raise ValueError(
+                    f"{old} (both frames) cannot be combined with {' and '.join(both)}: "
+                    f"set {reference} and {test} instead"
+                )
+            value = data.pop(old)
+            data[reference] = data[test] = value
+        preset = data.get("preset", "custom")
+        if preset in SAMPLING_PRESETS:
+            for key, value in SAMPLING_PRESETS[preset].items():
+                data.setdefault(key, copy.deepcopy(value))
+        return data  # an unknown preset name is reported by the field's own validation
 
     @model_validator(mode="after")
     def _crop_divides(self) -> SamplingConfig:
@@ -103,20 +198,135 @@ class SamplingConfig(_Strict):
         """Side of the score/label map: an even filter adds one cell."""
         return self.feature_sz + (self.filter_size + 1) % 2
 
+    def jitter(self, frame: Literal["reference", "test"]) -> tuple[float, float]:
+        """``(center_jitter_factor, scale_jitter_factor)`` of the ``reference`` or ``test`` frame."""
+        if frame == "reference":
+            return self.reference_center_jitter_factor, self.reference_scale_jitter_factor
+        if frame == "test":
+            return self.test_center_jitter_factor, self.test_scale_jitter_factor
+        raise ValueError(f"frame must be 'reference' or 'test', got {frame!r}")
+
 
 class DataConfig(_Strict):
     """Where the unlabeled pairs live and how training samples are cut from them."""
 
     uri: str = Field("data/demo/pairs", description="local path, file:// or s3://bucket/prefix of the pair set")
-    layout: Literal["two_folder"] = "two_folder"
-    rgb_dir: str = "rgb"
-    tir_dir: str = "tir"
-    boxes: Literal["center"] = "center"
+    layout: Literal["two_folder", "kaist", "llvip", "manifest", "concatenated"] = Field(
+        "two_folder",
+        description="two_folder: <uri>/<rgb_dir>/… with <uri>/<tir_dir>/…; kaist: …/setXX/VXXX/{visible,lwir}/; "
+        "llvip: <uri>/{visible,infrared}/{train,test}/; manifest: CSV/Parquet file data.manifest; "
+        "concatenated: every image under <uri> is one [RGB | TIR] side-by-side pair",
+    )
+    rgb_dir: str = Field("rgb", description="two_folder: subfolder of the RGB images")
+    tir_dir: str = Field("tir", description="two_folder: subfolder of the TIR images")
+    match: Literal["stem", "regex"] = Field(
+        "stem",
+        description="two_folder: pair files by their path without extension (stem) or by the (?P<key>…) group of "
+        "match_pattern searched in the file name (regex)",
+    )
+    match_pattern: str | None = Field(None, description="two_folder, match=regex: e.g. '(?P<key>FLIR_\\d+)_'")
+    kaist_sets: list[str] = Field(default_factory=list, description="kaist: only these sets (set00 …); empty: all")
+    llvip_split: Literal["train", "test", "both"] = Field("train", description="llvip: which split's pairs")
+    manifest: str | None = Field(
+        None, description="manifest: URI of a CSV/Parquet file, columns rgb, tir[, boxes] (cmd-ray boxes writes one)"
+    )
+    boxes: Literal["center", "random", "detection"] = Field(
+        "center", description="pseudo targets: centre square, random regions (§4.2), or detector boxes"
+    )
     center_box_fraction: float = Field(0.3, gt=0.0, le=1.0, description="box side / min(H, W)")
+    random_boxes_per_pair: int = Field(
+        4, ge=1, description="random: k regions per pair (fixed per pair and seed); each sample draws one"
+    )
+    random_box_fraction: float = Field(
+        1 / 6, gt=0.0, le=1.0, description="random: region width / image width (and height / height)"
+    )
+    random_box_scale_range: tuple[float, float] = Field(
+        (0.8, 1.25), description="random: region size × U(low, high) ('approximately 1/6')"
+    )
+    random_box_patch: int = Field(
+        100, ge=0, description="random: the pair is resampled so the region becomes patch × patch pixels (0: not)"
+    )
+    detector: Literal["hog", "torchvision"] = Field(
+        "hog", description="detection: OpenCV's HOG people detector, or a torchvision model from detector_weights"
+    )
+    detector_weights: str | None = Field(None, description="torchvision: state-dict file (local or s3://)")
+    detector_arch: str = Field(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", description="torchvision: builder name in torchvision.models"
+    )
+    detector_num_classes: int = Field(91, ge=2, description="torchvision: classes of the weights (COCO: 91)")
+    detector_labels: list[int] = Field(
+        default_factory=lambda: [1], description="torchvision: class ids kept (COCO person: 1); empty: every class"
+    )
+    detector_score_threshold: float = Field(
+        0.5, description="detection: minimum score (torchvision: class probability; hog: SVM margin)"
+    )
+    detector_upscale: float = Field(
+        1.0, ge=1.0, le=8.0, description="hog: enlarge the image first (its 64x128 window misses smaller people)"
+    )
+    detect_on_tir: bool = Field(False, description="detection: also detect on TIR and merge with NMS")
+    nms_iou: float = Field(0.8, gt=0.0, le=1.0, description="detection: NMS IoU threshold when merging")
+    max_boxes: int = Field(5, ge=1, description="detection: at most this many boxes per pair")
+    min_box_size: float = Field(8.0, ge=1.0, description="detection: boxes narrower or lower (pixels) are dropped")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of pairs held out for validation")
     num_actors: int = Field(1, ge=1, description="Ray Data actors that decode and crop")
     cpus_per_actor: float = Field(0.5, gt=0.0)
+    object_store_memory_mb: int | None = Field(
+        None, ge=64, description="Ray Data: object-store budget of the sample stream (None: Ray Data's default)"
+    )
+    progress: bool = Field(True, description="progress bars: tqdm while listing, Ray Data's while streaming")
+
+    @model_validator(mode="after")
+    def _layout_options(self) -> DataConfig:
+        import re
+
+        if self.layout == "manifest" and not self.manifest:
+            raise ValueError("data.layout=manifest needs data.manifest (URI of a CSV or Parquet manifest)")
+        if self.manifest and self.layout != "manifest":
+            raise ValueError(f"data.manifest is read only with data.layout=manifest (layout is {self.layout!r})")
+        if self.match == "regex":
+            if not self.match_pattern:
+                raise ValueError("data.match=regex needs data.match_pattern, a regex with a (?P<key>…) group")
+            try:
+                pattern = re.compile(self.match_pattern)
+            except re.error as exc:
+                raise ValueError(f"data.match_pattern {self.match_pattern!r} is not a valid regex: {exc}") from None
+            if "key" not in pattern.groupindex:
+                raise ValueError(f"data.match_pattern {self.match_pattern!r} needs a (?P<key>…) group")
+        elif self.match_pattern:
+            raise ValueError("data.match_pattern is used only with data.match=regex")
+        for name in self.kaist_sets:
+            if not re.fullmatch(r"set\d+", name):
+                raise ValueError(f"data.kaist_sets: set names look like 'set00', got {name!r}")
+        low, high = self.random_box_scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"data.random_box_scale_range must satisfy 0 < low <= high, got [{low}, {high}]")
+        if self.boxes == "detection" and self.detector == "hog":
+            import cv2
+
+            if not hasattr(cv2, "HOGDescriptor"):
+                raise ValueError(
+                    f"data.detector=hog needs cv2.HOGDescriptor, which OpenCV {cv2.__version__} lacks (OpenCV 5 "
+                    "removed it): install opencv-python-headless<5, or set data.detector=torchvision with "
+                    "data.detector_weights"
+                )
+        if self.random_box_patch and self.random_box_patch / (self.random_box_fraction * low) > 8192:
+            raise ValueError(
+                f"data.random_box_patch={self.random_box_patch} over regions of {self.random_box_fraction:.3g} x "
+                f"{low:g} of the image would resample images beyond 8192 pixels; raise random_box_fraction"
+            )
+        if self.detector == "torchvision":
+            if not self.detector_weights:
+                raise ValueError(
+                    "data.detector=torchvision needs data.detector_weights (a local or s3:// state-dict file; "
+                    "nothing is downloaded)"
+                )
+            from torchvision.models import detection, list_models
+
+            known = list_models(module=detection)
+            if self.detector_arch not in known:
+                raise ValueError(f"data.detector_arch {self.detector_arch!r} is not one of {', '.join(known)}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -130,7 +340,7 @@ class ModelConfig(_Strict):
     architecture: Literal["dimp", "atom"] = "dimp"
     preset: PresetName = Field("tiny", description="layer sizes and classifier settings; implies the backbone")
     init_checkpoint: str | None = Field(None, description="teacher weights (URI of a cmd-ray or pytracking file)")
-    trainable_backbone_layers: list[Literal["conv1", "layer1", "layer2", "layer3"]] = Field(
+    trainable_backbone_layers: list[BackboneStage] = Field(
         default_factory=list, description="backbone stages to train (default: all frozen, BatchNorm stats too)"
     )
 
@@ -244,15 +454,272 @@ class TuneSettings(_Strict):
 
 
 class PretrainConfig(_Strict):
-    """Supervised RGB teacher training on labeled sequences (``jobs/pretrain.py``)."""
+    """Supervised RGB teacher training on labeled sequences (``jobs/pretrain.py``).
+
+    Ordinary DiMP/ATOM training: a reference and a test frame of one sequence, at most ``max_gap`` frames
+    apart, cropped around their true boxes. The model becomes the teacher of a distillation run
+    (``model.init_checkpoint: models:/<registered_model_name>@<mlflow.alias>``). Data sampling, the model and
+    the loss forms are shared with distillation (``data.sampling``, ``model``, ``distill.tcl_loss`` …).
+    """
+
+    sequences_uri: str = Field(
+        "data/demo/rgb_sequences",
+        description="labeled RGB sequences: <uri>/<seq>/img/*.jpg with <uri>/<seq>/groundtruth_rect.txt (x,y,w,h)",
+    )
+    max_gap: int = Field(200, ge=0, description="largest frame distance between the reference and the test frame")
+    init_checkpoint: str | None = Field(
+        None, description="starting weights (e.g. ImageNet backbone; any model.init_checkpoint form); unset: random"
+    )
+    epochs: int = Field(50, ge=1)
+    samples_per_epoch: int = Field(26000, ge=1)
+    batch_size: int = Field(10, ge=1, description="frame pairs per worker per step")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of sequences held out for validation")
+    val_samples: int = Field(64, ge=0, description="fixed validation samples scored every epoch (0: none)")
+    lr_tcl: float = Field(5e-5, gt=0.0, description="target classifier (features, initializer, optimizer)")
+    lr_bbe: float = Field(1e-3, gt=0.0, description="IoU-Net")
+    lr_backbone: float = Field(2e-5, gt=0.0)
+    trainable_backbone_layers: list[BackboneStage] = Field(
+        default_factory=lambda: ["layer2", "layer3"],
+        description="backbone stages trained with lr_backbone (a tiny network from scratch: all of them)",
+    )
+    loss_weight_bbe: float = Field(1.0, ge=0.0)
+    lr_step: int = Field(15, ge=1)
+    lr_gamma: float = Field(0.2, gt=0.0, le=1.0)
+    seed: int = 0
+    run_name: str = Field("cmd-pretrain", min_length=1, description="Ray Train run (checkpoints) and MLflow run name")
+    registered_model_name: str = Field("cmd-ray-teacher", min_length=1)
 
 
 class TrackerConfig(_Strict):
-    """Online DiMP tracker parameters (:mod:`cmd_ray.tracking`)."""
+    """Online DiMP tracker parameters (:mod:`cmd_ray.tracking`), named as pytracking's DiMP parameters.
+
+    Defaults are DiMP-50's (``pytracking/parameter/dimp/dimp50.py``). ``preset`` fills every field the
+    config does not set: ``dimp50`` (the defaults), ``superdimp`` (crop 352 px for search area 6, crops kept
+    inside the image, box refinement in the relative parametrisation), ``tiny`` (crop 128 px: the
+    ``model.preset=tiny`` networks trained on 128-px crops at search area 5, feature stride 16).
+    Lengths are pixels: ``image_sample_size`` of the crop fed to the network, the rest of the image.
+    """
+
+    class Augmentation(_Strict):
+        """First-frame training samples besides the plain crop (pytracking's ``params.augmentation``).
+
+        Shifts and blur sigmas are ``(x, y)`` pairs in crop pixels; ``relativeshift`` in half crop sides.
+        """
+
+        shift: list[tuple[float, float]] = Field(default_factory=list, description="(dx, dy) crop px")
+        relativeshift: list[tuple[float, float]] = Field(
+            default_factory=lambda: [(0.6, 0.6), (-0.6, 0.6), (0.6, -0.6), (-0.6, -0.6)],
+            description="(dx, dy) as fractions of half the crop side",
+        )
+        fliplr: bool = True
+        blur: list[tuple[float, float]] = Field(
+            default_factory=lambda: [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0)], description="Gaussian (sigma_x, sigma_y)"
+        )
+        scale: list[float] = Field(default_factory=list, description="zoom-out factors (> 1 shrinks the target)")
+        rotate: list[float] = Field(default_factory=lambda: [10.0, -10.0, 45.0, -45.0], description="degrees")
+        dropout: tuple[int, float] | None = Field(
+            (2, 0.2), description="(copies, channel drop probability) of the plain sample's classifier features"
+        )
+
+        @model_validator(mode="after")
+        def _ranges(self) -> TrackerConfig.Augmentation:
+            if any(v <= 0 for pair in self.blur for v in pair):
+                raise ValueError(f"augmentation.blur sigmas must be > 0, got {self.blur}")
+            if any(v <= 0 for v in self.scale):
+                raise ValueError(f"augmentation.scale factors must be > 0, got {self.scale}")
+            if any(abs(v) > 1 for pair in self.relativeshift for v in pair):
+                raise ValueError(f"augmentation.relativeshift values must lie in [-1, 1], got {self.relativeshift}")
+            if self.dropout is not None and (self.dropout[0] < 0 or not 0 <= self.dropout[1] < 1):
+                raise ValueError(
+                    f"augmentation.dropout must be (copies >= 0, 0 <= probability < 1), got {self.dropout}"
+                )
+            return self
+
+        def num_samples(self) -> int:
+            """Initial training samples these augmentations make, the plain crop included."""
+            return (
+                1
+                + len(self.shift)
+                + len(self.relativeshift)
+                + int(self.fliplr)
+                + len(self.blur)
+                + len(self.scale)
+                + len(self.rotate)
+                + (self.dropout[0] if self.dropout else 0)
+            )
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "dimp50": {},
+        "superdimp": {
+            "image_sample_size": 352,
+            "search_area_scale": 6.0,
+            "border_mode": "inside_major",
+            "patch_max_scale_change": 1.5,
+            "box_refinement_space": "relative",
+            "box_refinement_iter": 10,
+            "box_refinement_step_length": 2.5e-3,
+        },
+        "tiny": {"image_sample_size": 128},
+    }
+    """Values a preset gives the fields a config leaves unset (``dimp50``: the field defaults)."""
+
+    preset: Literal["dimp50", "superdimp", "tiny"] = Field(
+        "dimp50", description="fills the fields not set explicitly (see TrackerConfig.PRESETS)"
+    )
+    # search region
+    image_sample_size: int = Field(288, ge=32, description="side of the network's crop, px (DiMP-50: 18*16)")
+    search_area_scale: float = Field(5.0, gt=1.0, description="crop side / sqrt(target area), in image px")
+    border_mode: Literal["replicate", "inside", "inside_major"] = Field(
+        "replicate",
+        description="'replicate': pad beyond the image; 'inside'/'inside_major': shrink the crop by up to "
+        "patch_max_scale_change until it fits the image (both / the smaller dimension) and shift it inside",
+    )
+    patch_max_scale_change: float | None = Field(None, ge=1.0, description="cap of the 'inside' shrink factor")
+    # sample memory and filter updates
+    update_classifier: bool = True
+    sample_memory_size: int = Field(50, ge=2)
+    learning_rate: float = Field(0.01, gt=0.0, lt=1.0, description="weight growth of each new sample")
+    init_samples_minimum_weight: float = Field(0.25, ge=0.0, lt=1.0, description="0 turns the floor off")
+    train_skipping: int = Field(20, ge=1, description="frames between regular filter updates")
+    net_opt_iter: int = Field(10, ge=0, description="filter optimizer steps on the first frame")
+    net_opt_update_iter: int = Field(2, ge=0, description="steps of a regular update")
+    net_opt_hn_iter: int = Field(1, ge=0, description="steps after a hard negative")
+    hard_negative_learning_rate: float = Field(0.02, gt=0.0, lt=1.0)
+    # first-frame augmentation
+    use_augmentation: bool = True
+    augmentation: Augmentation = Field(default_factory=Augmentation)
+    random_shift_factor: float = Field(
+        1.0 / 3.0, ge=0.0, lt=1.0, description="random shift of flip/blur/scale/rotate samples, x crop side"
+    )
+    # localisation
+    advanced_localization: bool = True
+    target_not_found_threshold: float = Field(0.25, description="peak score below which the target is lost")
+    distractor_threshold: float = Field(0.8, gt=0.0, description="second peak / first above this: a distractor")
+    hard_negative_threshold: float = Field(0.5, gt=0.0, description="second peak / first above this: hard negative")
+    target_neighborhood_scale: float = Field(2.2, gt=0.0, description="masked region around the peak, x target")
+    displacement_scale: float = Field(0.8, gt=0.0, description="far from the centre: > this x half the map")
+    update_scale_when_uncertain: bool = True
+    target_inside_ratio: float = Field(0.2, ge=0.0, le=0.5, description="share of the target kept in the image")
+    # IoU-Net box refinement
+    use_iou_net: bool = True
+    iounet_k: int = Field(3, ge=1, description="the box is the mean of the top-k refined boxes")
+    num_init_random_boxes: int = Field(9, ge=0, description="jittered boxes besides the classifier's")
+    box_jitter_pos: float = Field(0.1, ge=0.0, description="centre jitter range, x sqrt(box area)")
+    box_jitter_sz: float = Field(0.5, ge=0.0, description="size jitter range, x sqrt(box area)")
+    maximal_aspect_ratio: float = Field(6.0, gt=1.0)
+    box_refinement_iter: int = Field(5, ge=0, description="gradient-ascent steps on the predicted IoU")
+    box_refinement_step_length: float | tuple[float, float] = Field(
+        1.0, description="step (or (centre, size) steps); 'default' space: x box size"
+    )
+    box_refinement_step_decay: float = Field(1.0, gt=0.0, le=1.0)
+    box_refinement_space: Literal["default", "relative"] = Field(
+        "default", description="'default': x, y, w, h scaled by the size; 'relative': cx/w0, cy/h0, log w, log h"
+    )
+    seed: int = Field(0, description="random shifts, feature dropout and jittered boxes (reset by initialize)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "dimp50")
+        if preset not in cls.PRESETS:
+            return data  # the Literal check names the allowed presets
+        return {**cls.PRESETS[preset], **data}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrackerConfig:
+        steps = self.box_refinement_step_length
+        if any(s < 0 for s in (steps if isinstance(steps, tuple) else (steps,))):
+            raise ValueError(f"box_refinement_step_length must be >= 0, got {steps}")
+        if self.update_classifier and self.num_init_samples() >= self.sample_memory_size:
+            raise ValueError(
+                f"sample_memory_size ({self.sample_memory_size}) must exceed the {self.num_init_samples()} "
+                "first-frame samples (augmentation, use_augmentation) so that the memory can take new frames"
+            )
+        return self
+
+    def num_init_samples(self) -> int:
+        """First-frame training samples: the plain crop plus the augmented ones (when ``use_augmentation``)."""
+        return self.augmentation.num_samples() if self.use_augmentation else 1
+
+
+TRACKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+"""Tracker names are folder names under ``evaluation.results_dir`` and MLflow metric prefixes."""
+
+
+class EvaluatedTracker(_Strict):
+    """One tracker of an evaluation: ``kind`` ``dimp`` needs ``model``; ``static`` (repeats the first box) has none.
+
+    ``model`` is ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``), or the URI (local or s3://) of a cmd-ray
+    checkpoint folder, a ``training_state.pt`` (the network is rebuilt from the config stored with it) or a state-dict
+    / pytracking weights file (the network is built from this config's ``model`` section).
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=TRACKER_NAME_PATTERN)
+    kind: Literal["dimp", "static"] = "dimp"
+    model: str | None = Field(None, description="models:/NAME@ALIAS or a checkpoint URI; only for kind dimp")
+
+    @model_validator(mode="after")
+    def _model_fits_kind(self) -> EvaluatedTracker:
+        if self.kind == "dimp" and not (self.model and self.model.strip()):
+            raise ValueError(
+                f"tracker {self.name!r} of kind dimp needs a model (models:/NAME@ALIAS or a checkpoint URI)"
+            )
+        if self.kind == "static" and self.model is not None:
+            raise ValueError(f"tracker {self.name!r} of kind static uses no model, got model={self.model!r}")
+        return self
 
 
 class EvaluationConfig(_Strict):
-    """OPE evaluation on TIR sequences (``jobs/evaluate.py``, :mod:`cmd_ray.evaluation.runner`)."""
+    """OPE evaluation on TIR sequences (``jobs/evaluate.py``, :mod:`cmd_ray.evaluation.runner`).
+
+    One Ray task per (tracker, sequence), at most ``num_workers`` in flight; results go to
+    ``results_dir/<tracker>/<sequence>.txt`` (local folder) and are reused on a rerun.
+    """
+
+    benchmark: Literal["synthetic", "lsotb", "ptb"] = "synthetic"
+    root: str = Field(
+        "data/demo/tir_sequences",
+        min_length=1,
+        description="local folder of the benchmark (synthetic: the tir_sequences folder; lsotb: the evaluation set; "
+        "ptb: the folder holding tirsequences/ and tiranno/)",
+    )
+    sequences: list[str] | None = Field(None, description="evaluate only these sequences (default: all)")
+    lsotb_subset: Literal["119", "120"] = Field("119", description="119: the paper's set (without cat_D_001)")
+    protocol: Literal["lsotb", "pytracking"] = "lsotb"
+    results_dir: str = Field("results", min_length=1, description="local folder of the result files and plots")
+    trackers: list[EvaluatedTracker] = Field(
+        default_factory=lambda: [EvaluatedTracker(name="static", kind="static")],
+        description="trackers to evaluate; the first is the reference of the deltas in the comparison table",
+    )
+    num_workers: int = Field(2, ge=1, description="most sequence tasks in flight at once")
+    cpus_per_task: float = Field(1.0, gt=0.0)
+    use_gpu: bool = False
+    gpus_per_task: float = Field(1.0, gt=0.0, le=1.0, description="with use_gpu; a fraction lets tasks share a GPU")
+    plots: bool = Field(True, description="success / precision plots (PNG) into results_dir/plots")
+    overwrite: bool = Field(False, description="re-track sequences that already have complete results")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluationConfig:
+        if not self.trackers:
+            raise ValueError("trackers must name at least one tracker")
+        names = [t.name for t in self.trackers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tracker names must be unique, repeated: {duplicates}")
+        if "plots" in names:
+            raise ValueError("a tracker cannot be named 'plots' (results_dir/plots holds the plots)")
+        for key in ("root", "results_dir"):
+            if "://" in getattr(self, key):
+                raise ValueError(f"{key} must be a local folder (shared by the Ray nodes), got {getattr(self, key)!r}")
+        if self.sequences is not None:
+            if not self.sequences:
+                raise ValueError("sequences, when given, must name at least one sequence")
+            repeated = sorted({s for s in self.sequences if self.sequences.count(s) > 1})
+            if repeated:
+                raise ValueError(f"sequences are repeated: {repeated}")
+        return self
 
 
 class Config(_Strict):
@@ -270,12 +737,13 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _epoch_fits_workers(self) -> Config:
-        global_batch = self.distill.batch_size * self.scaling.num_workers
-        if self.distill.samples_per_epoch < global_batch:
-            raise ValueError(
-                f"distill.samples_per_epoch ({self.distill.samples_per_epoch}) is smaller than one global batch "
-                f"(distill.batch_size {self.distill.batch_size} x scaling.num_workers {self.scaling.num_workers})"
-            )
+        for name, section in (("distill", self.distill), ("pretrain", self.pretrain)):
+            global_batch = section.batch_size * self.scaling.num_workers
+            if section.samples_per_epoch < global_batch:
+                raise ValueError(
+                    f"{name}.samples_per_epoch ({section.samples_per_epoch}) is smaller than one global batch "
+                    f"({name}.batch_size {section.batch_size} x scaling.num_workers {self.scaling.num_workers})"
+                )
         return self
 
     @model_validator(mode="after")

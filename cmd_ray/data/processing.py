@@ -8,13 +8,16 @@ pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)`` and its centre is
 so a box in the crop needs no half-pixel correction.
 
 Crops follow pytracking's DiMP processing (``_get_jittered_box`` then
-``jittered_center_crop``): jitter the box, cut a square of side
+``jittered_center_crop``): jitter the box (the reference and the test frame by
+their own factors, :meth:`SamplingConfig.jitter`), cut a square of side
 ``ceil(sqrt(w*h) * search_area_factor)`` around the jittered centre (integer
 top-left, so the crop is a slice), pad by replicating the border, resize to
 ``output_sz`` with bilinear interpolation (what the released DiMP weights saw).
-The crop geometry is computed once (:func:`jittered_crop_geometry`) and applied
-to each modality (:func:`apply_crop`), so RGB and TIR of a pair are cut
-identically.
+``crop_mode`` ``inside`` / ``inside_major`` (SuperDiMP) first shrink the square
+(by at most ``max_scale_change``) and shift it to lie inside the image, on both
+axes or on the longer one (:func:`crop_geometry`). The crop geometry is computed
+once (:func:`jittered_crop_geometry`) and applied to each modality
+(:func:`apply_crop`), so RGB and TIR of a pair are cut identically.
 
 Labels and proposals follow pytracking's ``gaussian_label_function`` and
 ATOM's ``perturb_box`` (see :func:`gaussian_label`, :func:`sample_proposals`); with
@@ -26,18 +29,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from cmd_ray.config import SamplingConfig
 from cmd_ray.data.boxes import box_iou
+from cmd_ray.data.images import tir_to_gray
 
 INTERPOLATION = cv2.INTER_LINEAR
 """Crop resampling: bilinear, as pytracking's training crops (``cv2.resize`` default)."""
 
 MAX_PROPOSAL_TRIES = 100
 """Rejection rounds per proposal; each failed round shrinks its sigma by 0.9 (as ATOM's ``perturb_box``)."""
+
+
+Frame = Literal["reference", "test"]
+"""Role of a crop in a DiMP sample: the reference (train) frame or the test frame."""
 
 
 class PairMismatchError(ValueError):
@@ -77,6 +86,38 @@ def normalize_tir(tir: np.ndarray) -> np.ndarray:
     levels = (np.arange(1 << 16, dtype=np.float64) - low) * (255.0 / (high - low))
     lut = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
     return lut[tir]
+
+
+def split_side_by_side(image: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split a horizontally concatenated ``[RGB | TIR]`` image (the released CMD code's pair layout).
+
+    Args:
+        image: ``uint8 [H, 2W, 3]`` in RGB channel order (as :func:`cmd_ray.data.images.decode_rgb`
+            returns it), or ``uint8 [H, 2W]`` for a grey file.
+        key: name of the file, for error messages.
+
+    Returns:
+        ``(rgb uint8 [H, W, 3], tir uint8 [H, W])``: the left half (a grey left half is replicated
+        to three channels) and the right half, made grey by :func:`cmd_ray.data.images.tir_to_gray`
+        (exact when its channels are equal). Both are contiguous copies.
+
+    Raises:
+        ValueError: not uint8, not ``[H, 2W(, 3)]``, or an odd width (naming ``key``).
+    """
+    if image.dtype != np.uint8:
+        raise ValueError(f"{key}: a side-by-side [RGB | TIR] image must be uint8, got {image.dtype}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"{key}: a side-by-side [RGB | TIR] image must be [H, 2W, 3] or [H, 2W], got {image.shape}")
+    width = image.shape[1]
+    if width % 2:
+        raise ValueError(
+            f"{key}: a side-by-side [RGB | TIR] image needs an even width (two halves of equal size), got {width}"
+        )
+    half = width // 2
+    left, right = image[:, :half], image[:, half:]
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(left[..., None], 3, axis=2)), np.ascontiguousarray(right)
+    return np.ascontiguousarray(left), tir_to_gray(right, key, channel_order="rgb")
 
 
 def align_pair(rgb: np.ndarray, tir: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -152,34 +193,81 @@ def _check_box(box: np.ndarray) -> np.ndarray:
     return box
 
 
-def jittered_box(box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
+def jittered_box(
+    box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, frame: Frame = "reference"
+) -> np.ndarray:
     """pytracking's ``_get_jittered_box``: ``float64 [4]`` ``(x, y, w, h)``.
 
-    Size: ``(w, h) * exp(scale_jitter_factor * N(0, 1))`` per axis. Centre: moved by
-    ``sqrt(w' * h') * center_jitter_factor * U(-0.5, 0.5)`` per axis (``w', h'`` the jittered size).
+    With ``(c, s) = cfg.jitter(frame)``: size ``(w, h) * exp(s * N(0, 1))`` per axis; centre moved by
+    ``sqrt(w' * h') * c * U(-0.5, 0.5)`` per axis (``w', h'`` the jittered size).
     """
     box = _check_box(box)
-    size = box[2:] * np.exp(rng.standard_normal(2) * cfg.scale_jitter_factor)
-    max_offset = math.sqrt(size[0] * size[1]) * cfg.center_jitter_factor
+    center_factor, scale_factor = cfg.jitter(frame)
+    size = box[2:] * np.exp(rng.standard_normal(2) * scale_factor)
+    max_offset = math.sqrt(size[0] * size[1]) * center_factor
     center = box[:2] + 0.5 * box[2:] + max_offset * (rng.random(2) - 0.5)
     return np.concatenate([center - 0.5 * size, size])
 
 
-def crop_geometry(box: np.ndarray, cfg: SamplingConfig) -> CropGeometry:
-    """The search-area crop around ``box`` (no jitter): side ``ceil(sqrt(w*h) * search_area_factor)``.
+def _fit_axis(start: int, side: int, extent: int) -> int:
+    """Top-left of a ``side``-long crop moved inside ``[0, extent)``; a longer crop is centred on the image."""
+    if side <= extent:
+        return min(max(start, 0), extent - side)
+    return -((side - extent) // 2)
 
-    The top-left corner is rounded to whole pixels (as pytracking's ``sample_target``),
-    so the crop centre is within half a pixel of the box centre.
+
+def crop_geometry(box: np.ndarray, cfg: SamplingConfig, image_size: tuple[int, int] | None = None) -> CropGeometry:
+    """The search-area crop around ``box`` (no jitter).
+
+    The square's side is ``ceil(sqrt(w*h) * search_area_factor)`` image pixels and its top-left
+    corner is rounded to whole pixels (as pytracking's ``sample_target``), so with
+    ``crop_mode="replicate"`` the crop centre is within half a pixel of the box centre and the
+    image size does not matter.
+
+    ``inside`` / ``inside_major`` (pytracking's ``sample_target_adaptive``): the side is divided by
+    ``r = clip(max(side/W, side/H), 1, max_scale_change)`` (``inside``) or with ``min`` in place of
+    ``max`` (``inside_major``), rounded down; then on each axis the square is shifted to lie inside the
+    image, or centred on the image where it is still longer than the image (the rest is replicated
+    border). ``inside_major`` thus fits the image's longer side at most, and keeps the target's scale
+    within ``max_scale_change`` of the replicate crop.
+
+    Args:
+        box: ``(x, y, w, h)`` in image pixels.
+        image_size: ``(H, W)`` of the image; required by the ``inside`` modes.
     """
     box = _check_box(box)
     side = max(1, math.ceil(math.sqrt(box[2] * box[3]) * cfg.search_area_factor))
     cx, cy = box[:2] + 0.5 * box[2:]
-    return CropGeometry(x0=round(cx - 0.5 * side), y0=round(cy - 0.5 * side), side=side, output_sz=cfg.output_sz)
+    if cfg.crop_mode == "replicate":
+        return CropGeometry(x0=round(cx - 0.5 * side), y0=round(cy - 0.5 * side), side=side, output_sz=cfg.output_sz)
+    if image_size is None:
+        raise ValueError(f"crop_mode={cfg.crop_mode!r} needs the image size (H, W) to fit the crop inside the image")
+    height, width = int(image_size[0]), int(image_size[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive (H, W), got {image_size}")
+    ratios = (side / width, side / height)
+    shrink = max(ratios) if cfg.crop_mode == "inside" else min(ratios)
+    shrink = min(max(1.0, shrink), cfg.max_scale_change or math.inf)
+    side = max(1, math.floor(side / shrink))
+    x0 = _fit_axis(round(cx - 0.5 * side), side, width)
+    y0 = _fit_axis(round(cy - 0.5 * side), side, height)
+    return CropGeometry(x0=x0, y0=y0, side=side, output_sz=cfg.output_sz)
 
 
-def jittered_crop_geometry(box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> CropGeometry:
-    """:func:`crop_geometry` of :func:`jittered_box`: one training crop, to apply to every modality."""
-    return crop_geometry(jittered_box(box, cfg, rng), cfg)
+def jittered_crop_geometry(
+    box: np.ndarray,
+    cfg: SamplingConfig,
+    rng: np.random.Generator,
+    frame: Frame = "reference",
+    image_size: tuple[int, int] | None = None,
+) -> CropGeometry:
+    """:func:`crop_geometry` of :func:`jittered_box`: one training crop, to apply to every modality.
+
+    Args:
+        frame: whose jitter factors to use (``cfg.jitter(frame)``).
+        image_size: ``(H, W)``; required when ``cfg.crop_mode`` is ``inside`` or ``inside_major``.
+    """
+    return crop_geometry(jittered_box(box, cfg, rng, frame), cfg, image_size)
 
 
 def apply_crop(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
@@ -211,7 +299,12 @@ def apply_crop(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
 
 
 def sample_crop(
-    image: np.ndarray, box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, jitter: bool = True
+    image: np.ndarray,
+    box: np.ndarray,
+    cfg: SamplingConfig,
+    rng: np.random.Generator,
+    jitter: bool = True,
+    frame: Frame = "reference",
 ) -> tuple[np.ndarray, np.ndarray, CropGeometry]:
     """One (optionally jittered) search-area crop of one image.
 
@@ -222,12 +315,14 @@ def sample_crop(
         image: ``[H, W, 3]`` or ``[H, W]``.
         box: ``(x, y, w, h)`` target box in image pixels.
         jitter: jitter the box before cropping (no randomness is drawn when False).
+        frame: whose jitter factors to use.
 
     Returns:
         ``(crop [S, S(, 3)], box_in_crop float32 [4], geometry)``; ``box_in_crop`` is the
         original, unjittered box in crop pixels.
     """
-    geometry = jittered_crop_geometry(box, cfg, rng) if jitter else crop_geometry(box, cfg)
+    size = image.shape[:2]
+    geometry = jittered_crop_geometry(box, cfg, rng, frame, size) if jitter else crop_geometry(box, cfg, size)
     return apply_crop(image, geometry), geometry.box_to_crop(_check_box(box)), geometry
 
 
@@ -376,7 +471,8 @@ def make_sample(
     """One DiMP training sample from one aligned pair and its pseudo box.
 
     The reference and test frames are two independently jittered crops of the same
-    pair; within each, RGB and TIR share one crop geometry. TIR is normalised to uint8
+    pair, each with its own jitter factors (``cfg.jitter("reference")``, ``cfg.jitter("test")``);
+    within each, RGB and TIR share one crop geometry. TIR is normalised to uint8
     (:func:`normalize_tir`) before cropping. Which modality feeds which branch is decided
     later (per variant), so both are returned for both frames.
 
@@ -400,8 +496,9 @@ def make_sample(
     tir = normalize_tir(tir)
     box = _check_box(box)
 
-    ref = jittered_crop_geometry(box, cfg, rng)
-    test = jittered_crop_geometry(box, cfg, rng)
+    size = rgb.shape[:2]
+    ref = jittered_crop_geometry(box, cfg, rng, "reference", size)
+    test = jittered_crop_geometry(box, cfg, rng, "test", size)
     test_box = test.box_to_crop(box)
     extra: dict[str, np.ndarray] = {}
     if cfg.proposal_method == "gmm":

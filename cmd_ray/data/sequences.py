@@ -170,8 +170,10 @@ def make_frame_pair_sample(
         ``[L, L]``; ``test_proposals`` float32 ``[P, 4]``; ``proposal_iou`` float32 ``[P]``; with GMM
         proposals also ``proposal_density``, ``gt_density``). No TIR keys: the teacher sees RGB only.
     """
-    ref = jittered_crop_geometry(np.asarray(ref_box, dtype=np.float64), cfg, rng)
-    test = jittered_crop_geometry(np.asarray(test_box, dtype=np.float64), cfg, rng)
+    ref_box = np.asarray(ref_box, dtype=np.float64)
+    test_box = np.asarray(test_box, dtype=np.float64)
+    ref = jittered_crop_geometry(ref_box, cfg, rng, frame="reference", image_size=ref_image.shape[:2])
+    test = jittered_crop_geometry(test_box, cfg, rng, frame="test", image_size=test_image.shape[:2])
     box_in_test = test.box_to_crop(test_box)
     extra: dict[str, np.ndarray] = {}
     if cfg.proposal_method == "gmm":

@@ -1,7 +1,11 @@
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from cmd_ray.config import SamplingConfig
+from cmd_ray.config import SAMPLING_PRESETS, SamplingConfig, load_config
 from cmd_ray.data.boxes import box_iou, center_box
 from cmd_ray.data.processing import (
     CropGeometry,
@@ -17,11 +21,15 @@ from cmd_ray.data.processing import (
     normalize_tir,
     sample_crop,
     sample_proposals,
+    split_side_by_side,
 )
 
 CFG = SamplingConfig()  # output 128, stride 16, filter 4: label 9x9
 ODD = SamplingConfig(output_sz=96, feature_stride=8, filter_size=3)  # label 12x12
 DIMP50 = SamplingConfig(output_sz=288, feature_stride=16, filter_size=4, search_area_factor=5.0)
+DIMP50_PRESET = SamplingConfig(preset="dimp50")  # 288 / 18 cells, test jitter 4.5 / 0.5
+SUPERDIMP = SamplingConfig(preset="superdimp")  # 352 / 22 cells, inside_major, 128 GMM proposals
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 # --------------------------------------------------------------------------- TIR depth and alignment
@@ -74,6 +82,36 @@ def test_align_pair_resizes_tir_of_the_same_aspect():
     assert np.all(tir_out == 40000)
     # within 1%: 161/120 vs 160/120
     assert align_pair(rgb, np.zeros((120, 161), np.uint8), "k")[1].shape == (120, 160)
+
+
+def test_split_side_by_side_gives_the_rgb_and_tir_halves():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    tir = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    left, right = split_side_by_side(np.concatenate([rgb, np.dstack([tir] * 3)], axis=1), "pairs/0001.jpg")
+    assert left.shape == (6, 5, 3) and right.shape == (6, 5) and left.dtype == right.dtype == np.uint8
+    assert left.flags.c_contiguous and right.flags.c_contiguous
+    np.testing.assert_array_equal(left, rgb)
+    np.testing.assert_array_equal(right, tir)  # a grey TIR half saved as colour comes back exactly
+    # a false-colour TIR half (RGB order, as decode_rgb returns it) becomes its luma
+    colour = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    _, luma = split_side_by_side(np.concatenate([rgb, colour], axis=1), "k")
+    r, g, b = (colour[..., i].astype(np.float64) for i in range(3))
+    assert np.abs(luma - (0.299 * r + 0.587 * g + 0.114 * b)).max() <= 0.51
+    # a grey file: the RGB half is replicated to three channels
+    grey = rng.integers(0, 256, (4, 8), dtype=np.uint8)
+    left, right = split_side_by_side(grey, "k")
+    np.testing.assert_array_equal(left, np.dstack([grey[:, :4]] * 3))
+    np.testing.assert_array_equal(right, grey[:, 4:])
+
+
+def test_split_side_by_side_rejects_bad_images_naming_the_key():
+    with pytest.raises(ValueError, match=r"pairs/odd\.jpg.*even width.*11"):
+        split_side_by_side(np.zeros((4, 11, 3), np.uint8), "pairs/odd.jpg")
+    with pytest.raises(ValueError, match=r"pairs/deep\.png.*uint8.*uint16"):
+        split_side_by_side(np.zeros((4, 10, 3), np.uint16), "pairs/deep.png")
+    with pytest.raises(ValueError, match=r"pairs/alpha\.png.*\[H, 2W, 3\]"):
+        split_side_by_side(np.zeros((4, 10, 4), np.uint8), "pairs/alpha.png")
 
 
 def test_align_pair_mismatched_aspect_names_key_and_sizes():
@@ -158,25 +196,161 @@ def test_crop_outside_the_image_replicates_the_border():
     assert apply_crop(rgb, CropGeometry(x0=30, y0=25, side=20, output_sz=40)).shape == (40, 40, 3)
 
 
-def test_jitter_follows_pytracking_bounds():
+@pytest.mark.parametrize("frame", ["reference", "test"])
+def test_jitter_follows_pytracking_bounds_per_frame(frame):
+    cfg = DIMP50_PRESET  # reference 3 / 0.25, test 4.5 / 0.5
+    center_factor, scale_factor = {"reference": (3.0, 0.25), "test": (4.5, 0.5)}[frame]
+    assert cfg.jitter(frame) == (center_factor, scale_factor)
     box = np.array([50, 60, 40, 20], np.float64)
     rng = np.random.default_rng(0)
     centre = box[:2] + box[2:] / 2
-    draws = np.array([jittered_box(box, CFG, rng) for _ in range(500)])
+    draws = np.array([jittered_box(box, cfg, rng, frame) for _ in range(1000)])
     sizes = draws[:, 2:]
     offsets = np.abs(draws[:, :2] + sizes / 2 - centre)
-    assert np.all(offsets <= 0.5 * np.sqrt(sizes.prod(axis=1, keepdims=True)) * CFG.center_jitter_factor + 1e-9)
+    bound = 0.5 * np.sqrt(sizes.prod(axis=1, keepdims=True)) * center_factor
+    assert np.all(offsets <= bound + 1e-9)
+    assert np.mean(offsets > 0.8 * bound) > 0.1  # uniform over the whole range, not a smaller one
     log_scale = np.log(sizes / box[2:])
-    assert abs(log_scale.std() - CFG.scale_jitter_factor) < 0.03
-    still = SamplingConfig(center_jitter_factor=0.0, scale_jitter_factor=0.0)
-    np.testing.assert_allclose(jittered_box(box, still, rng), box)
-    assert crop_geometry(box, CFG) == jittered_crop_geometry(box, still, rng)
+    assert abs(log_scale.std() - scale_factor) < 0.04
+    still = SamplingConfig(reference_center_jitter_factor=0.0, test_center_jitter_factor=0.0, scale_jitter_factor=0.0)
+    np.testing.assert_allclose(jittered_box(box, still, rng, frame), box)
+    assert crop_geometry(box, CFG) == jittered_crop_geometry(box, still, rng, frame)
+
+
+@pytest.mark.parametrize("mode", ["replicate", "inside", "inside_major"])
+@pytest.mark.parametrize("max_scale_change", [None, 1.05])
+def test_every_crop_mode_maps_the_box_exactly(mode, max_scale_change):
+    """The painted box lands where box_to_crop predicts, wherever the crop was moved or shrunk to."""
+    cfg = SamplingConfig(crop_mode=mode, max_scale_change=max_scale_change, test_center_jitter_factor=4.5)
+    for box in [(5, 8, 30, 24), (120, 90, 30, 24), (60, 40, 30, 24), (2, 2, 12, 40)]:
+        rgb, tir, box = _painted_pair(box=box)
+        tir8 = normalize_tir(tir)
+        for seed in range(4):
+            geometry = jittered_crop_geometry(box, cfg, np.random.default_rng(seed), "test", rgb.shape[:2])
+            box_in_crop = geometry.box_to_crop(box)
+            _assert_square_at(apply_crop(rgb, geometry), box_in_crop, bright=200, dark=60)
+            _assert_square_at(apply_crop(tir8, geometry), box_in_crop, bright=200, dark=60)
+            np.testing.assert_allclose(geometry.box_to_image(box_in_crop), box, atol=1e-4)
+
+
+def test_inside_modes_fit_the_crop_into_the_image():
+    height, width = 120, 160
+    box = np.array([5, 8, 30, 24], np.float64)  # in the top-left corner; crop side ceil(sqrt(720) * 5) = 135
+    replicate = crop_geometry(box, CFG)
+    assert replicate.side == 135 and replicate.x0 < 0 and replicate.y0 < 0
+
+    inside = crop_geometry(box, SamplingConfig(crop_mode="inside"), (height, width))
+    assert inside.side == 120  # shrunk to the shorter side, then moved inside: no padding at all
+    assert (inside.x0, inside.y0) == (0, 0)
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        apply_crop(image, inside), cv2.resize(image[:120, :120], (128, 128), interpolation=cv2.INTER_LINEAR)
+    )
+
+    major = crop_geometry(box, SamplingConfig(crop_mode="inside_major"), (height, width))
+    assert major.side == 135  # fits the longer side (160) already: not shrunk
+    assert major.x0 == 0  # moved inside along x
+    assert major.y0 == -7  # longer than the image along y: centred on it, (135 - 120) // 2 rows above
+
+    limited = crop_geometry(box, SamplingConfig(crop_mode="inside", max_scale_change=1.05), (height, width))
+    assert limited.side == 128  # floor(135 / 1.05): shrinks no further than max_scale_change
+    assert limited.x0 == 0 and limited.y0 == -4
+
+    # a small crop in the middle of the image is the same in every mode
+    middle = np.array([70, 50, 10, 10], np.float64)
+    for mode in ("inside", "inside_major"):
+        assert crop_geometry(middle, SamplingConfig(crop_mode=mode), (height, width)) == crop_geometry(middle, CFG)
+
+
+def test_inside_modes_need_the_image_size():
+    with pytest.raises(ValueError, match="crop_mode='inside_major' needs the image size"):
+        crop_geometry(np.array([0, 0, 10, 10]), SUPERDIMP)
+    rgb, _, box = _painted_pair()
+    crop, box_in_crop, _ = sample_crop(rgb, box, SUPERDIMP, np.random.default_rng(0), frame="test")
+    assert crop.shape == (352, 352, 3)
+    _assert_square_at(crop, box_in_crop, bright=200, dark=60)
+
+
+def test_jitter_rejects_an_unknown_frame():
+    with pytest.raises(ValueError, match="'reference' or 'test'"):
+        jittered_box(np.array([0, 0, 10, 10]), CFG, np.random.default_rng(0), "train")
+
+
+def test_make_sample_jitters_the_test_frame_more():
+    rgb, tir, _ = _painted_pair(height=480, width=640)
+    box = np.array([300, 220, 40, 40], np.float32)
+    cfg = SamplingConfig(
+        output_sz=128,
+        reference_center_jitter_factor=0.0,
+        reference_scale_jitter_factor=0.0,
+        test_center_jitter_factor=4.5,
+        test_scale_jitter_factor=0.5,
+    )
+    refs, tests = [], []
+    for seed in range(20):
+        sample = make_sample(rgb, tir, box, cfg, np.random.default_rng(seed))
+        refs.append(sample["ref_box"])
+        tests.append(sample["test_box"])
+    assert np.ptp(np.array(refs), axis=0).max() < 0.6  # unjittered: centred to within a pixel of rounding
+    assert np.ptp(np.array(tests)[:, 0]) > 20
+
+
+# --------------------------------------------------------------------------- presets and config
+
+
+def test_presets_fill_pytrackings_settings():
+    d = DIMP50_PRESET
+    assert (d.search_area_factor, d.output_sz, d.feature_sz, d.filter_size) == (5.0, 288, 18, 4)
+    assert (d.jitter("reference"), d.jitter("test")) == ((3.0, 0.25), (4.5, 0.5))
+    assert (d.crop_mode, d.label_sigma_factor, d.num_proposals, d.min_proposal_iou) == ("replicate", 0.25, 8, 0.1)
+    assert d.proposal_method == "perturb" and d.proposal_sigma_factors == [0.01, 0.05, 0.1, 0.2, 0.3]
+    s = SUPERDIMP
+    assert (s.search_area_factor, s.output_sz, s.feature_sz, s.filter_size) == (6.0, 352, 22, 4)
+    assert (s.jitter("reference"), s.jitter("test")) == ((3.0, 0.25), (5.5, 0.5))
+    assert (s.crop_mode, s.max_scale_change, s.num_proposals, s.proposal_method) == ("inside_major", 1.5, 128, "gmm")
+    assert label_sigma(d) == pytest.approx(0.25 * 18 / 5) and label_sigma(s) == pytest.approx(0.25 * 22 / 6)
+    # explicit fields win over the preset; a dump validates back to the same config
+    mixed = SamplingConfig(preset="superdimp", output_sz=288, test_center_jitter_factor=4.5)
+    assert (mixed.output_sz, mixed.test_center_jitter_factor, mixed.search_area_factor) == (288, 4.5, 6.0)
+    for cfg in (d, s, mixed):
+        assert SamplingConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    assert set(SAMPLING_PRESETS) == {"dimp50", "superdimp"}
+
+
+def test_old_jitter_keys_set_both_frames_and_cannot_mix_with_the_new_ones():
+    old = SamplingConfig.model_validate({"center_jitter_factor": 2.0, "scale_jitter_factor": 0.1})
+    assert old.jitter("reference") == old.jitter("test") == (2.0, 0.1)
+    # the old key means both frames, so it also replaces a preset's test jitter
+    assert SamplingConfig(preset="dimp50", center_jitter_factor=2.0).jitter("test") == (2.0, 0.5)
+    with pytest.raises(ValidationError, match=r"center_jitter_factor.*test_center_jitter_factor"):
+        SamplingConfig.model_validate({"center_jitter_factor": 2.0, "test_center_jitter_factor": 4.5})
+    with pytest.raises(ValidationError, match="preset"):
+        SamplingConfig(preset="dimp18")
+
+
+@pytest.mark.parametrize("count", [7, 129])
+def test_proposal_count_is_bounded(count):
+    with pytest.raises(ValidationError, match="num_proposals"):
+        SamplingConfig(num_proposals=count)
+
+
+def test_config_files_sample_as_pytracking_did():
+    demo = load_config(CONFIGS / "demo.yaml").data.sampling
+    assert (demo.output_sz, demo.feature_sz, demo.crop_mode, demo.preset) == (128, 8, "replicate", "custom")
+    dimp50 = load_config(CONFIGS / "dimp50.yaml").data.sampling
+    superdimp = load_config(CONFIGS / "superdimp.yaml").data.sampling
+    assert dimp50 == DIMP50_PRESET
+    assert superdimp == SUPERDIMP
 
 
 # --------------------------------------------------------------------------- labels and proposals
 
 
-@pytest.mark.parametrize("cfg", [CFG, ODD, DIMP50], ids=["even-filter", "odd-filter", "dimp50"])
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, ODD, DIMP50, DIMP50_PRESET, SUPERDIMP, SamplingConfig(output_sz=96, feature_stride=16, filter_size=5)],
+    ids=["even-filter", "odd-filter", "dimp50", "dimp50-preset", "superdimp-preset", "odd-filter-6-cells"],
+)
 def test_label_peak_is_within_half_a_cell_of_the_box_centre(cfg):
     rng = np.random.default_rng(0)
     stride, size = cfg.feature_stride, cfg.output_sz
@@ -247,6 +421,18 @@ def test_make_sample_schema(cfg):
     again = make_sample(rgb, tir, box, cfg, np.random.default_rng(0))
     for key in expected:
         np.testing.assert_array_equal(sample[key], again[key])
+
+
+def test_superdimp_sample_near_the_image_border():
+    rgb, tir, box = _painted_pair(height=512, width=640, box=(600, 10, 36, 30))
+    sample = make_sample(rgb, tir, box, SUPERDIMP, np.random.default_rng(3))
+    assert sample["rgb_test"].shape == (352, 352, 3) and sample["test_label"].shape == (23, 23)
+    assert sample["test_proposals"].shape == (128, 4) and sample["proposal_density"].shape == (128,)
+    np.testing.assert_array_equal(sample["proposal_iou"], box_iou(sample["test_proposals"], sample["test_box"]))
+    np.testing.assert_array_equal(sample["test_label"], gaussian_label(sample["test_box"], SUPERDIMP))
+    for frame in ("ref", "test"):
+        for modality in ("rgb", "tir"):
+            _assert_square_at(sample[f"{modality}_{frame}"], sample[f"{frame}_box"], bright=200, dark=60)
 
 
 def test_make_sample_crops_show_the_target_in_both_modalities():

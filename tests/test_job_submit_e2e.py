@@ -95,28 +95,30 @@ def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
             "mlflow.registered_model_name=submitted-tracker",
             "model.init_checkpoint=null",  # the demo's teacher comes from jobs/pretrain.py, not run here
         ]
-        submitted = subprocess.run(
-            [
-                str(BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(ROOT),
-                "--",
-                "python",
-                "jobs/distill.py",
-                "--config",
-                "configs/demo.yaml",
-                *overrides,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        output = submitted.stdout + submitted.stderr
+        submit = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "jobs/distill.py",
+            "--config",
+            "configs/demo.yaml",
+            *overrides,
+        ]
+        # The dashboard answers before its job agent has registered; Ray then refuses the submission with
+        # "No available agent ... try again later". Retry on exactly that, within a deadline.
+        deadline = time.monotonic() + 120
+        while True:
+            submitted = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+            output = submitted.stdout + submitted.stderr
+            if "No available agent to submit job" not in output or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)  # polling a readiness condition with a deadline
         assert submitted.returncode == 0, output[-4000:]
         assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-4000:]
         assert "registered:    models:/submitted-tracker@candidate" in output

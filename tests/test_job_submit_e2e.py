@@ -64,6 +64,12 @@ def test_ray_job_submit_with_token_auth(tmp_path, local_pairs, tiny_overrides):
             "--block",
             f"--port={free_port()}",
             f"--dashboard-port={dashboard}",
+            # ports of its own: a Ray cluster of the test session (ray_session) may hold the default agent ports,
+            # and then this head's job agent never comes up ("No available agent to submit job")
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
             "--dashboard-host=127.0.0.1",
             "--num-cpus=4",
             "--disable-usage-stats",

@@ -48,8 +48,6 @@ def test_distill_job_reads_and_checkpoints_on_s3(s3_server, ray_session, tmp_pat
     teacher = result.history[0]["teacher_val_loss"]
     val_losses = [row["val_loss"] for row in result.history]
     assert val_losses[-1] < teacher, f"validation loss did not decrease from the teacher's {teacher}: {val_losses}"
-    bbe_losses = [row["loss_bbe"] for row in result.history]
-    assert bbe_losses[-1] < bbe_losses[0], f"training BBE loss did not decrease: {bbe_losses}"
     assert result.skipped_pairs == 1
 
     client = MlflowClient(tracking_uri)

@@ -499,18 +499,29 @@ def make_sample(
     size = rgb.shape[:2]
     ref = jittered_crop_geometry(box, cfg, rng, "reference", size)
     test = jittered_crop_geometry(box, cfg, rng, "test", size)
-    test_box = test.box_to_crop(box)
-    extra: dict[str, np.ndarray] = {}
-    if cfg.proposal_method == "gmm":
-        proposals, extra["proposal_density"], extra["gt_density"], iou = sample_gmm_proposals(test_box, cfg, rng)
-    else:
-        proposals, iou = sample_proposals(test_box, cfg, rng)
     return {
         "rgb_ref": apply_crop(rgb, ref),
         "tir_ref": apply_crop(tir, ref),
         "rgb_test": apply_crop(rgb, test),
         "tir_test": apply_crop(tir, test),
         "ref_box": ref.box_to_crop(box),
+        **search_targets(test.box_to_crop(box), cfg, rng),
+    }
+
+
+def search_targets(test_box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The test frame's training targets for its box in crop pixels ``x, y, w, h``.
+
+    Returns ``test_box`` float32 [4], ``test_label`` float32 [L, L], ``test_proposals`` float32 [P, 4] and
+    ``proposal_iou`` float32 [P]; with ``cfg.proposal_method == "gmm"`` also ``proposal_density`` and
+    ``gt_density`` float32 [P].
+    """
+    extra: dict[str, np.ndarray] = {}
+    if cfg.proposal_method == "gmm":
+        proposals, extra["proposal_density"], extra["gt_density"], iou = sample_gmm_proposals(test_box, cfg, rng)
+    else:
+        proposals, iou = sample_proposals(test_box, cfg, rng)
+    return {
         "test_box": test_box,
         "test_label": gaussian_label(test_box, cfg),
         "test_proposals": proposals,

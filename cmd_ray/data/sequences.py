@@ -19,13 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmd_ray.config import SamplingConfig
-from cmd_ray.data.processing import (
-    apply_crop,
-    gaussian_label,
-    jittered_crop_geometry,
-    sample_gmm_proposals,
-    sample_proposals,
-)
+from cmd_ray.data.processing import apply_crop, jittered_crop_geometry, search_targets
 from cmd_ray.storage import StorageError, iter_files, read_bytes, resolve, to_uri
 
 GROUND_TRUTH_FILE = "groundtruth_rect.txt"
@@ -174,19 +168,9 @@ def make_frame_pair_sample(
     test_box = np.asarray(test_box, dtype=np.float64)
     ref = jittered_crop_geometry(ref_box, cfg, rng, frame="reference", image_size=ref_image.shape[:2])
     test = jittered_crop_geometry(test_box, cfg, rng, frame="test", image_size=test_image.shape[:2])
-    box_in_test = test.box_to_crop(test_box)
-    extra: dict[str, np.ndarray] = {}
-    if cfg.proposal_method == "gmm":
-        proposals, extra["proposal_density"], extra["gt_density"], iou = sample_gmm_proposals(box_in_test, cfg, rng)
-    else:
-        proposals, iou = sample_proposals(box_in_test, cfg, rng)
     return {
         "rgb_ref": apply_crop(ref_image, ref),
         "rgb_test": apply_crop(test_image, test),
         "ref_box": ref.box_to_crop(ref_box),
-        "test_box": box_in_test,
-        "test_label": gaussian_label(box_in_test, cfg),
-        "test_proposals": proposals,
-        "proposal_iou": iou,
-        **extra,
+        **search_targets(test.box_to_crop(test_box), cfg, rng),
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import torch
 import yaml
+from mlflow.entities.model_registry import ModelVersion
 from torch import nn
 
 import cmd_ray
@@ -114,20 +115,30 @@ def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelFiles:
     Raises:
         ValueError: not a ``models:/`` URI, or no such model, version or alias (the message names it).
     """
-    name, ref = _parse_model_uri(model_uri)
     uri = tracking_uri or mlflow.get_tracking_uri()
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        version = client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@") else client.get_model_version(
-            name, ref
-        )
-    except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"{model_uri}: no such registered model version in {uri} ({exc.message})") from None
+    version = model_version(model_uri, uri)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=uri))
         cfg = Config.model_validate(yaml.safe_load(_find(local, CONFIG_FILE, model_uri).read_text()))
         weights = _find(local, WEIGHTS_FILE, model_uri).read_bytes()
     return ModelFiles(model_uri, version.run_id, str(version.version), cfg, weights)
+
+
+def model_version(model_uri: str, tracking_uri: str | None = None) -> ModelVersion:
+    """The registry entry ``models:/NAME@ALIAS`` points at now (``models:/NAME/VERSION``: that version).
+
+    Raises:
+        ValueError: not a ``models:/`` URI, or no such model, version or alias (the message names it).
+    """
+    name, ref = _parse_model_uri(model_uri)
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        if ref.startswith("@"):
+            return client.get_model_version_by_alias(name, ref[1:])
+        return client.get_model_version(name, ref)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{model_uri}: no such registered model version in {uri} ({exc.message})") from None
 
 
 def _parse_model_uri(model_uri: str) -> tuple[str, str]:

@@ -64,7 +64,7 @@ class LoadedNetwork:
 
 def registry_version(uri: str, cfg: Config) -> str:
     """The version number ``models:/NAME@ALIAS`` points at now (``models:/NAME/VERSION`` gives its own)."""
-    from cmd_ray import mlflow_runs
+    from cmd_ray import mlflow_runs, registry
 
     m = _MODEL_URI.match(uri)
     if m is None:
@@ -72,9 +72,9 @@ def registry_version(uri: str, cfg: Config) -> str:
     if m["version"]:
         return m["version"]
     try:
-        return str(mlflow_runs.client(cfg).get_model_version_by_alias(m["name"], m["alias"]).version)
-    except Exception as exc:  # MlflowException for an unknown name or alias
-        raise ModelLoadError(f"cannot resolve {uri} in the registry at {mlflow_runs.tracking_uri(cfg)}: {exc}") from exc
+        return str(registry.model_version(uri, mlflow_runs.tracking_uri(cfg)).version)
+    except ValueError as exc:  # an unknown name or alias
+        raise ModelLoadError(f"cannot resolve {uri} in the registry: {exc}") from exc
 
 
 def build_network(model_config: Config, state_dict: Mapping[str, torch.Tensor], source: str = "") -> nn.Module:

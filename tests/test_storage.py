@@ -9,14 +9,15 @@ def test_local_round_trip_and_listing(tmp_path):
     storage.write_bytes(uri, b"xyz")
     assert storage.read_bytes(uri) == b"xyz"
     assert storage.read_bytes("file://" + uri) == b"xyz"
-    assert list(storage.iter_files(str(tmp_path))) == [uri]
+    assert list(storage.iter_relative_files(str(tmp_path))) == ["a/b.bin"]
+    assert storage.listing_prefix(str(tmp_path)) + "a/b.bin" == uri
 
 
 def test_missing_things_are_named(tmp_path):
     with pytest.raises(storage.StorageError, match="nope"):
         storage.read_bytes(str(tmp_path / "nope"))
-    with pytest.raises(storage.StorageError, match="does not exist"):
-        list(storage.iter_files(str(tmp_path / "absent")))
+    with pytest.raises(storage.MissingFolderError, match="absent does not exist"):
+        list(storage.iter_relative_files(str(tmp_path / "absent")))
     with pytest.raises(storage.StorageError, match="unsupported URI scheme"):
         storage.resolve("gs://bucket/x")
     with pytest.raises(storage.StorageError, match="names no bucket"):
@@ -37,5 +38,7 @@ def test_s3_round_trip_through_moto_server(s3_server):
     uri = f"s3://{bucket}/x/y.txt"
     storage.write_bytes(uri, b"hello")
     assert storage.read_bytes(uri) == b"hello"
-    listed = list(storage.iter_files(f"s3://{bucket}/x"))
-    assert [storage.to_uri(f"s3://{bucket}", p) for p in listed] == [uri]
+    listed = list(storage.iter_relative_files(f"s3://{bucket}/x"))
+    assert listed == ["y.txt"] and storage.listing_prefix(f"s3://{bucket}/x") + listed[0] == uri
+    with pytest.raises(storage.StorageError, match="NoSuchBucket"):
+        list(storage.iter_relative_files("s3://no-such-bucket/x"))

@@ -39,10 +39,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from cmd_ray.config import DataConfig
-from cmd_ray.storage import StorageError, is_s3, read_bytes, resolve, s3_endpoint, write_bytes
+from cmd_ray.storage import (
+    MissingFolderError,
+    is_s3,
+    iter_relative_files,
+    listing_prefix,
+    read_bytes,
+    write_bytes,
+)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
@@ -241,105 +247,6 @@ class PairListing:
 # --------------------------------------------------------------------------- listing
 
 
-@dataclass(frozen=True)
-class _Root:
-    """A listed folder: its URI prefix for output, and where to list."""
-
-    uri_prefix: str  # "s3://bucket/prefix/" or "/abs/path/"
-    bucket: str | None  # S3 only
-    key_prefix: str  # S3 key prefix ("prefix/" or ""), or the absolute local folder with a trailing "/"
-
-
-def _root(root_uri: str) -> _Root:
-    if is_s3(root_uri):
-        path = root_uri[len("s3://") :].strip("/")
-        if not path:
-            raise StorageError(f"S3 URI {root_uri!r} names no bucket")
-        bucket, _, prefix = path.partition("/")
-        prefix = prefix + "/" if prefix else ""
-        return _Root(f"s3://{bucket}/{prefix}", bucket, prefix)
-    _, local = resolve(root_uri)
-    local = local.rstrip("/") + "/"
-    return _Root(local, None, local)
-
-
-def s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client for the endpoint in force (the standard AWS credential chain)."""
-    import boto3
-
-    return boto3.session.Session().client("s3", endpoint_url=s3_endpoint(endpoint_url))
-
-
-def iter_relative_files(
-    root_uri: str,
-    endpoint_url: str | None = None,
-    *,
-    client: Any = None,
-    progress: bool = False,
-    subfolder: str = "",
-) -> Iterator[str]:
-    """Paths (relative to ``root_uri``) of every file below ``root_uri/subfolder``, streamed as listed.
-
-    On S3 this pages through ``ListObjectsV2`` (1000 keys a page, one request per page); locally it walks
-    the folder. Order is the store's (sorted on S3).
-
-    Args:
-        client: a boto3 S3 client to list with (default: :func:`s3_client`).
-        progress: show a tqdm bar counting the listed keys.
-        subfolder: only list below this folder of the root (``"set00"``); paths stay relative to the root.
-
-    Raises:
-        EmptyPrefixError: a local root that does not exist.
-        StorageError: the store refuses the listing (missing bucket, credentials, network); names the URI.
-    """
-    root = _root(root_uri)
-    sub = subfolder.strip("/")
-    sub = sub + "/" if sub else ""
-    bar = tqdm(desc=f"listing {root.uri_prefix}{sub}", unit=" keys", disable=not progress, mininterval=0.5)
-    try:
-        if root.bucket is not None:
-            yield from _iter_s3(root, sub, client or s3_client(endpoint_url), bar, root_uri)
-        else:
-            yield from _iter_local(root, sub, bar, root_uri)
-    finally:
-        bar.close()
-
-
-def _iter_s3(root: _Root, sub: str, client: Any, bar: tqdm, root_uri: str) -> Iterator[str]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    cut = len(root.key_prefix)
-    pages = client.get_paginator("list_objects_v2").paginate(
-        Bucket=root.bucket, Prefix=root.key_prefix + sub, PaginationConfig={"PageSize": 1000}
-    )
-    try:
-        for page in pages:
-            contents = page.get("Contents", [])
-            bar.update(len(contents))
-            for item in contents:
-                key = item["Key"]
-                if not key.endswith("/"):  # folder markers written by some tools
-                    yield key[cut:]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise StorageError(f"cannot list {root_uri}: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise StorageError(f"cannot list {root_uri}: {exc}") from exc
-
-
-def _iter_local(root: _Root, sub: str, bar: tqdm, root_uri: str) -> Iterator[str]:
-    top = root.key_prefix + sub
-    if not os.path.isdir(top):
-        raise EmptyPrefixError(f"no RGB–TIR pairs under {root_uri}: {top.rstrip('/')} does not exist")
-    cut = len(root.key_prefix)
-    for folder, dirs, files in os.walk(top, onerror=None, followlinks=True):
-        dirs.sort()
-        bar.update(len(files))
-        base = folder.rstrip("/") + "/"
-        for name in sorted(files):
-            yield (base + name)[cut:]
-
-
 def _is_image(path: str) -> bool:
     return posixpath.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
@@ -356,7 +263,7 @@ def _pair_up(
     ignored: list[str] | None = None,
 ) -> PairListing:
     """Group classified files by key and pair them (shared by the folder layouts)."""
-    root = _root(root_uri)
+    root = listing_prefix(root_uri)
     groups: dict[str, tuple[list[str], list[str]]] = {}
     counts = {"rgb": 0, "tir": 0}
     for rel in paths:
@@ -371,23 +278,22 @@ def _pair_up(
 
     rgb_rel: list[str] = []
     tir_rel: list[str] = []
-    unpaired: list[str] = [root.uri_prefix + rel for rel in ignored or []]
+    unpaired: list[str] = [root + rel for rel in ignored or []]
     for key in sorted(groups):
         rgbs, tirs = sorted(groups[key][0]), sorted(groups[key][1])
         if rgbs and tirs:
             rgb_rel.append(rgbs[0])
             tir_rel.append(tirs[0])
-            unpaired.extend(root.uri_prefix + p for p in rgbs[1:] + tirs[1:])
+            unpaired.extend(root + p for p in rgbs[1:] + tirs[1:])
         else:
-            unpaired.extend(root.uri_prefix + p for p in rgbs + tirs)
+            unpaired.extend(root + p for p in rgbs + tirs)
     unpaired.sort()
     if not rgb_rel:
         raise EmptyPrefixError(
-            f"no RGB–TIR pairs under {root_uri}: found {counts['rgb']} RGB and {counts['tir']} TIR image(s); "
-            f"{expected}"
+            f"no RGB–TIR pairs under {root_uri}: found {counts['rgb']} RGB and {counts['tir']} TIR image(s); {expected}"
         )
     table = PairTable(
-        root=root.uri_prefix,
+        root=root,
         rgb=pa.array(rgb_rel, pa.string()),
         tir=pa.array(tir_rel, pa.string()),
         unpaired_count=len(unpaired),
@@ -438,7 +344,7 @@ def list_two_folder_pairs(
         match: ``"stem"``: the key is the path below the subfolder without extension; ``"regex"``: the
             folder below the subfolder plus the ``key`` group of ``match_pattern`` searched in the file name
             (extension included). A file the pattern does not match counts as unpaired.
-        client, progress: see :func:`iter_relative_files`.
+        client, progress: see :func:`cmd_ray.storage.iter_relative_files`.
 
     Returns:
         :class:`PairListing` with deterministic order.
@@ -455,7 +361,7 @@ def list_two_folder_pairs(
     if match not in ("stem", "regex"):
         raise ValueError(f"match must be 'stem' or 'regex', got {match!r}")
     pattern = compile_match_pattern(match_pattern or "") if match == "regex" else None
-    root = _root(root_uri).uri_prefix
+    root = listing_prefix(root_uri)
     expected = f"expected images in {root}{rgb_dir}/… and {root}{tir_dir}/… with matching names"
     if pattern is not None:
         expected += f" (key: group 'key' of {pattern.pattern!r})"
@@ -482,7 +388,10 @@ def list_two_folder_pairs(
 def _listing(
     root_uri: str, endpoint_url: str | None, client: Any, progress: bool, subfolder: str = ""
 ) -> Iterator[str]:
-    return iter_relative_files(root_uri, endpoint_url, client=client, progress=progress, subfolder=subfolder)
+    try:
+        yield from iter_relative_files(root_uri, endpoint_url, client=client, progress=progress, subfolder=subfolder)
+    except MissingFolderError as exc:
+        raise EmptyPrefixError(f"no RGB–TIR pairs under {root_uri}: {exc}") from exc
 
 
 def list_kaist_pairs(
@@ -573,7 +482,7 @@ def list_llvip_pairs(
                 except EmptyPrefixError:
                     continue  # counted below as "0 images" of that side
 
-    root = _root(root_uri).uri_prefix
+    root = listing_prefix(root_uri)
     folders = " and ".join(f"{root}{{visible,infrared}}/{s}/" for s in splits)
     return _pair_up(root_uri, paths(), classify, f"expected LLVIP images in {folders} with matching names")
 
@@ -582,14 +491,14 @@ def list_concatenated_pairs(
     root_uri: str, endpoint_url: str | None = None, *, client: Any = None, progress: bool = False
 ) -> PairListing:
     """Every image below ``root_uri`` is one side-by-side ``[RGB | TIR]`` pair (sorted by path)."""
-    root = _root(root_uri)
+    root = listing_prefix(root_uri)
     files = sorted(rel for rel in _listing(root_uri, endpoint_url, client, progress) if _is_image(rel))
     if not files:
         raise EmptyPrefixError(
             f"no side-by-side [RGB | TIR] images under {root_uri}: expected image files "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}) anywhere below it"
         )
-    return PairListing(table=PairTable(root=root.uri_prefix, rgb=pa.array(files, pa.string())))
+    return PairListing(table=PairTable(root=root, rgb=pa.array(files, pa.string())))
 
 
 # --------------------------------------------------------------------------- manifests
@@ -677,8 +586,7 @@ def read_manifest(uri: str, endpoint_url: str | None = None) -> PairListing:
     side_by_side = "image" in columns and not ({"rgb", "tir"} & columns)
     if not side_by_side and not {"rgb", "tir"} <= columns:
         raise ManifestError(
-            f"manifest {uri} needs columns 'rgb' and 'tir' (or 'image' for side-by-side files), "
-            f"has {sorted(columns)}"
+            f"manifest {uri} needs columns 'rgb' and 'tir' (or 'image' for side-by-side files), has {sorted(columns)}"
         )
     folder = _manifest_folder(uri)
     has_boxes = "boxes" in columns
@@ -805,4 +713,3 @@ def split_mask(rgb_uris: Sequence[str], val_fraction: float) -> np.ndarray:
     if held_out.all():
         raise ValueError(f"data.val_fraction={val_fraction} leaves no training pairs out of {len(rgb_uris)}")
     return held_out
-

@@ -20,7 +20,7 @@ import numpy as np
 
 from cmd_ray.config import SamplingConfig
 from cmd_ray.data.processing import apply_crop, jittered_crop_geometry, search_targets
-from cmd_ray.storage import StorageError, iter_files, read_bytes, resolve, to_uri
+from cmd_ray.storage import StorageError, iter_relative_files, listing_prefix, read_bytes
 
 GROUND_TRUTH_FILE = "groundtruth_rect.txt"
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -75,18 +75,17 @@ def list_sequences(root_uri: str, endpoint_url: str | None = None) -> list[Label
             without any usable box — each naming the file.
         StorageError: the root cannot be listed.
     """
-    _, root_path = resolve(root_uri, endpoint_url)
-    root_path = root_path.rstrip("/")
+    prefix = listing_prefix(root_uri)
     frames: dict[str, list[tuple[int, str]]] = {}
     truth: dict[str, str] = {}
-    for path in iter_files(root_uri, endpoint_url):
-        parts = posixpath.relpath(path, root_path).split("/")
+    for rel in iter_relative_files(root_uri, endpoint_url):
+        parts = rel.split("/")
         if len(parts) == 2 and parts[1] == GROUND_TRUTH_FILE:
-            truth[parts[0]] = path
+            truth[parts[0]] = prefix + rel
         elif len(parts) == 3 and parts[1] == "img":
             stem, ext = posixpath.splitext(parts[2])
             if ext.lower() in FRAME_EXTENSIONS and stem.isdigit():
-                frames.setdefault(parts[0], []).append((int(stem), path))
+                frames.setdefault(parts[0], []).append((int(stem), prefix + rel))
     names = sorted(set(frames) | set(truth))
     if not names:
         raise SequenceError(
@@ -94,20 +93,20 @@ def list_sequences(root_uri: str, endpoint_url: str | None = None) -> list[Label
         )
     sequences = []
     for name in names:
-        gt_path = truth.get(name)
-        where = to_uri(root_uri, gt_path) if gt_path else f"{root_uri}/{name}/{GROUND_TRUTH_FILE}"
-        if gt_path is None:
+        gt_uri = truth.get(name)
+        where = gt_uri or f"{root_uri}/{name}/{GROUND_TRUTH_FILE}"
+        if gt_uri is None:
             raise SequenceError(f"{where} is missing (sequence {name!r} has frames but no ground truth)")
         if name not in frames:
             raise SequenceError(f"sequence {name!r} under {root_uri} has {GROUND_TRUTH_FILE} but no img/ frames")
         try:
-            boxes = parse_boxes(read_bytes(to_uri(root_uri, gt_path), endpoint_url).decode(), where)
+            boxes = parse_boxes(read_bytes(gt_uri, endpoint_url).decode(), where)
         except (StorageError, UnicodeDecodeError) as exc:
             raise SequenceError(f"cannot read {where}: {exc}") from exc
         numbered = sorted(frames[name])
         if len(numbered) != len(boxes):
             raise SequenceError(f"{where}: {len(boxes)} boxes for {len(numbered)} frames in {name}/img")
-        sequence = LabeledSequence(name, tuple(to_uri(root_uri, p) for _, p in numbered), boxes)
+        sequence = LabeledSequence(name, tuple(uri for _, uri in numbered), boxes)
         if not sequence.valid.any():
             raise SequenceError(f"{where}: no frame has a usable box (w, h > 0)")
         sequences.append(sequence)

@@ -496,7 +496,8 @@ class TrackerConfig(_Strict):
     Defaults are DiMP-50's (``pytracking/parameter/dimp/dimp50.py``). ``preset`` fills every field the
     config does not set: ``dimp50`` (the defaults), ``superdimp`` (crop 352 px for search area 6, crops kept
     inside the image, box refinement in the relative parametrisation), ``tiny`` (crop 128 px: the
-    ``model.preset=tiny`` networks trained on 128-px crops at search area 5, feature stride 16).
+    ``model.preset=tiny`` networks trained on 128-px crops at search area 5, feature stride 16; the score peak
+    refined between cells, whose 16 px are a third of the target there).
     Lengths are pixels: ``image_sample_size`` of the crop fed to the network, the rest of the image.
     """
 
@@ -559,7 +560,7 @@ class TrackerConfig(_Strict):
             "box_refinement_iter": 10,
             "box_refinement_step_length": 2.5e-3,
         },
-        "tiny": {"image_sample_size": 128},
+        "tiny": {"image_sample_size": 128, "subcell_peak": True},
     }
     """Values a preset gives the fields a config leaves unset (``dimp50``: the field defaults)."""
 
@@ -593,6 +594,9 @@ class TrackerConfig(_Strict):
     )
     # localisation
     advanced_localization: bool = True
+    subcell_peak: bool = Field(
+        False, description="refine the score peak between cells (a parabola per axis); for coarse score maps"
+    )
     target_not_found_threshold: float = Field(0.25, description="peak score below which the target is lost")
     distractor_threshold: float = Field(0.8, gt=0.0, description="second peak / first above this: a distractor")
     hard_negative_threshold: float = Field(0.5, gt=0.0, description="second peak / first above this: hard negative")

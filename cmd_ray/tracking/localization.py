@@ -13,6 +13,11 @@ DiMP's (ATOM's "advanced") localisation reads a score map ``[L, L]`` (row = y, c
 - otherwise ``normal``.
 
 Without advanced localisation the highest cell is taken and the frame is ``normal``.
+
+With ``subcell_peak`` the chosen peak is refined between cells by a parabola through it and its two
+neighbours, in x and in y (:func:`subcell_peak`). A coarse map (the tiny networks' stride-16 cells are as wide
+as a third of the target) otherwise cannot follow motion slower than half a cell per frame: the peak stays on
+the centre cell, the memory learns the background there, and the tracker drifts off.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ FLAGS = ("normal", "not_found", "uncertain", "hard_negative")
 
 @dataclass(frozen=True)
 class Localization:
-    """The chosen peak ``(row, col)`` of the score map, the frame's ``flag`` and the map's maximum."""
+    """The chosen peak ``(row, col)`` of the score map (cells; fractional with ``subcell_peak``), the frame's
+    ``flag`` and the map's maximum."""
 
-    peak: tuple[int, int]
+    peak: tuple[float, float]
     flag: str
     max_score: float
 
@@ -43,7 +49,33 @@ def _argmax2d(scores: torch.Tensor) -> tuple[float, tuple[int, int]]:
     return float(value), (row, col)
 
 
+def subcell_peak(scores: torch.Tensor, peak: tuple[int, int]) -> tuple[float, float]:
+    """``peak`` ``(row, col)`` of ``scores`` ``[L, L']`` moved by the vertex of a parabola through it and its
+    neighbours, per axis, within half a cell; an axis at the map's edge or without curvature keeps its cell."""
+    refined = []
+    for axis, index in enumerate(peak):
+        line = scores[:, peak[1]] if axis == 0 else scores[peak[0], :]
+        offset = 0.0
+        if 0 < index < len(line) - 1:
+            before, centre, after = (float(v) for v in line[index - 1 : index + 2])
+            curvature = before - 2.0 * centre + after
+            if curvature < 0:
+                offset = min(max(0.5 * (before - after) / curvature, -0.5), 0.5)
+        refined.append(index + offset)
+    return refined[0], refined[1]
+
+
 def localize_target(scores: torch.Tensor, target_size_cells: Sequence[float], params: TrackerConfig) -> Localization:
+    """Find the target on ``scores`` ``[L, L']`` (see the module docstring); with ``params.subcell_peak`` the
+    returned peak is refined between cells."""
+    found = _localize_cell(scores.detach().float().cpu(), target_size_cells, params)
+    if not params.subcell_peak:
+        return found
+    peak = (int(found.peak[0]), int(found.peak[1]))
+    return Localization(subcell_peak(scores.detach().float().cpu(), peak), found.flag, found.max_score)
+
+
+def _localize_cell(scores: torch.Tensor, target_size_cells: Sequence[float], params: TrackerConfig) -> Localization:
     """Find the target on ``scores`` ``[L, L']``.
 
     Args:

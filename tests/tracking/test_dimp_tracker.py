@@ -128,21 +128,26 @@ def test_errors(net: DiMPNet, sequences: list) -> None:
         track_sequence(tracker, [], gt[0])
 
 
-def test_against_the_static_box(net: DiMPNet, sequences: list, capsys: pytest.CaptureFixture[str]) -> None:
-    """Measured, not asserted: random-init features may or may not beat the first box held still."""
-    presets = {"tiny": TrackerConfig(preset="tiny"), "tiny, always found": TrackerConfig(preset="tiny", **ALWAYS_FOUND)}
-    results = {label: compare_with_static_box(DiMPTracker(net, p), sequences) for label, p in presets.items()}
-    for label, rows in results.items():
-        assert [r.name for r in rows] == [name for name, _, _ in sequences]
-        for row, (_, _, gt) in zip(rows, sequences, strict=True):
-            assert 0.0 <= row.tracker_auc <= 1.0
-            assert row.static_auc == pytest.approx(static_box_auc(gt))
-            assert sum(row.flags.values()) == LENGTH - 1
-        with capsys.disabled():
-            mean_tracker = np.mean([r.tracker_auc for r in rows])
-            mean_static = np.mean([r.static_auc for r in rows])
-            print(f"\n[{label}] Success AUC tracker {mean_tracker:.3f} vs static box {mean_static:.3f}:", end=" ")
-            print(", ".join(f"{r.name} {r.tracker_auc:.3f}/{r.static_auc:.3f} {r.flags}" for r in rows))
+def test_well_above_the_static_box(net: DiMPNet) -> None:
+    """Acceptance: on 12 synthetic TIR sequences the tracker's mean Success AUC is at least twice the static box's.
+
+    The online-learnt filter does the tracking here, on random-init features: the tiny preset as the demo runs it
+    (every peak counts as found, since an untrained network's scores stay far below DiMP-50's 0.25), without
+    the untrained IoU-Net, whose box gradients are noise. Measured: 0.36-0.41 for network seeds 0-2 against
+    0.148 for the static box (0.29-0.35 with the peak on whole cells only).
+    """
+    sequences = synthetic_tir_sequences(12, WIDTH, HEIGHT, LENGTH, seed=123)
+    params = TrackerConfig(preset="tiny", target_not_found_threshold=0.0, use_iou_net=False)
+    rows = compare_with_static_box(DiMPTracker(net, params), sequences)
+    assert [r.name for r in rows] == [name for name, _, _ in sequences]
+    for row, (_, _, gt) in zip(rows, sequences, strict=True):
+        assert row.static_auc == pytest.approx(static_box_auc(gt))
+        assert sum(row.flags.values()) == LENGTH - 1
+    tracker_auc = np.array([r.tracker_auc for r in rows])
+    static_auc = np.array([r.static_auc for r in rows])
+    report = ", ".join(f"{r.name} {r.tracker_auc:.3f}/{r.static_auc:.3f}" for r in rows)
+    assert tracker_auc.mean() >= 2.0 * static_auc.mean(), report
+    assert np.mean(tracker_auc > static_auc) >= 0.75, report
 
 
 def test_static_box_auc_is_the_metric_of_the_repeated_first_box(sequences: list) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from cmd_ray.config import SamplingConfig, TrackerConfig
 from cmd_ray.data.processing import gaussian_label
-from cmd_ray.tracking.localization import cell_to_crop, localize_target
+from cmd_ray.tracking.localization import cell_to_crop, localize_target, subcell_peak
 
 PARAMS = TrackerConfig()
 L = 19  # DiMP-50: 18 feature cells + 1 for the even filter
@@ -74,3 +74,30 @@ def test_cells_sit_where_the_training_labels_put_them(filter_size: int) -> None:
         assert cell_to_crop((row, col), 16.0, filter_size) == pytest.approx((cx, cy), abs=8.0)
     offset = 0.5 * (filter_size % 2)
     assert cell_to_crop((2, 5), 16.0, filter_size) == ((5 + offset) * 16, (2 + offset) * 16)
+
+
+@pytest.mark.parametrize("row, col", [(9.0, 11.0), (9.3, 10.6), (4.45, 12.2), (13.8, 6.5)])
+def test_subcell_peak_finds_a_peak_between_cells(row: float, col: float) -> None:
+    """A parabola through three samples of a Gaussian lands within a tenth of a cell of its true centre."""
+    scores = _blob(row, col, 0.9, sigma=1.2)
+    cell = localize_target(scores, (3.6, 3.6), PARAMS)
+    assert cell.peak == (round(row), round(col))  # cells only, as DiMP-50 localises
+    loc = localize_target(scores, (3.6, 3.6), TrackerConfig(subcell_peak=True))
+    assert loc.flag == cell.flag == "normal" and loc.max_score == cell.max_score
+    assert loc.peak == pytest.approx((row, col), abs=0.1)
+    assert abs(loc.peak[0] - round(row)) <= 0.5 and abs(loc.peak[1] - round(col)) <= 0.5
+
+
+def test_subcell_peak_keeps_the_cell_at_edges_and_plateaus() -> None:
+    edge = _blob(0, 18, 1.0)
+    assert subcell_peak(edge, (0, 18)) == (0.0, 18.0)
+    flat = torch.zeros(L, L)
+    flat[5, 6] = flat[5, 7] = flat[4, 6] = 1.0  # a tie with one neighbour: the peak lies halfway between them
+    assert subcell_peak(flat, (5, 6)) == pytest.approx((4.5, 6.5))
+    flat[5, 5] = flat[6, 6] = 1.0  # a plateau of three in both axes: zero curvature, the cell stays
+    assert subcell_peak(flat, (5, 6)) == (5.0, 6.0)
+
+
+def test_tiny_preset_refines_the_peak() -> None:
+    assert TrackerConfig(preset="tiny").subcell_peak and not TrackerConfig().subcell_peak
+    assert not TrackerConfig(preset="tiny", subcell_peak=False).subcell_peak

@@ -265,8 +265,6 @@ def pseudo_boxes_with_fallback(
     return PseudoBoxes(_center_boxes(rgb, tir, rng, **params), fallback=True)
 
 
-def pseudo_boxes(
-    method: str, rgb: np.ndarray, tir: np.ndarray, rng: np.random.Generator, **params: Any
-) -> np.ndarray:
+def pseudo_boxes(method: str, rgb: np.ndarray, tir: np.ndarray, rng: np.random.Generator, **params: Any) -> np.ndarray:
     """The boxes of :func:`pseudo_boxes_with_fallback`: ``float32 [K, 4]``, ``K >= 1``."""
     return pseudo_boxes_with_fallback(method, rgb, tir, rng, **params).boxes

@@ -59,9 +59,7 @@ def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
     return {k: float(totals[i] / max(float(totals[-1]), 1.0)) for i, k in enumerate(keys)}
 
 
-def validate(
-    model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, device: torch.device
-) -> dict[str, float]:
+def validate(model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, device: torch.device) -> dict[str, float]:
     """Mean losses over this epoch's pass of the validation shard (all workers), as ``val_*`` keys."""
     options = loss_options(cfg.distill)
     model.eval()

@@ -65,7 +65,6 @@ class TrainingResult:
     teacher: Teacher | None = None
 
 
-
 def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None = None) -> RunConfig:
     """RunConfig with checkpoints under ``storage.storage_path`` (local or s3://, endpoint honoured)."""
     filesystem = None

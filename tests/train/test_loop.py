@@ -87,8 +87,12 @@ def test_pretraining_trains_every_head_module_and_the_listed_backbone_stages():
 
     cfg = load_config(
         None,
-        ["pretrain.lr_tcl=1e-4", "pretrain.lr_bbe=2e-3", "pretrain.lr_backbone=3e-5",
-         "pretrain.trainable_backbone_layers=[layer2, layer3]"],
+        [
+            "pretrain.lr_tcl=1e-4",
+            "pretrain.lr_bbe=2e-3",
+            "pretrain.lr_backbone=3e-5",
+            "pretrain.trainable_backbone_layers=[layer2, layer3]",
+        ],
     )
     schedule = schedule_for(cfg, "pretrain")
     model = apply_variant_trainability(build_model(cfg), schedule.variant, schedule.trainable_backbone_layers)

@@ -309,9 +309,11 @@ def score_directory(tracker_dir: Path | str, sequences: SequenceOf[Sequence], pr
     return aggregate(curves, attributes)
 
 
-def frame_rate(tracker_dir: Path | str, sequences: Iterable[str]) -> float:
+def frame_rate(tracker_dir: Path | str, sequences: Iterable[str], kind: str = "dimp") -> float:
     """Frames per second over ``sequences``: total frames / total tracker seconds, frame 1's initialisation included
-    (NaN when no time was spent)."""
+    (NaN when no time was spent, and for the ``static`` baseline, whose "speed" is that of copying a box)."""
+    if kind == "static":
+        return float("nan")
     frames, seconds = 0, 0.0
     for name in sequences:
         times = read_times(result_paths(tracker_dir, name)[1])
@@ -397,7 +399,7 @@ def load_results(paths: Iterable[Path | str], protocol: str | None = None) -> li
                 ) from exc
         sequences = cache[key]
         scores = score_directory(d, sequences, protocol)
-        out.append(TrackerResults(label, d, m, scores, frame_rate(d, [s.name for s in sequences])))
+        out.append(TrackerResults(label, d, m, scores, frame_rate(d, [s.name for s in sequences], m.kind)))
     return out
 
 
@@ -464,7 +466,8 @@ def format_comparison(
         if show_norm_precision:
             cells.append(_cell(r.norm_precision, None if ref is None else ref.norm_precision))
         if fps is not None:
-            cells.append(f"{fps.get(name, float('nan')):.1f}")
+            rate = fps.get(name, float("nan"))
+            cells.append(f"{rate:.1f}" if math.isfinite(rate) else "–")
         cells.append(f"{r.num_sequences_averaged}" + (f" ({len(r.dropped)} dropped)" if r.dropped else ""))
         rows.append(cells)
     first = next(iter(results))

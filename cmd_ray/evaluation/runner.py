@@ -292,7 +292,7 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
             )
         names = [s.name for s in sequences]
         scores = {t.name: score_directory(tracker_dirs[t.name], sequences, ev.protocol) for t in ev.trackers}
-        fps = {t.name: frame_rate(tracker_dirs[t.name], names) for t in ev.trackers}
+        fps = {t.name: frame_rate(tracker_dirs[t.name], names, t.kind) for t in ev.trackers}
         show_np = ev.benchmark != "ptb"  # PTB-TIR's toolkit reports no normalised precision
         table = format_comparison(scores, dataset=ev.benchmark, show_norm_precision=show_np, fps=fps)
         attribute_tables = "\n\n".join(format_attribute_table(scores, m) for m in ("success", "precision"))

@@ -45,8 +45,8 @@ def _write_tracker(results: Path, name: str, index: int, root: Path, seqs: list[
         d,
         ResultMeta(
             tracker=name,
-            kind="static",
-            model=None,
+            kind="dimp",
+            model=f"models:/{name}@candidate",
             model_version=None,
             benchmark="synthetic",
             root=str(root),
@@ -96,6 +96,9 @@ def test_table_has_deltas_to_the_first(folders):
     delta_s = f"{LOST_SUCCESS - PERFECT_SUCCESS:+.3f}"
     assert delta_s == "-0.762"
     assert f"{LOST_SUCCESS:.3f} ({delta_s})" in lost_row
+    with_fps = format_comparison({r.label: r.scores for r in loaded}, fps={"perfect": 100.0, "lost": float("nan")})
+    rows = {line.split()[0]: line.split() for line in with_fps.splitlines()[3:]}
+    assert rows["perfect"][-2] == "100.0" and rows["lost"][-2] == "–"  # a speed that means nothing shows as a dash
     assert "0.200 (-0.800)" in lost_row  # precision and norm. precision
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -178,4 +179,5 @@ def test_score_directory_matches_the_metrics_and_names_missing_results(tmp_path)
     assert scores.per_attribute["occlusion"].sequences == ("a",)
     assert scores.precision == pytest.approx((1.0 + 0.25) / 2)  # a: 3 px off everywhere; b: only frame 1 within 20
     assert frame_rate(d, ["a", "b"]) == pytest.approx(9 / (0.5 + 0.8))
+    assert math.isnan(frame_rate(d, ["a", "b"], kind="static"))  # copying a box has no meaningful speed
     assert score_directory(d, seqs, "pytracking").protocol == "pytracking"

@@ -274,6 +274,11 @@ class DataConfig(_Strict):
     object_store_memory_mb: int | None = Field(
         None, ge=64, description="Ray Data: object-store budget of the sample stream (None: Ray Data's default)"
     )
+    preserve_order: bool = Field(
+        False,
+        description="Ray Data: deliver samples in index order whichever actor finishes first, so batches are the "
+        "same on every run of a seed (an actor that falls behind then stalls the stream)",
+    )
     progress: bool = Field(True, description="progress bars: tqdm while listing, Ray Data's while streaming")
 
     @model_validator(mode="after")

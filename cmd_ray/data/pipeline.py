@@ -360,7 +360,8 @@ def index_blocks(indices: np.ndarray, batch_size: int, num_actors: int = 1) -> l
 
 
 def execution_options(cfg: Config) -> Any:
-    """Ray Data ``ExecutionOptions`` of the sample streams (``data.object_store_memory_mb`` as resource limit).
+    """Ray Data ``ExecutionOptions`` of the sample streams (``data.object_store_memory_mb`` as resource limit,
+    ``data.preserve_order``).
 
     The pipeline applies them to its datasets; pass ``ray.train.DataConfig(execution_options=…)`` to a
     ``TorchTrainer`` too, because Ray Train replaces a dataset's execution options with its own.
@@ -368,6 +369,7 @@ def execution_options(cfg: Config) -> Any:
     from ray.data import ExecutionOptions, ExecutionResources
 
     options = ExecutionOptions()
+    options.preserve_order = cfg.data.preserve_order
     if cfg.data.object_store_memory_mb is not None:
         options.resource_limits = ExecutionResources(object_store_memory=cfg.data.object_store_memory_mb * 2**20)
     return options

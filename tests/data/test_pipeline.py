@@ -235,7 +235,9 @@ def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pai
     # the same samples as the maker computes without Ray, whatever the actor order
     local = SampleMaker(table, cfg.data, cfg.distill.seed, TRAIN_STREAM, None, None)({"data": np.arange(24)})
     streamed = sorted(tuple(r["ref_box"]) + tuple(r["test_box"]) for r in rows)
-    assert streamed == sorted(tuple(a) + tuple(b) for a, b in zip(local["ref_box"], local["test_box"], strict=True))
+    expected = [tuple(a) + tuple(b) for a, b in zip(local["ref_box"], local["test_box"], strict=True)]
+    assert streamed == sorted(expected)
+    assert not train.context.execution_options.preserve_order
     report = ray.get(counter.report.remote())
     assert report.skipped == 2 and report.fallback_boxes == 0 and report.unpaired == 0
     counter.record_unpaired.remote(3, ["a", "b", "c"])
@@ -243,6 +245,12 @@ def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pai
     counter.record_fallback.remote("p1")
     report = ray.get(counter.report.remote())
     assert report.unpaired == 3 and report.fallback_boxes == 1 and report.fallback_examples == ["p1"]
+
+    # data.preserve_order: the two actors' samples arrive in index order, as the maker computes them
+    ordered_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"preserve_order": True})})
+    ordered = training_dataset(ordered_cfg, table, SkipCounter.remote())
+    assert ordered.context.execution_options.preserve_order
+    assert [tuple(r["ref_box"]) + tuple(r["test_box"]) for r in ordered.take_all()] == expected
 
 
 def test_boxes_command_writes_a_manifest_that_training_reads(ray_session, pair_root, tmp_path, capsys):

@@ -144,7 +144,10 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
         line = f"  epoch {int(row['epoch'])}: loss {row['loss']:.4f}"
         line += f" (tcl {row['loss_tcl']:.4f}, bbe {row['loss_bbe']:.4f})"
         if "val_loss" in row:
-            line += f"  val_loss {row['val_loss']:.4f} (tcl {row['val_loss_tcl']:.4f}, bbe {row['val_loss_bbe']:.4f})"
+            line += f"  val_loss {row['val_loss']:.4f} (tcl {row['val_loss_tcl']:.4f}, bbe {row['val_loss_bbe']:.4f}"
+            if "val_loss_bbe_chance" in row:  # an IoU-Net that has learnt nothing scores this
+                line += f"; a constant prediction: {row['val_loss_bbe_chance']:.4f}"
+            line += ")"
         print(line)
     print(f"{skipped_what}: {result.skipped_pairs}")
     if result.fallback_boxes:

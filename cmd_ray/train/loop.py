@@ -60,10 +60,15 @@ def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
 
 
 def validate(model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, device: torch.device) -> dict[str, float]:
-    """Mean losses over this epoch's pass of the validation shard (all workers), as ``val_*`` keys."""
+    """Mean losses over this epoch's pass of the validation shard (all workers), as ``val_*`` keys.
+
+    With the ``mse`` BBE loss, ``val_loss_bbe_chance`` is the loss of the best constant prediction on the same
+    targets (their variance): a ``val_loss_bbe`` at or above it means the IoU-Net has learnt nothing yet.
+    """
     options = loss_options(cfg.distill)
+    chance = options["bbe_loss"] == "mse"
     model.eval()
-    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    sums = dict.fromkeys(LOSS_KEYS, 0.0) | ({"target": 0.0, "target_sq": 0.0} if chance else {})
     count = 0
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=schedule.batch_size, device=device):
@@ -71,8 +76,16 @@ def validate(model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, devi
             losses = distill_step(model, batch, schedule.variant, schedule.loss_weight_bbe, **options)
             for key in LOSS_KEYS:
                 sums[key] += float(losses[key]) * size
+            if chance:  # per-sample means: every sample has the same number of proposals
+                target = 2.0 * batch["proposal_iou"].double() - 1.0  # what the mse BBE loss compares with
+                sums["target"] += float(target.mean(dim=-1).sum())
+                sums["target_sq"] += float((target**2).mean(dim=-1).sum())
             count += size
-    return {f"val_{key}": value for key, value in _global_mean(sums, count).items()}
+    means = _global_mean(sums, count)
+    out = {f"val_{key}": means[key] for key in LOSS_KEYS}
+    if chance:
+        out["val_loss_bbe_chance"] = means["target_sq"] - means["target"] ** 2
+    return out
 
 
 def _restore(

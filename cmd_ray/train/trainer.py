@@ -218,7 +218,8 @@ def epoch_history(cfg: Config, run_id: str) -> list[dict[str, float]]:
     """Per-epoch losses of a run, read back from MLflow (the record of the run)."""
     client = mlflow_runs.client(cfg)
     rows: dict[int, dict[str, float]] = {}
-    for key in ("loss", "loss_tcl", "loss_bbe", "val_loss", "val_loss_tcl", "val_loss_bbe", "teacher_val_loss"):
+    keys = ("loss", "loss_tcl", "loss_bbe", "val_loss", "val_loss_tcl", "val_loss_bbe", "val_loss_bbe_chance")
+    for key in (*keys, "teacher_val_loss"):
         for metric in client.get_metric_history(run_id, key):
             rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
     return [rows[epoch] for epoch in sorted(rows)]

@@ -1,4 +1,5 @@
-"""Pieces of the training loop that need no cluster: teacher loading, the optimizer groups, the schedules."""
+"""Pieces of the training loop: teacher loading, the optimizer groups, the schedules (no cluster), and one validation
+pass read through Ray Data."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from cmd_ray.config import load_config
 from cmd_ray.models.checkpoint import CheckpointError
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model
 from cmd_ray.train.loop import build_optimizer
+from cmd_ray.train.schedule import schedule_for
 from cmd_ray.train.teacher import load_teacher_weights, resolve_teacher
 
 
@@ -135,3 +137,20 @@ def test_a_cmd_ray_checkpoint_names_the_run_that_wrote_it(tmp_path):
     assert teacher.tags() == {"cmd_ray.teacher_source": source, "cmd_ray.teacher_run_id": "abc123"}
     student = build_model(cfg)
     assert load_teacher_weights(student, teacher).ok
+
+
+def test_validation_reports_the_bbe_loss_of_a_constant_prediction(ray_session, random_batch):
+    """``val_loss_bbe_chance`` is the variance of the IoU targets ``2·IoU − 1`` over the whole validation pass."""
+    import ray
+
+    from cmd_ray.train.loop import validate
+
+    cfg = load_config(None, ["distill.batch_size=3"])
+    batches = [random_batch(batch_size=4, num_proposals=5, seed=seed) for seed in (1, 2)]
+    rows = [{key: value[i].numpy() for key, value in b.items()} for b in batches for i in range(4)]
+    schedule = schedule_for(cfg, "distill")
+    model = build_model(cfg)
+    metrics = validate(model, ray.data.from_items(rows), cfg, schedule, torch.device("cpu"))
+    targets = 2.0 * torch.cat([b["proposal_iou"] for b in batches]).double() - 1.0
+    assert metrics["val_loss_bbe_chance"] == pytest.approx(float(targets.var(unbiased=False)))
+    assert {"val_loss", "val_loss_tcl", "val_loss_bbe"} <= set(metrics)

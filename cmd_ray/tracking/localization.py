@@ -68,11 +68,14 @@ def subcell_peak(scores: torch.Tensor, peak: tuple[int, int]) -> tuple[float, fl
 def localize_target(scores: torch.Tensor, target_size_cells: Sequence[float], params: TrackerConfig) -> Localization:
     """Find the target on ``scores`` ``[L, L']`` (see the module docstring); with ``params.subcell_peak`` the
     returned peak is refined between cells."""
-    found = _localize_cell(scores.detach().float().cpu(), target_size_cells, params)
+    if scores.dim() != 2:
+        raise ValueError(f"expected one score map [L, L], got shape {tuple(scores.shape)}")
+    scores = scores.detach().float().cpu()
+    found = _localize_cell(scores, target_size_cells, params)
     if not params.subcell_peak:
         return found
     peak = (int(found.peak[0]), int(found.peak[1]))
-    return Localization(subcell_peak(scores.detach().float().cpu(), peak), found.flag, found.max_score)
+    return Localization(subcell_peak(scores, peak), found.flag, found.max_score)
 
 
 def _localize_cell(scores: torch.Tensor, target_size_cells: Sequence[float], params: TrackerConfig) -> Localization:
@@ -87,9 +90,6 @@ def _localize_cell(scores: torch.Tensor, target_size_cells: Sequence[float], par
     Returns:
         the peak cell, the flag (one of :data:`FLAGS`) and the map's maximum.
     """
-    if scores.dim() != 2:
-        raise ValueError(f"expected one score map [L, L], got shape {tuple(scores.shape)}")
-    scores = scores.detach().float().cpu()
     max1, peak1 = _argmax2d(scores)
     if not params.advanced_localization:
         return Localization(peak1, "normal", max1)

@@ -490,6 +490,12 @@ class PretrainConfig(_Strict):
     loss_weight_bbe: float = Field(1.0, ge=0.0)
     lr_step: int = Field(15, ge=1)
     lr_gamma: float = Field(0.2, gt=0.0, le=1.0)
+    grayscale_probability: float = Field(
+        0.05, ge=0.0, le=1.0, description="training samples whose two crops are made grey (DiMP training: 0.05)"
+    )
+    brightness_jitter: float = Field(
+        0.2, ge=0.0, lt=1.0, description="each training crop's brightness scaled by U[1 - j, 1 + j] (DiMP: 0.2)"
+    )
     seed: int = 0
     run_name: str = Field("cmd-pretrain", min_length=1, description="Ray Train run (checkpoints) and MLflow run name")
     registered_model_name: str = Field("cmd-ray-teacher", min_length=1)

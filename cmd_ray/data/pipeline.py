@@ -584,8 +584,8 @@ def resume_from(cursor: Any, per_epoch: int) -> Any:
 class SequenceSampleMaker:
     """Ray Data actor: sample indices ``[N]`` ─▶ N supervised samples of labeled RGB sequences.
 
-    Sample ``i`` draws its sequence, its reference/test frames (at most ``max_gap`` apart) and its jitter from
-    ``(seed, stream, i)``. An unreadable frame is recorded in the :class:`SkipCounter` once and another frame pair
+    Sample ``i`` draws its sequence, its reference/test frames (at most ``max_gap`` apart), its jitter and its
+    photometric augmentation (grey crops, brightness; the training stream only) from ``(seed, stream, i)``. An unreadable frame is recorded in the :class:`SkipCounter` once and another frame pair
     is drawn.
     """
 
@@ -598,9 +598,12 @@ class SequenceSampleMaker:
         stream: int,
         endpoint_url: str | None,
         skip_counter: Any,
+        grayscale_probability: float = 0.0,
+        brightness_jitter: float = 0.0,
     ) -> None:
         from cmd_ray.config import SamplingConfig
 
+        self._photometric = {"grayscale_probability": grayscale_probability, "brightness_jitter": brightness_jitter}
         self._sequences = sequences
         self._sampling = SamplingConfig.model_validate(sampling)
         self._max_gap = max_gap
@@ -637,7 +640,9 @@ class SequenceSampleMaker:
                     break
             else:
                 boxes = sequence.boxes
-                return make_frame_pair_sample(images[0], boxes[ref], images[1], boxes[test], self._sampling, rng)
+                return make_frame_pair_sample(
+                    images[0], boxes[ref], images[1], boxes[test], self._sampling, rng, **self._photometric
+                )
         raise RuntimeError(f"sample {index}: {MAX_DRAWS_PER_SAMPLE} frame pairs in a row could not be read")
 
 
@@ -667,6 +672,9 @@ def pretraining_dataset(
             "stream": VAL_STREAM if validation else TRAIN_STREAM,
             "endpoint_url": cfg.storage.s3_endpoint_url,
             "skip_counter": skip_counter,
+            # photometric augmentation for training only: validation scores the same plain samples every epoch
+            "grayscale_probability": 0.0 if validation else cfg.pretrain.grayscale_probability,
+            "brightness_jitter": 0.0 if validation else cfg.pretrain.brightness_jitter,
         },
         batch_size=schedule.batch_size,
         batch_format="numpy",

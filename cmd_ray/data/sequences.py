@@ -16,6 +16,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from cmd_ray.config import SamplingConfig
@@ -150,26 +151,46 @@ def make_frame_pair_sample(
     test_box: np.ndarray,
     cfg: SamplingConfig,
     rng: np.random.Generator,
+    grayscale_probability: float = 0.0,
+    brightness_jitter: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """One supervised DiMP sample from two RGB frames and their true boxes.
 
     Args:
         ref_image, test_image: ``uint8 [H, W, 3]`` RGB frames (sizes may differ).
         ref_box, test_box: ``x, y, w, h`` in pixels of their frame.
+        grayscale_probability: chance that both crops are made grey (luma in all three channels).
+        brightness_jitter: each crop's values are scaled by its own factor from ``U[1 - j, 1 + j]``.
 
     Returns:
         The RGB keys of :func:`cmd_ray.data.processing.make_sample` (``rgb_ref``, ``rgb_test`` uint8
         ``[S, S, 3]``; ``ref_box``, ``test_box`` float32 ``[4]`` in crop pixels; ``test_label`` float32
         ``[L, L]``; ``test_proposals`` float32 ``[P, 4]``; ``proposal_iou`` float32 ``[P]``; with GMM
         proposals also ``proposal_density``, ``gt_density``). No TIR keys: the teacher sees RGB only.
+        The photometric draws come after the geometric ones, so they never change crops, labels or proposals.
     """
     ref_box = np.asarray(ref_box, dtype=np.float64)
     test_box = np.asarray(test_box, dtype=np.float64)
     ref = jittered_crop_geometry(ref_box, cfg, rng, frame="reference", image_size=ref_image.shape[:2])
     test = jittered_crop_geometry(test_box, cfg, rng, frame="test", image_size=test_image.shape[:2])
-    return {
+    sample = {
         "rgb_ref": apply_crop(ref_image, ref),
         "rgb_test": apply_crop(test_image, test),
         "ref_box": ref.box_to_crop(ref_box),
         **search_targets(test.box_to_crop(test_box), cfg, rng),
     }
+    if grayscale_probability > 0 or brightness_jitter > 0:
+        grey = bool(rng.random() < grayscale_probability)
+        for key in ("rgb_ref", "rgb_test"):
+            factor = rng.uniform(1.0 - brightness_jitter, 1.0 + brightness_jitter)
+            sample[key] = photometric(sample[key], grey, factor)
+    return sample
+
+
+def photometric(crop: np.ndarray, grey: bool, brightness: float) -> np.ndarray:
+    """``crop`` ``uint8 [S, S, 3]`` RGB made grey (BT.601 luma, three channels) if ``grey``, then scaled by
+    ``brightness`` and clipped to ``[0, 255]`` (DiMP's training-time ``ToGrayscale`` and brightness jitter)."""
+    out = np.repeat(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2) if grey else crop
+    if brightness != 1.0:
+        out = np.clip(out.astype(np.float32) * brightness, 0, 255).round().astype(np.uint8)
+    return np.ascontiguousarray(out)

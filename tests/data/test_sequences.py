@@ -10,6 +10,7 @@ from cmd_ray.data.sequences import (
     draw_frame_pair,
     list_sequences,
     make_frame_pair_sample,
+    photometric,
     split_sequences,
 )
 from cmd_ray.data.synthetic import write_synthetic_dataset
@@ -103,3 +104,35 @@ def test_a_supervised_sample_crops_each_frame_around_its_own_box():
     x, y, w, h = sample["test_box"]
     assert abs((peak[1] + 0.5) * 16 - (x + w / 2)) <= 16 and abs((peak[0] + 0.5) * 16 - (y + h / 2)) <= 16
     np.testing.assert_allclose(sample["proposal_iou"], box_iou(sample["test_proposals"], sample["test_box"]), atol=1e-6)
+
+
+def test_photometric_augmentation_changes_pixels_only():
+    """Grey crops and brightness jitter (DiMP's training recipe) leave crops, labels and proposals as they were."""
+    cfg = SamplingConfig(output_sz=64, num_proposals=8)
+    pixels = np.random.default_rng(0).integers(20, 200, (90, 120, 3), dtype=np.uint8)
+    boxes = (np.array([30.0, 20.0, 24.0, 30.0]), np.array([40.0, 30.0, 26.0, 28.0]))
+    plain = make_frame_pair_sample(pixels, boxes[0], pixels, boxes[1], cfg, np.random.default_rng(5))
+    grey = make_frame_pair_sample(
+        pixels, boxes[0], pixels, boxes[1], cfg, np.random.default_rng(5), grayscale_probability=1.0
+    )
+    bright = make_frame_pair_sample(
+        pixels, boxes[0], pixels, boxes[1], cfg, np.random.default_rng(5), brightness_jitter=0.2
+    )
+    for key in ("ref_box", "test_box", "test_label", "test_proposals", "proposal_iou"):
+        np.testing.assert_array_equal(plain[key], grey[key])
+        np.testing.assert_array_equal(plain[key], bright[key])
+    for key in ("rgb_ref", "rgb_test"):
+        assert grey[key].dtype == np.uint8 and grey[key].shape == plain[key].shape
+        assert np.all(grey[key] == grey[key][..., :1])  # the same value in all three channels
+        assert not np.array_equal(plain[key][..., 0], plain[key][..., 1])
+        ratio = bright[key].astype(np.float64).sum() / plain[key].astype(np.float64).sum()
+        assert 0.8 - 0.01 <= ratio <= 1.2 + 0.01 and ratio != 1.0
+
+
+def test_photometric_uses_luma_and_clips():
+    crop = np.zeros((2, 2, 3), np.uint8)
+    crop[..., 0] = 200  # pure red: BT.601 luma 0.299 * 200
+    grey = photometric(crop, grey=True, brightness=1.0)
+    assert np.all(np.abs(grey.astype(int) - round(0.299 * 200)) <= 1)
+    assert photometric(crop, grey=False, brightness=1.5)[0, 0].tolist() == [255, 0, 0]
+    np.testing.assert_array_equal(photometric(crop, grey=False, brightness=1.0), crop)

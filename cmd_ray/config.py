@@ -491,7 +491,7 @@ class PretrainConfig(_Strict):
     lr_step: int = Field(15, ge=1)
     lr_gamma: float = Field(0.2, gt=0.0, le=1.0)
     grayscale_probability: float = Field(
-        0.05, ge=0.0, le=1.0, description="training samples whose two crops are made grey (DiMP training: 0.05)"
+        0.05, ge=0.0, le=1.0, description="samples whose two crops are made grey (DiMP training: 0.05)"
     )
     brightness_jitter: float = Field(
         0.2, ge=0.0, lt=1.0, description="each training crop's brightness scaled by U[1 - j, 1 + j] (DiMP: 0.2)"

@@ -585,8 +585,8 @@ class SequenceSampleMaker:
     """Ray Data actor: sample indices ``[N]`` ─▶ N supervised samples of labeled RGB sequences.
 
     Sample ``i`` draws its sequence, its reference/test frames (at most ``max_gap`` apart), its jitter and its
-    photometric augmentation (grey crops, brightness; the training stream only) from ``(seed, stream, i)``. An unreadable frame is recorded in the :class:`SkipCounter` once and another frame pair
-    is drawn.
+    photometric augmentation (grey crops; brightness in the training stream only) from ``(seed, stream, i)``.
+    An unreadable frame is recorded in the :class:`SkipCounter` once and another frame pair is drawn.
     """
 
     def __init__(
@@ -672,8 +672,9 @@ def pretraining_dataset(
             "stream": VAL_STREAM if validation else TRAIN_STREAM,
             "endpoint_url": cfg.storage.s3_endpoint_url,
             "skip_counter": skip_counter,
-            # photometric augmentation for training only: validation scores the same plain samples every epoch
-            "grayscale_probability": 0.0 if validation else cfg.pretrain.grayscale_probability,
+            # as DiMP trains: grey crops in both streams, brightness jitter in training only (the validation
+            # samples stay the same every epoch either way: their draws are fixed by their index)
+            "grayscale_probability": cfg.pretrain.grayscale_probability,
             "brightness_jitter": 0.0 if validation else cfg.pretrain.brightness_jitter,
         },
         batch_size=schedule.batch_size,

@@ -9,6 +9,8 @@ server instead. Values of secret environment variables never reach a param or ta
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,17 @@ def set_tags(cfg: Config, run_id: str, tags: dict[str, Any]) -> None:
 
 def end_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
     client(cfg).set_terminated(run_id, status=status)
+
+
+@contextmanager
+def terminated(cfg: Config, run_id: str) -> Iterator[None]:
+    """Ends run ``run_id`` when the block is left: ``FINISHED``, or ``FAILED`` if it raised (the error goes on)."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    finally:
+        end_run(cfg, run_id, status)
 
 
 def run_url(cfg: Config, run_id: str) -> str:

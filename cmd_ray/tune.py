@@ -71,12 +71,8 @@ def _run_trial(params: dict[str, float], base: dict[str, Any], pairs: list[tuple
         tags={TRIAL_TAG: context.get_trial_id(), "cmd_ray.job": "tune-trial"},
         parent_run_id=parent,
     )
-    status = "FAILED"
-    try:
+    with mlflow_runs.terminated(cfg, run_id):
         fit(cfg, pairs, run_id, callbacks=[TuneReportCallback()])
-        status = "FINISHED"
-    finally:
-        mlflow_runs.end_run(cfg, run_id, status)
 
 
 def _checkpoint(cfg: Config, path: str) -> ray.train.Checkpoint:
@@ -124,8 +120,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
             name=f"{cfg.storage.run_name}-sweep", storage_path=storage_path, storage_filesystem=filesystem
         ),
     )
-    status = "FAILED"
-    try:
+    with mlflow_runs.terminated(cfg, sweep_run):
         grid = tuner.fit()
         best = grid.get_best_result(metric=metric, mode="min")
         if best.metrics is None or "checkpoint_path" not in best.metrics:
@@ -153,9 +148,6 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
             cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}
         )
         mlflow_runs.log_metrics(cfg, sweep_run, {f"best_{metric}": float(best.metrics[metric])}, step=0)
-        status = "FINISHED"
-    finally:
-        mlflow_runs.end_run(cfg, sweep_run, status)
     return SweepResult(
         sweep_run_id=sweep_run,
         trial_run_ids=trial_runs,

@@ -275,8 +275,7 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
         f"evaluate-{ev.benchmark}",
         tags={"cmd_ray.job": "evaluate", "cmd_ray.benchmark": ev.benchmark, "cmd_ray.results_dir": str(results_dir)},
     )
-    status = "FAILED"
-    try:
+    with mlflow_runs.terminated(cfg, run_id):
         tracking_wall = 0.0
         tracked, failures = 0, []
         if todo:
@@ -307,9 +306,6 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
             "tracking_wall_s": tracking_wall,
         }
         _log_to_mlflow(cfg, run_id, tracker_dirs, scores, fps, counts, tables_path, plots)
-        status = "FINISHED"
-    finally:
-        mlflow_runs.end_run(cfg, run_id, status)
     return EvaluationResult(
         run_id=run_id,
         run_location=mlflow_runs.run_url(cfg, run_id),

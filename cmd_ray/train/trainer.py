@@ -266,14 +266,10 @@ def _finish(
     train: Any,
 ) -> TrainingResult:
     """Run ``train()`` -> (Result, SkipReport) inside the MLflow run, then register the final model."""
-    status = "FAILED"
-    try:
+    with mlflow_runs.terminated(cfg, run_id):
         result, skipped = train()
         model = final_model(result, cfg)
         registered = registry.log_and_register(cfg, run_id, model, schedule.registered_model_name)
-        status = "FINISHED"
-    finally:
-        mlflow_runs.end_run(cfg, run_id, status)
     return TrainingResult(
         run_id=run_id,
         run_location=mlflow_runs.run_url(cfg, run_id),

@@ -271,12 +271,4 @@ def build_tracker(net: nn.Module, params: TrackerConfig, device: torch.device | 
     Raises ``NotImplementedError`` for an ATOMNet (no target classifier to track with) and ``TypeError`` for
     any other module.
     """
-    core = getattr(net, "module", net)
-    if isinstance(core, ATOMNet):
-        raise NotImplementedError(
-            "tracking with an ATOMNet is not supported: cmd_ray.tracking implements the DiMP tracker, which needs "
-            "the target classifier of a DiMPNet (model.architecture=dimp)"
-        )
-    if not isinstance(core, DiMPNet):
-        raise TypeError(f"build_tracker needs a DiMPNet, got {type(core).__name__}")
-    return DiMPTracker(core, params, device)
+    return DiMPTracker(getattr(net, "module", net), params, device)  # its constructor checks the network

@@ -6,10 +6,11 @@ head module for supervised training), the learning rates, the epoch plan and the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from cmd_ray.config import Config
+from cmd_ray.config import Config, DistillConfig, PretrainConfig
 from cmd_ray.distill.variants import Variant, get_variant, supervised_variant
 
 Job = Literal["distill", "pretrain"]
@@ -60,39 +61,43 @@ class Schedule:
 def schedule_for(cfg: Config, job: Job = "distill") -> Schedule:
     """The :class:`Schedule` of ``job`` under ``cfg``; ``ValueError`` for an unknown job."""
     if job == "distill":
-        d = cfg.distill
-        return Schedule(
-            job="distill",
-            variant=get_variant(d.variant),
-            learning_rates={"tcl": d.lr_tcl, "bbe": d.lr_bbe, "backbone": d.lr_backbone},
-            trainable_backbone_layers=tuple(cfg.model.trainable_backbone_layers),
-            epochs=d.epochs,
-            samples_per_epoch=d.samples_per_epoch,
-            batch_size=d.batch_size,
-            val_samples=d.val_samples,
-            lr_step=d.lr_step,
-            lr_gamma=d.lr_gamma,
-            loss_weight_bbe=d.loss_weight_bbe,
-            seed=d.seed,
-            run_name=cfg.storage.run_name,
-            registered_model_name=cfg.mlflow.registered_model_name,
+        return _schedule(
+            "distill",
+            cfg.distill,
+            get_variant(cfg.distill.variant),
+            cfg.model.trainable_backbone_layers,
+            cfg.storage.run_name,
+            cfg.mlflow.registered_model_name,
         )
     if job == "pretrain":
         p = cfg.pretrain
-        return Schedule(
-            job="pretrain",
-            variant=supervised_variant(cfg.model.architecture),
-            learning_rates={"tcl": p.lr_tcl, "bbe": p.lr_bbe, "backbone": p.lr_backbone},
-            trainable_backbone_layers=tuple(p.trainable_backbone_layers),
-            epochs=p.epochs,
-            samples_per_epoch=p.samples_per_epoch,
-            batch_size=p.batch_size,
-            val_samples=p.val_samples,
-            lr_step=p.lr_step,
-            lr_gamma=p.lr_gamma,
-            loss_weight_bbe=p.loss_weight_bbe,
-            seed=p.seed,
-            run_name=p.run_name,
-            registered_model_name=p.registered_model_name,
-        )
+        variant = supervised_variant(cfg.model.architecture)
+        return _schedule("pretrain", p, variant, p.trainable_backbone_layers, p.run_name, p.registered_model_name)
     raise ValueError(f"unknown training job {job!r}; allowed: {', '.join(JOBS)}")
+
+
+def _schedule(
+    job: Job,
+    section: DistillConfig | PretrainConfig,
+    variant: Variant,
+    trainable_backbone_layers: Sequence[str],
+    run_name: str,
+    registered_model_name: str,
+) -> Schedule:
+    """A schedule from the fields the ``distill`` and ``pretrain`` sections share (same names in both)."""
+    return Schedule(
+        job=job,
+        variant=variant,
+        learning_rates={"tcl": section.lr_tcl, "bbe": section.lr_bbe, "backbone": section.lr_backbone},
+        trainable_backbone_layers=tuple(trainable_backbone_layers),
+        epochs=section.epochs,
+        samples_per_epoch=section.samples_per_epoch,
+        batch_size=section.batch_size,
+        val_samples=section.val_samples,
+        lr_step=section.lr_step,
+        lr_gamma=section.lr_gamma,
+        loss_weight_bbe=section.loss_weight_bbe,
+        seed=section.seed,
+        run_name=run_name,
+        registered_model_name=registered_model_name,
+    )

@@ -53,7 +53,8 @@ class LabeledSequence:
 
 
 def parse_boxes(text: str, where: str) -> np.ndarray:
-    """``float64 [T, 4]`` from ``x,y,w,h`` lines; blank lines are skipped, a malformed line names ``where:line``."""
+    """``float64 [T, 4]`` from ``x,y,w,h`` lines (commas, tabs or spaces; ``nan`` allowed); blank lines are
+    skipped, a malformed line raises :class:`SequenceError` naming ``where:line``."""
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -64,7 +65,9 @@ def parse_boxes(text: str, where: str) -> np.ndarray:
                 raise ValueError
             rows.append([float(t) for t in tokens])
         except ValueError:
-            raise SequenceError(f"{where}:{lineno}: expected 4 numbers x,y,w,h, got {line!r}") from None
+            raise SequenceError(
+                f"{where}:{lineno}: expected 4 numbers x,y,w,h separated by commas, tabs or spaces, got {line!r}"
+            ) from None
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
 

@@ -22,6 +22,8 @@ from typing import Literal
 
 import numpy as np
 
+from cmd_ray.data.sequences import parse_boxes
+
 LSOTB_ATTRIBUTES: tuple[str, ...] = (
     "deformation",
     "occlusion",
@@ -77,26 +79,17 @@ def _split(line: str) -> list[str]:
 
 
 def parse_ground_truth(path: Path | str) -> np.ndarray:
-    """``[T, 4]`` float64 boxes from a text file of ``x,y,w,h`` lines (commas, tabs or spaces; blank lines skipped)."""
+    """``[T, 4]`` float64 boxes from a text file of ``x,y,w,h`` lines (commas, tabs or spaces; blank lines skipped).
+
+    Raises ``FileNotFoundError``, or ``ValueError`` naming ``path:line`` for a malformed line or no boxes at all.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ground truth file not found: {path}")
-    rows: list[list[float]] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        tokens = _split(line)
-        try:
-            if len(tokens) != 4:
-                raise ValueError
-            rows.append([float(t) for t in tokens])
-        except ValueError:
-            raise ValueError(
-                f"{path}:{lineno}: expected 4 numbers x,y,w,h separated by commas, tabs or spaces, got {line!r}"
-            ) from None
-    if not rows:
+    boxes = parse_boxes(path.read_text(), str(path))  # SequenceError is a ValueError
+    if not len(boxes):
         raise ValueError(f"{path}: ground truth file has no boxes")
-    return np.asarray(rows, dtype=np.float64)
+    return boxes
 
 
 def _parse_flag(token: str, path: Path, what: str) -> bool:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cmd_ray.data.sequences import SequenceError, parse_boxes
 from cmd_ray.evaluation.benchmarks import Sequence, read_benchmark
 from cmd_ray.evaluation.metrics import PROTOCOLS, DatasetScores, Scores, aggregate, sequence_curves
 
@@ -114,31 +115,29 @@ def write_result(tracker_dir: Path | str, sequence: str, boxes: np.ndarray, time
     return boxes_path
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
+def _text(path: Path) -> str:
     if not path.is_file():
         raise ResultsError(f"result file not found: {path}")
     try:
-        text = path.read_text()
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsError(f"cannot read result file {path}: {exc}") from exc
-    return [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    return [(i, line) for i, line in enumerate(_text(path).splitlines(), start=1) if line.strip()]
 
 
 def read_boxes(path: Path | str) -> np.ndarray:
     """``[N, 4]`` float64 boxes of a result file (``x,y,w,h`` lines; commas, tabs or spaces; ``nan`` allowed)."""
     path = Path(path)
-    rows = []
-    for lineno, line in _lines(path):
-        tokens = _SEP.split(line.strip())
-        try:
-            if len(tokens) != 4:
-                raise ValueError
-            rows.append([float(t) for t in tokens])
-        except ValueError:
-            raise ResultsError(f"{path}:{lineno}: expected 4 numbers x,y,w,h, got {line!r}") from None
-    if not rows:
+    try:
+        boxes = parse_boxes(_text(path), str(path))
+    except SequenceError as exc:
+        raise ResultsError(str(exc)) from None
+    if not len(boxes):
         raise ResultsError(f"result file {path} holds no boxes")
-    return np.asarray(rows, dtype=np.float64)
+    return boxes
 
 
 def read_times(path: Path | str) -> np.ndarray:

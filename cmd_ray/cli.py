@@ -171,6 +171,8 @@ def _tune(args: argparse.Namespace) -> int:
     pairs = list_pairs(cfg)
     result = run_sweep(cfg, pairs)
     print(f"\nsweep finished: {len(result.trial_run_ids)} trials")
+    for trial_id, value in sorted(result.trial_metrics.items(), key=lambda item: item[1]):
+        print(f"  {trial_id}  {cfg.tune.metric}={value:.4f}")
     print(f"best trial:    {result.best_trial_id} {cfg.tune.metric}={result.best_metric:.4f} {result.best_params}")
     print(f"MLflow run:    {result.run_location}")
     print(f"registered:    {result.registered.uri} (version {result.registered.version})")

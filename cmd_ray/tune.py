@@ -33,6 +33,11 @@ TRIAL_TAG = "cmd_ray.tune_trial_id"
 class SweepResult:
     sweep_run_id: str
     trial_run_ids: dict[str, str]
+    trial_metrics: dict[str, float]
+    """Each trial's last reported sweep metric as Tune saw it, by trial id: what ASHA and the best pick compared.
+
+    A trial that ASHA stops may log one more epoch to MLflow before it ends; Tune never saw that epoch.
+    """
     best_trial_id: str
     best_params: dict[str, float]
     best_metric: float
@@ -132,10 +137,13 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
                 [mlflow_runs.experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{sweep_run}'"
             )
         }
+        trial_metrics: dict[str, float] = {}
         for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
             trial_id = str((trial.metrics or {}).get("trial_id", ""))
             if trial_id in trial_runs:
                 mlflow_runs.end_run(cfg, trial_runs[trial_id], trial_status(trial, cfg.distill.epochs))
+            if trial.metrics and metric in trial.metrics:
+                trial_metrics[trial_id] = float(trial.metrics[metric])
         best_trial = str(best.metrics["trial_id"])
         best_cfg = trial_config(cfg, best.config, best_trial)
         with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
@@ -151,6 +159,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     return SweepResult(
         sweep_run_id=sweep_run,
         trial_run_ids=trial_runs,
+        trial_metrics=trial_metrics,
         best_trial_id=best_trial,
         best_params=best_params,
         best_metric=float(best.metrics[metric]),

@@ -50,7 +50,11 @@ def test_pretrained_teacher_is_distilled_with_full_lineage(ray_session, tmp_path
     assert [row["epoch"] for row in teacher.history] == [0, 1]
     assert teacher.registered is not None and teacher.registered.uri == "models:/e2e-teacher@candidate"
 
-    student_cfg = load_config(None, [*common, "model.init_checkpoint=models:/e2e-teacher@candidate"])
+    # 16 steps of batch 4 are all the student gets: at the tiny runs' lr_bbe of 1e-3 the IoU-Net's TIR loss
+    # can rise by more than the classifier's falls (seen once in CI: 7.195 -> 7.413); 1e-4 keeps its steps small.
+    student_cfg = load_config(
+        None, [*common, "model.init_checkpoint=models:/e2e-teacher@candidate", "distill.lr_bbe=1e-4"]
+    )
     student = run_distillation(student_cfg)
 
     client = MlflowClient(tracking_uri)

@@ -40,9 +40,13 @@ class SweepResult:
     """
     best_trial_id: str
     best_params: dict[str, float]
-    best_metric: float
     registered: registry.RegisteredModel
     run_location: str
+
+    @property
+    def best_metric(self) -> float:
+        """The best trial's sweep metric (the lowest of :attr:`trial_metrics`)."""
+        return self.trial_metrics[self.best_trial_id]
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
@@ -155,14 +159,13 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         mlflow_runs.set_tags(
             cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}
         )
-        mlflow_runs.log_metrics(cfg, sweep_run, {f"best_{metric}": float(best.metrics[metric])}, step=0)
+        mlflow_runs.log_metrics(cfg, sweep_run, {f"best_{metric}": trial_metrics[best_trial]}, step=0)
     return SweepResult(
         sweep_run_id=sweep_run,
         trial_run_ids=trial_runs,
         trial_metrics=trial_metrics,
         best_trial_id=best_trial,
         best_params=best_params,
-        best_metric=float(best.metrics[metric]),
         registered=registered,
         run_location=mlflow_runs.run_url(cfg, sweep_run),
     )

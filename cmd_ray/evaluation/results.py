@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as SequenceOf
@@ -39,7 +38,6 @@ META_FILE = "meta.json"
 BOXES_SUFFIX = ".txt"
 TIMES_SUFFIX = "_time.txt"
 META_VERSION = 1
-_SEP = re.compile(r"[,\t ]+")
 
 
 class ResultsError(ValueError):

@@ -17,21 +17,40 @@ Run from the repository root (2 workers, DiMP-50 geometry: 288-pixel crops)::
 
 Target: (a)/(b) >= 1.0 at equal CPU count. The machine's load average is printed before and after each mode:
 on a shared machine, compare ratios of runs made at similar load, or use ``--repeats``.
+
+S3 (``--source s3``): the same pairs are uploaded to a local S3 server (moto in server mode on 127.0.0.1, in a
+process of its own) and the Ray Data pipeline (a) runs on the local files and on S3 with the same workers, side by
+side: samples/s, CPU-seconds per sample of the Ray worker processes (every ``ray::`` process, steady state), of the
+driver, and of the S3 server, with the server's share of the machine. The last line reads
+``s3/local samples/s: R`` (median over rounds; target R >= 0.85). ``--source both`` runs ``--modes`` on the local
+files as usual and adds the S3 pipeline::
+
+    .venv/bin/python benchmarks/patch_throughput.py --source s3 --workers 2 --samples 600 --repeats 3
+
+The S3 server is moto's WSGI application under gunicorn (one worker, HTTP keep-alive as on S3; moto's own werkzeug
+server opens a new connection per request) with one change that leaves moto's behaviour alone: moto lists its own
+package folder (about 180 ``stat`` calls) on every request to find the service, and the server here caches that
+list, which cuts its CPU per request about threefold. A real S3 costs this machine no CPU at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmd_ray import storage
 from cmd_ray.config import SAMPLING_PRESETS, Config, SynthConfig
 from cmd_ray.data.pairs import list_two_folder_pairs
 from cmd_ray.data.pipeline import TRAIN_STREAM, SampleMaker
@@ -49,6 +69,8 @@ SEED = 0
 BURST_S = 0.05
 """Samples arriving within this many seconds of the warm-up end count as one burst (see ``Result.burst_share``)."""
 BURST_WARNING = 0.25
+S3_BUCKET = "patch-throughput"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -70,6 +92,9 @@ class Result:
         load: 1-minute load average before and after.
         burst_share: share of the timed samples that had arrived within ``BURST_S`` of the warm-up end; near 1
             means the output came in one burst, so the steady-state rate measures unpacking, not production.
+        worker_cpu_s: CPU seconds of the Ray worker processes (``ray::…``) during the timed samples (Ray only).
+        driver_cpu_s: CPU seconds of this process during the timed samples (Ray only).
+        server_cpu_s: CPU seconds of the S3 server process during the timed samples (S3 only).
     """
 
     name: str
@@ -82,6 +107,13 @@ class Result:
     checksums: Counter = field(default_factory=Counter)
     load: tuple[float, float] = (0.0, 0.0)
     burst_share: float = 0.0
+    worker_cpu_s: float | None = None
+    driver_cpu_s: float | None = None
+    server_cpu_s: float | None = None
+
+    def per_sample(self, cpu_s: float | None) -> float | None:
+        """``cpu_s`` per timed sample in milliseconds (None when not measured)."""
+        return None if cpu_s is None or not self.timed_samples else 1000 * cpu_s / self.timed_samples
 
     @property
     def rate(self) -> float:
@@ -114,10 +146,14 @@ def sample_checksums(batch: dict[str, Any]) -> Iterator[str]:
 
 
 class Consumer:
-    """Receives batches, times the steady state after ``warmup_samples`` and records checksums."""
+    """Receives batches, times the steady state after ``warmup_samples`` and records checksums.
 
-    def __init__(self, result: Result, warmup_samples: int, start: float) -> None:
+    ``probe`` (optional) is called when the timing starts and when it ends (CPU snapshots).
+    """
+
+    def __init__(self, result: Result, warmup_samples: int, start: float, probe: Any = None) -> None:
         self.result = result
+        self._probe = probe
         self._warmup = warmup_samples
         self._start = start
         self._received = 0
@@ -135,11 +171,15 @@ class Consumer:
                 self._timer = now
                 self.result.startup_s = now - self._start
                 self._timed_from = self._received
+                if self._probe is not None:
+                    self._probe.start()
         else:
             self._arrivals.append((now, self._received))
 
     def finish(self) -> Result:
         end = time.perf_counter()
+        if self._probe is not None and self._timer is not None:
+            self._probe.stop(self.result)
         if self._timer is None:
             raise RuntimeError(f"{self.result.name}: only {self._received} samples, fewer than the warm-up")
         self.result.timed_samples = self._received - self._timed_from
@@ -150,6 +190,65 @@ class Consumer:
         early = [count for at, count in self._arrivals if at - self._timer <= BURST_S]
         self.result.burst_share = (max(early) - self._timed_from) / timed if early and timed else 0.0
         return self.result
+
+
+class CpuProbe:
+    """CPU seconds between :meth:`start` and :meth:`stop` of: the Ray worker processes of this cluster (``ray::…``
+    processes below its raylet; a worker started meanwhile counts from zero), this process (the driver), and the
+    S3 server (its process and children)."""
+
+    def __init__(self, raylet_pid: int | None, server_pid: int | None) -> None:
+        import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
+
+        self._psutil = importlib.import_module("psutil")
+        self._raylet = self._psutil.Process(raylet_pid) if raylet_pid else None
+        self._server = self._psutil.Process(server_pid) if server_pid else None
+        self._workers: dict[int, float] = {}
+        self._driver = 0.0
+        self._server_cpu = 0.0
+
+    @staticmethod
+    def _cpu(process: Any) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    def _tree(self, root: Any) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(self._psutil.Error):
+                found[process.pid] = self._cpu(process)
+        return found
+
+    def _ray_workers(self) -> dict[int, float]:
+        found: dict[int, float] = {}
+        candidates = self._raylet.children(recursive=True) if self._raylet else self._psutil.process_iter()
+        for process in candidates:
+            with contextlib.suppress(self._psutil.Error):
+                if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::"):
+                    found[process.pid] = self._cpu(process)
+        return found
+
+    def start(self) -> None:
+        self._workers = self._ray_workers()
+        self._driver = self._cpu(self._psutil.Process())
+        self._server_cpu = sum(self._tree(self._server).values()) if self._server else 0.0
+
+    def stop(self, result: Result) -> None:
+        now = self._ray_workers()
+        result.worker_cpu_s = sum(cpu - self._workers.get(pid, 0.0) for pid, cpu in now.items())
+        result.driver_cpu_s = self._cpu(self._psutil.Process()) - self._driver
+        if self._server is not None:
+            result.server_cpu_s = sum(self._tree(self._server).values()) - self._server_cpu
+
+
+def _raylet_pid() -> int | None:
+    """The process id of this driver's local raylet (None if Ray does not say)."""
+    import ray
+
+    try:
+        return ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    except (AttributeError, KeyError, IndexError):
+        return None
 
 
 def index_batches(total: int, batch_size: int) -> list[np.ndarray]:
@@ -223,13 +322,18 @@ def run_ray(
     prefetch_batches: int,
     env_vars: dict[str, str],
     show_stats: bool,
+    source: str = "",
+    server_pid: int | None = None,
 ) -> Result:
-    """(a) Ray Data: ``training_dataset`` on ``workers`` actors of one CPU, on a local cluster of ``workers`` CPUs."""
+    """(a) Ray Data: ``training_dataset`` on ``workers`` actors of one CPU, on a local cluster of ``workers`` CPUs.
+
+    ``source`` names the column ("local", "s3"); ``server_pid`` is the S3 server's process, whose CPU is measured.
+    """
     import ray
 
     from cmd_ray.data.pipeline import SkipCounter, training_dataset
 
-    result = Result(f"(a) Ray Data x{workers}")
+    result = Result(f"(a) Ray Data x{workers}" + (f" {source}" if source else ""))
     cluster_start = time.perf_counter()
     ray.init(
         address="local",
@@ -245,15 +349,20 @@ def run_ray(
         start = time.perf_counter()
         skip_counter = SkipCounter.remote()
         dataset = training_dataset(cfg, pairs, skip_counter)
-        consumer = Consumer(result, warmup, start)
+        consumer = Consumer(result, warmup, start, CpuProbe(_raylet_pid(), server_pid))
         for batch in dataset.iter_batches(
             batch_size=cfg.distill.batch_size, batch_format="numpy", prefetch_batches=prefetch_batches
         ):
             consumer.take(batch)
         consumer.finish()
-        skipped = ray.get(skip_counter.report.remote()).skipped
-        if skipped:
-            raise RuntimeError(f"Ray Data skipped {skipped} pairs of the synthetic set")
+        report = ray.get(skip_counter.report.remote())
+        if report.skipped:
+            raise RuntimeError(f"Ray Data skipped {report.skipped} pairs of the synthetic set")
+        if report.retries or report.transient_failures:
+            print(
+                f"{result.name}: {report.retries} storage retries, {report.transient_failures} transient failures",
+                file=sys.stderr,
+            )
         if show_stats:
             print(dataset.stats(), file=sys.stderr)
     finally:
@@ -285,7 +394,99 @@ def prepare_pairs(root: Path, count: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_config(pairs_uri: str, preset: str, workers: int, batch_size: int, total: int) -> Config:
+def moto_app() -> Any:
+    """moto's WSGI application (every service, as ``moto_server`` serves it), with its service-module list cached.
+
+    moto re-reads the list of its service modules from disk on every request (about 180 ``stat`` calls) to find the
+    service a request is for; here it is read once. moto's behaviour is otherwise unchanged.
+    """
+    import moto.backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    modules = list(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: iter(modules)
+    return DomainDispatcherApplication(create_backend_app)
+
+
+def serve_s3(port: int) -> None:
+    """Run the S3 server in this process until killed: :func:`moto_app` on ``127.0.0.1:port``.
+
+    It runs under gunicorn (one worker process, so one in-memory store; 8 threads; HTTP keep-alive, as S3 keeps
+    connections open) when gunicorn is installed, else under moto's own ``ThreadedMotoServer``, whose werkzeug
+    server closes the connection after every response (a new TCP connection, and server thread, per request).
+    """
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no log line per request
+        moto_app()  # installs the module-list cache
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        while True:
+            time.sleep(3600)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"127.0.0.1:{port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": 8,
+                "keepalive": 60,
+                "timeout": 0,
+                "loglevel": "warning",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return moto_app()
+
+    Server().run()
+
+
+def start_s3_server() -> tuple[subprocess.Popen, str]:
+    """The S3 server in a process of its own (so that its CPU is measured apart): ``(process, endpoint URL)``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-s3", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"the S3 server did not start on port {port}") from None
+            time.sleep(0.1)
+
+
+def upload_pairs(root: Path, endpoint_url: str) -> tuple[str, list[tuple[str, str]]]:
+    """Upload the pairs below ``root/pairs`` to ``s3://S3_BUCKET/pairs`` (same relative keys); list them there."""
+    client = storage.s3_client(endpoint_url)
+    client.create_bucket(Bucket=S3_BUCKET)
+    files = sorted(p for p in (root / "pairs").rglob("*") if p.is_file())
+    uri = f"s3://{S3_BUCKET}/pairs"
+
+    def put(path: Path) -> None:
+        storage.write_bytes(f"{uri}/{path.relative_to(root / 'pairs').as_posix()}", path.read_bytes(), endpoint_url)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, files))
+    return uri, list(list_two_folder_pairs(uri, endpoint_url=endpoint_url).pairs)
+
+
+def build_config(
+    pairs_uri: str, preset: str, workers: int, batch_size: int, total: int, endpoint_url: str | None = None
+) -> Config:
     """The distillation config whose data section all three modes use: one epoch of ``total`` samples."""
     return Config.model_validate(
         {
@@ -297,6 +498,7 @@ def build_config(pairs_uri: str, preset: str, workers: int, batch_size: int, tot
             },
             "distill": {"batch_size": batch_size, "epochs": 1, "samples_per_epoch": total},
             "scaling": {"num_workers": 1},
+            "storage": {"s3_endpoint_url": endpoint_url},
         }
     )
 
@@ -331,6 +533,27 @@ def print_table(rounds: list[list[Result]], args: argparse.Namespace, crop: int)
         (f"share in one burst ({BURST_S:g} s, last round)", [f"{r.burst_share:.2f}" for r in rounds[-1]]),
         ("load avg 1 min before/after (last round)", [f"{r.load[0]:.2f}/{r.load[1]:.2f}" for r in rounds[-1]]),
     ]
+
+    def cpu_row(label: str, attr: str) -> tuple[str, list[str]]:
+        cells = []
+        for i in range(len(names)):
+            values = [results[i].per_sample(getattr(results[i], attr)) for results in rounds]
+            known = [v for v in values if v is not None]
+            cells.append(f"{statistics.median(known):.2f}" if known else "-")
+        return label, cells
+
+    if any(r.worker_cpu_s is not None for r in rounds[0]):
+        rows.append(cpu_row("CPU ms/sample, Ray workers", "worker_cpu_s"))
+        rows.append(cpu_row("CPU ms/sample, driver", "driver_cpu_s"))
+    if any(r.server_cpu_s is not None for r in rounds[0]):
+        rows.append(cpu_row("CPU ms/sample, S3 server", "server_cpu_s"))
+        share = [
+            statistics.median(
+                (results[i].server_cpu_s or 0.0) / results[i].timed_s / (os.cpu_count() or 1) for results in rounds
+            )
+            for i in range(len(names))
+        ]
+        rows.append(("S3 server share of the machine", [f"{x:.0%}" for x in share]))
     width = max(len(label) for label, _ in rows) + 2
     col = max(18, *(len(n) + 2 for n in names))
     print()
@@ -342,7 +565,9 @@ def print_table(rounds: list[list[Result]], args: argparse.Namespace, crop: int)
     print("".ljust(width) + "".join(n.rjust(col) for n in names))
     for label, cells in rows:
         print(label.ljust(width) + "".join(c.rjust(col) for c in cells))
-    by_name = {r.name[:3]: i for i, r in enumerate(rounds[0])}
+    by_name: dict[str, int] = {}
+    for i, r in enumerate(rounds[0]):
+        by_name.setdefault(r.name[:3], i)  # "(a)": the local pipeline when S3 runs too
     if "(a)" in by_name:
         a = by_name["(a)"]
         for other in ("(b)", "(c)"):
@@ -382,6 +607,14 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         "--opencv-threads", type=int, default=None, help="OpenCV threads in every worker (default: OpenCV's own)"
     )
     parser.add_argument("--ray-stats", action="store_true", help="print Ray Data's execution stats (stderr)")
+    parser.add_argument(
+        "--source",
+        choices=("local", "s3", "both"),
+        default="local",
+        help="local: --modes on local files; s3: the Ray Data pipeline on local files and on a local S3 server, "
+        "side by side; both: --modes on local files plus the pipeline on S3",
+    )
+    parser.add_argument("--serve-s3", type=int, default=None, help=argparse.SUPPRESS)  # internal: the S3 server
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.workers < 1 or args.samples < 1 or args.batch_size < 1 or args.warmup_batches < 0:
         parser.error("--workers, --samples and --batch-size must be >= 1, --warmup-batches >= 0")
@@ -390,8 +623,20 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     return args
 
 
+def s3_ratio(rounds: list[list[Result]]) -> float:
+    """Median over rounds of S3 samples/s over local samples/s (steady state, Ray Data pipeline)."""
+    ratios = []
+    for results in rounds:
+        by_source = {r.name.rsplit(" ", 1)[-1]: r for r in results if r.name.startswith("(a)")}
+        ratios.append(by_source["s3"].rate / by_source["local"].rate)
+    return statistics.median(ratios)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve_s3 is not None:
+        serve_s3(args.serve_s3)
+        return 0
     env_vars: dict[str, str] = {}
     if args.opencv_threads is not None:
         # read by OpenCV when it loads: set before the DataLoader's forkserver and Ray's workers start
@@ -405,6 +650,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     timed = -(-args.samples // args.batch_size) * args.batch_size  # whole batches
     total = warmup + timed
     tmp = None
+    server: subprocess.Popen | None = None
     root = args.data
     if root is None:
         tmp = tempfile.mkdtemp(prefix="cmd-ray-patch-throughput-")
@@ -415,15 +661,38 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"{len(pairs)} pairs ready under {root} ({time.perf_counter() - prepared:.1f} s)", file=sys.stderr)
         cfg = build_config(str(root / "pairs"), args.preset, args.workers, args.batch_size, total)
         data = cfg.data.model_dump(mode="json")
+        modes = args.modes
+        local_source, server_pid = "", None
+        if args.source != "local":
+            for name, value in {**S3_CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+                os.environ.setdefault(name, value)
+            os.environ.setdefault("AWS_REGION", "us-east-1")
+            env_vars.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+            server, endpoint = start_s3_server()
+            server_pid = server.pid
+            uploaded = time.perf_counter()
+            s3_uri, s3_pairs = upload_pairs(root, endpoint)
+            print(
+                f"{len(s3_pairs)} pairs uploaded to {s3_uri} at {endpoint} ({time.perf_counter() - uploaded:.1f} s)",
+                file=sys.stderr,
+            )
+            s3_cfg = build_config(s3_uri, args.preset, args.workers, args.batch_size, total, endpoint)
+            local_source = "local"
+            modes = ("a" if args.source == "s3" else modes.replace("a", "") + "a") + "s"
         runs = {
-            "a": lambda: run_ray(cfg, pairs, warmup, args.workers, args.ray_prefetch, env_vars, args.ray_stats),
+            "a": lambda: run_ray(
+                cfg, pairs, warmup, args.workers, args.ray_prefetch, env_vars, args.ray_stats, local_source, server_pid
+            ),
+            "s": lambda: run_ray(
+                s3_cfg, s3_pairs, warmup, args.workers, args.ray_prefetch, env_vars, args.ray_stats, "s3", server_pid
+            ),
             "b": lambda: run_dataloader(pairs, data, total, args.batch_size, warmup, args.workers, args.prefetch),
             "c": lambda: run_single(pairs, data, total, args.batch_size, warmup),
         }
         rounds: list[list[Result]] = []
         for round_index in range(args.repeats):
             results = []
-            for mode in args.modes:
+            for mode in modes:
                 result = _timed(runs[mode])
                 print(
                     f"round {round_index + 1} {result.name}: {result.rate:.1f} samples/s steady, "
@@ -436,8 +705,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         same = all(r.checksums == reference for results in rounds for r in results)
         print_table(rounds, args, cfg.data.sampling.output_sz)
         print(f"same {total} samples in every mode (checksums): {'yes' if same else 'NO'}")
+        if args.source != "local":
+            print(f"s3/local samples/s: {s3_ratio(rounds):.2f}")
         return 0 if same else 1
     finally:
+        if server is not None:
+            server.kill()
+            server.wait()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""Readers for the tracking benchmarks on local disk (layouts as ``EVALUATION.md`` fixes them).
+"""Readers for the tracking benchmarks, on local disk or S3 (layouts as ``EVALUATION.md`` fixes them).
 
 - LSOTB-TIR evaluation set: ``<root>/<seq>/img/0001.jpg`` (4 digits); ground truth ``<root>/anno/<seq>.txt`` or
   ``<root>/<seq>/groundtruth_rect.txt``; attributes ``<root>/anno/att/<seq>.txt`` (16 flags, :data:`LSOTB_ATTRIBUTES`).
@@ -8,12 +8,19 @@
 - cmd-ray synthetic TIR sequences: ``<root>/<seq>/img/NNNN.jpg``, ``<root>/<seq>/groundtruth_rect.txt``, optional
   ``<root>/<seq>/attributes.txt`` with ``name,0|1`` lines.
 
+``root`` is a local folder, a ``file://`` URI or an ``s3://bucket/prefix``. Every reader lists the root once through
+:func:`cmd_ray.storage.iter_relative_files` (one ``ListObjectsV2`` request per 1000 keys on S3; only the named
+sequences' folders when ``sequences`` is given) and reads the small text files through :mod:`cmd_ray.storage`; frames
+are not read here: :attr:`Sequence.frames` holds their URIs (absolute local paths or ``s3://`` URIs), which any node
+can read.
+
 Ground-truth lines are ``x, y, w, h`` separated by commas, tabs or spaces. A malformed line, missing ground truth or a
 frame/ground-truth count mismatch raises an error naming the file.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from cmd_ray import storage
 from cmd_ray.data.sequences import parse_boxes
 
 LSOTB_ATTRIBUTES: tuple[str, ...] = (
@@ -60,13 +68,13 @@ class Sequence:
 
     Attributes:
         name: the sequence's folder name.
-        frames: frame paths in order (frame ``k`` is ``frames[k-1]``).
-        ground_truth: ``[T, 4]`` float64 ``x, y, w, h`` (NaN kept as NaN).
+        frames: frame URIs in order (absolute local paths or ``s3://`` URIs; frame ``k`` is ``frames[k-1]``).
+        ground_truth: ``[T, 4]`` float64 ``x, y, w, h`` pixels (NaN kept as NaN).
         attributes: attribute name → flag (empty when the benchmark gives none for this sequence).
     """
 
     name: str
-    frames: tuple[Path, ...]
+    frames: tuple[str, ...]
     ground_truth: np.ndarray
     attributes: dict[str, bool] = field(default_factory=dict)
 
@@ -78,84 +86,173 @@ def _split(line: str) -> list[str]:
     return _SEP.split(line.strip())
 
 
-def parse_ground_truth(path: Path | str) -> np.ndarray:
-    """``[T, 4]`` float64 boxes from a text file of ``x,y,w,h`` lines (commas, tabs or spaces; blank lines skipped).
+def _read_text(uri: str, endpoint_url: str | None) -> str:
+    """The text of ``uri``; a local file that does not exist raises ``FileNotFoundError`` naming it."""
+    if not storage.is_s3(uri) and not Path(storage.resolve(uri)[1]).is_file():
+        raise FileNotFoundError(f"file not found: {uri}")
+    return storage.read_bytes(uri, endpoint_url).decode()
 
-    Raises ``FileNotFoundError``, or ``ValueError`` naming ``path:line`` for a malformed line or no boxes at all.
+
+def parse_ground_truth(path: Path | str, endpoint_url: str | None = None) -> np.ndarray:
+    """``[T, 4]`` float64 ``x, y, w, h`` pixel boxes from a text file (local path or ``s3://`` URI) of ``x,y,w,h``
+    lines (commas, tabs or spaces; blank lines skipped).
+
+    Raises ``FileNotFoundError`` (a local file), ``StorageError`` (an unreadable URI), or ``ValueError`` naming
+    ``path:line`` for a malformed line or no boxes at all.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ground truth file not found: {path}")
-    boxes = parse_boxes(path.read_text(), str(path))  # SequenceError is a ValueError
+    uri = str(path)
+    try:
+        text = _read_text(uri, endpoint_url)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ground truth file not found: {uri}") from None
+    boxes = parse_boxes(text, uri)  # SequenceError is a ValueError
     if not len(boxes):
-        raise ValueError(f"{path}: ground truth file has no boxes")
+        raise ValueError(f"{uri}: ground truth file has no boxes")
     return boxes
 
 
-def _parse_flag(token: str, path: Path, what: str) -> bool:
+def _parse_flag(token: str, path: str, what: str) -> bool:
     if token not in ("0", "1"):
         raise ValueError(f"{path}: attribute {what}: expected 0 or 1, got {token!r}")
     return token == "1"
 
 
-def parse_attribute_flags(path: Path | str, names: tuple[str, ...]) -> dict[str, bool]:
+def parse_attribute_flags(path: Path | str, names: tuple[str, ...], endpoint_url: str | None = None) -> dict[str, bool]:
     """``len(names)`` 0/1 flags (commas, tabs, spaces or newlines between them), in ``names``' order."""
-    path = Path(path)
-    tokens = [t for t in re.split(r"[,\s]+", path.read_text().strip()) if t]
+    uri = str(path)
+    tokens = [t for t in re.split(r"[,\s]+", _read_text(uri, endpoint_url).strip()) if t]
     if len(tokens) != len(names):
-        raise ValueError(f"{path}: expected {len(names)} attribute flags, got {len(tokens)}")
-    return {n: _parse_flag(t, path, n) for n, t in zip(names, tokens, strict=True)}
+        raise ValueError(f"{uri}: expected {len(names)} attribute flags, got {len(tokens)}")
+    return {n: _parse_flag(t, uri, n) for n, t in zip(names, tokens, strict=True)}
 
 
-def parse_named_attributes(path: Path | str) -> dict[str, bool]:
+def parse_named_attributes(path: Path | str, endpoint_url: str | None = None) -> dict[str, bool]:
     """``name,0|1`` lines (comma, tab or space between) → {name: flag}."""
-    path = Path(path)
+    uri = str(path)
     out: dict[str, bool] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(uri, endpoint_url).splitlines(), start=1):
         if not line.strip():
             continue
         tokens = _split(line)
         if len(tokens) != 2:
-            raise ValueError(f"{path}:{lineno}: expected 'name,0|1', got {line!r}")
-        out[tokens[0]] = _parse_flag(tokens[1], path, tokens[0])
+            raise ValueError(f"{uri}:{lineno}: expected 'name,0|1', got {line!r}")
+        out[tokens[0]] = _parse_flag(tokens[1], uri, tokens[0])
     return out
 
 
-def list_frames(img_dir: Path, digits: int | None = None) -> tuple[Path, ...]:
-    """Numbered image files of ``img_dir`` in frame order; they must be numbered 1, 2, …, T without gaps.
+# ---------------------------------------------------------------------------------------------------------------------
+# one listing of the root
 
-    ``digits`` fixes the zero-padded width of the number (4 for LSOTB-TIR, 8 for PTB-TIR).
-    """
-    if not img_dir.is_dir():
-        raise FileNotFoundError(f"frame folder not found: {img_dir}")
+
+@dataclass(frozen=True)
+class _Listing:
+    """The files below a benchmark root: ``prefix`` (``"s3://bucket/prefix/"`` or ``"/abs/root/"``) and the paths
+    relative to it."""
+
+    prefix: str
+    files: frozenset[str]
+
+    def uri(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def has(self, rel: str) -> bool:
+        return rel in self.files
+
+    def seq_dirs(self, under: str = "") -> list[str]:
+        """Names of the folders ``under/<name>/`` that hold an ``img/`` folder with at least one file."""
+        cut = len(under)
+        names = set()
+        for rel in self.files:
+            if rel.startswith(under):
+                parts = rel[cut:].split("/")
+                if len(parts) == 3 and parts[1] == "img":
+                    names.add(parts[0])
+        return sorted(names)
+
+    def img_files(self, img_dir: str) -> list[str]:
+        """File names directly in the folder ``img_dir`` (relative to the root, no trailing slash)."""
+        head = img_dir + "/"
+        return [rel[len(head) :] for rel in self.files if rel.startswith(head) and "/" not in rel[len(head) :]]
+
+
+def _list_root(root: str, subfolders: Iterable[str] | None, endpoint_url: str | None) -> _Listing:
+    """List ``root`` once (or only its ``subfolders``); a local root that does not exist raises
+    ``FileNotFoundError``."""
+    prefix = storage.listing_prefix(root)
+    if not storage.is_s3(root) and not Path(prefix).is_dir():
+        raise FileNotFoundError(f"benchmark folder not found: {root}")
+    files: set[str] = set()
+    try:
+        if subfolders is None:
+            files.update(storage.iter_relative_files(root, endpoint_url))
+        else:
+            for sub in subfolders:
+                try:
+                    files.update(storage.iter_relative_files(root, endpoint_url, subfolder=sub))
+                except storage.MissingFolderError:
+                    continue
+    except storage.MissingFolderError as exc:
+        raise FileNotFoundError(f"benchmark folder not found: {root}") from exc
+    return _Listing(prefix, frozenset(f for f in files if not posixpath.basename(f).startswith(".")))
+
+
+def _root_uri(root: Path | str) -> str:
+    """``root`` as a URI without a trailing slash: ``s3://…`` as given, anything else as an absolute local path."""
+    uri = str(root)
+    return uri.rstrip("/") if storage.is_s3(uri) else storage.resolve(uri)[1]
+
+
+def _numbered_frames(names: Iterable[str], dir_prefix: str, digits: int | None) -> tuple[str, ...]:
+    """URIs (``dir_prefix + name``) of the numbered image files among ``names`` in frame order, numbered 1..T."""
+    where = dir_prefix.rstrip("/")
     pattern = re.compile(rf"^(\d{{{digits}}})$" if digits else r"^(\d+)$")
-    numbered: list[tuple[int, Path]] = []
-    for p in img_dir.iterdir():
-        if p.suffix.lower() in IMAGE_SUFFIXES and pattern.match(p.stem):
-            numbered.append((int(p.stem), p))
+    numbered: list[tuple[int, str]] = []
+    for name in names:
+        stem, suffix = posixpath.splitext(name)
+        if suffix.lower() in IMAGE_SUFFIXES and pattern.match(stem):
+            numbered.append((int(stem), dir_prefix + name))
     if not numbered:
         width = f"{digits}-digit " if digits else ""
-        raise FileNotFoundError(f"no {width}numbered frames ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
+        raise FileNotFoundError(f"no {width}numbered frames ({', '.join(IMAGE_SUFFIXES)}) in {where}")
     numbered.sort()
     numbers = [n for n, _ in numbered]
     if numbers != list(range(1, len(numbers) + 1)):
         missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
         raise ValueError(
-            f"{img_dir}: frames must be numbered 1..T without gaps or repeats; missing {missing[:10]}, "
+            f"{where}: frames must be numbered 1..T without gaps or repeats; missing {missing[:10]}, "
             f"found {len(numbers)} files up to {numbers[-1]}"
         )
-    return tuple(p for _, p in numbered)
+    return tuple(uri for _, uri in numbered)
 
 
-def _build(name: str, img_dir: Path, gt_path: Path, attributes: dict[str, bool], digits: int | None) -> Sequence:
-    frames = list_frames(img_dir, digits)
-    gt = parse_ground_truth(gt_path)
+def list_frames(img_dir: Path | str, digits: int | None = None, endpoint_url: str | None = None) -> tuple[str, ...]:
+    """Numbered image files of ``img_dir`` (local folder or ``s3://`` prefix) in frame order, as URIs; they must be
+    numbered 1, 2, …, T without gaps. ``digits`` fixes the zero-padded width (4 for LSOTB-TIR, 8 for PTB-TIR)."""
+    try:
+        listing = _list_root(_root_uri(img_dir), None, endpoint_url)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"frame folder not found: {img_dir}") from None
+    return _numbered_frames([f for f in listing.files if "/" not in f], listing.prefix, digits)
+
+
+def _build(
+    listing: _Listing,
+    name: str,
+    img_dir: str,
+    gt_uri: str,
+    attributes: dict[str, bool],
+    digits: int | None,
+    endpoint_url: str | None,
+) -> Sequence:
+    frames = _numbered_frames(listing.img_files(img_dir), listing.uri(img_dir + "/"), digits)
+    gt = parse_ground_truth(gt_uri, endpoint_url)
     if len(frames) != gt.shape[0]:
-        raise ValueError(f"{gt_path}: {gt.shape[0]} ground-truth boxes but {len(frames)} frames in {img_dir}")
+        where = listing.uri(img_dir)
+        raise ValueError(f"{gt_uri}: {gt.shape[0]} ground-truth boxes but {len(frames)} frames in {where}")
     return Sequence(name=name, frames=frames, ground_truth=gt, attributes=attributes)
 
 
-def _names(found: Iterable[str], sequences: Iterable[str] | None, where: Path) -> list[str]:
+def _names(found: Iterable[str], sequences: Iterable[str] | None, where: str) -> list[str]:
     found = sorted(found)
     if sequences is None:
         return found
@@ -166,28 +263,29 @@ def _names(found: Iterable[str], sequences: Iterable[str] | None, where: Path) -
     return wanted
 
 
-def _seq_dirs(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"benchmark folder not found: {root}")
-    return [p.name for p in root.iterdir() if (p / "img").is_dir()]
-
-
-def read_lsotb_sequence(root: Path | str, name: str) -> Sequence:
-    """One LSOTB-TIR sequence; ground truth from ``anno/<seq>.txt``, else ``<seq>/groundtruth_rect.txt``."""
-    root = Path(root)
-    candidates = (root / "anno" / f"{name}.txt", root / name / "groundtruth_rect.txt")
-    gt_path = next((c for c in candidates if c.is_file()), None)
-    if gt_path is None:
+def _lsotb_sequence(listing: _Listing, name: str, ep: str | None) -> Sequence:
+    candidates = (f"anno/{name}.txt", f"{name}/groundtruth_rect.txt")
+    gt = next((c for c in candidates if listing.has(c)), None)
+    if gt is None:
         raise FileNotFoundError(
-            f"no ground truth for LSOTB-TIR sequence {name!r}: tried {[str(c) for c in candidates]}"
+            f"no ground truth for LSOTB-TIR sequence {name!r}: tried {[listing.uri(c) for c in candidates]}"
         )
-    att = root / "anno" / "att" / f"{name}.txt"
-    attributes = parse_attribute_flags(att, LSOTB_ATTRIBUTES) if att.is_file() else {}
-    return _build(name, root / name / "img", gt_path, attributes, digits=4)
+    att = f"anno/att/{name}.txt"
+    attributes = parse_attribute_flags(listing.uri(att), LSOTB_ATTRIBUTES, ep) if listing.has(att) else {}
+    return _build(listing, name, f"{name}/img", listing.uri(gt), attributes, 4, ep)
+
+
+def read_lsotb_sequence(root: Path | str, name: str, endpoint_url: str | None = None) -> Sequence:
+    """One LSOTB-TIR sequence; ground truth from ``anno/<seq>.txt``, else ``<seq>/groundtruth_rect.txt``."""
+    listing = _list_root(_root_uri(root), [name, "anno"], endpoint_url)
+    return _lsotb_sequence(listing, name, endpoint_url)
 
 
 def read_lsotb_tir(
-    root: Path | str, subset: Literal["119", "120"] = "119", sequences: Iterable[str] | None = None
+    root: Path | str,
+    subset: Literal["119", "120"] = "119",
+    sequences: Iterable[str] | None = None,
+    endpoint_url: str | None = None,
 ) -> list[Sequence]:
     """The LSOTB-TIR evaluation set under ``root`` (every ``<seq>/`` with an ``img/`` folder), sorted by name.
 
@@ -198,35 +296,47 @@ def read_lsotb_tir(
         raise ValueError(
             f"subset must be '119' (the paper's, without {LSOTB_EXCLUDED_BY_PAPER}) or '120', got {subset!r}"
         )
-    root = Path(root)
-    names = _names(_seq_dirs(root), sequences, root)
+    uri = _root_uri(root)
+    wanted = None if sequences is None else list(sequences)
+    listing = _list_root(uri, None if wanted is None else [*wanted, "anno"], endpoint_url)
+    names = _names(listing.seq_dirs(), wanted, uri)
     if subset == "119":
         names = [n for n in names if n != LSOTB_EXCLUDED_BY_PAPER]
-    return [read_lsotb_sequence(root, n) for n in names]
+    return [_lsotb_sequence(listing, n, endpoint_url) for n in names]
 
 
-def read_ptb_tir(root: Path | str, sequences: Iterable[str] | None = None) -> list[Sequence]:
+def read_ptb_tir(
+    root: Path | str, sequences: Iterable[str] | None = None, endpoint_url: str | None = None
+) -> list[Sequence]:
     """PTB-TIR: ``tirsequences/<seq>/img/00000001.jpg``, ``tiranno/<seq>.txt``, ``tiranno/att/<seq>.txt``."""
-    root = Path(root)
-    seq_root = root / "tirsequences"
-    names = _names(_seq_dirs(seq_root), sequences, seq_root)
+    uri = _root_uri(root)
+    wanted = None if sequences is None else list(sequences)
+    subfolders = None if wanted is None else [*(f"tirsequences/{n}" for n in wanted), "tiranno"]
+    listing = _list_root(uri, subfolders, endpoint_url)
+    names = _names(listing.seq_dirs("tirsequences/"), wanted, storage.join(uri, "tirsequences"))
     out = []
     for name in names:
-        att = root / "tiranno" / "att" / f"{name}.txt"
-        attributes = parse_attribute_flags(att, PTB_ATTRIBUTES) if att.is_file() else {}
-        out.append(_build(name, seq_root / name / "img", root / "tiranno" / f"{name}.txt", attributes, digits=8))
+        att = f"tiranno/att/{name}.txt"
+        attributes = parse_attribute_flags(listing.uri(att), PTB_ATTRIBUTES, endpoint_url) if listing.has(att) else {}
+        gt = listing.uri(f"tiranno/{name}.txt")
+        out.append(_build(listing, name, f"tirsequences/{name}/img", gt, attributes, 8, endpoint_url))
     return out
 
 
-def read_synthetic(root: Path | str, sequences: Iterable[str] | None = None) -> list[Sequence]:
+def read_synthetic(
+    root: Path | str, sequences: Iterable[str] | None = None, endpoint_url: str | None = None
+) -> list[Sequence]:
     """cmd-ray's synthetic TIR sequences: ``<seq>/img/NNNN.jpg``, ``<seq>/groundtruth_rect.txt``, ``attributes.txt``."""
-    root = Path(root)
-    names = _names(_seq_dirs(root), sequences, root)
+    uri = _root_uri(root)
+    wanted = None if sequences is None else list(sequences)
+    listing = _list_root(uri, wanted, endpoint_url)
+    names = _names(listing.seq_dirs(), wanted, uri)
     out = []
     for name in names:
-        att = root / name / "attributes.txt"
-        attributes = parse_named_attributes(att) if att.is_file() else {}
-        out.append(_build(name, root / name / "img", root / name / "groundtruth_rect.txt", attributes, digits=None))
+        att = f"{name}/attributes.txt"
+        attributes = parse_named_attributes(listing.uri(att), endpoint_url) if listing.has(att) else {}
+        gt = listing.uri(f"{name}/groundtruth_rect.txt")
+        out.append(_build(listing, name, f"{name}/img", gt, attributes, None, endpoint_url))
     return out
 
 
@@ -239,15 +349,17 @@ def read_benchmark(
     root: Path | str,
     sequences: Iterable[str] | None = None,
     lsotb_subset: Literal["119", "120"] = "119",
+    endpoint_url: str | None = None,
 ) -> list[Sequence]:
     """The sequences of ``benchmark`` (``synthetic``, ``lsotb`` or ``ptb``) under ``root``, sorted by name.
 
+    ``root`` is a local folder or an ``s3://`` prefix (``endpoint_url`` overrides ``AWS_ENDPOINT_URL`` for it);
     ``sequences`` picks names explicitly; ``lsotb_subset`` applies to ``lsotb`` only.
     """
     if benchmark == "synthetic":
-        return read_synthetic(root, sequences)
+        return read_synthetic(root, sequences, endpoint_url)
     if benchmark == "lsotb":
-        return read_lsotb_tir(root, lsotb_subset, sequences)
+        return read_lsotb_tir(root, lsotb_subset, sequences, endpoint_url)
     if benchmark == "ptb":
-        return read_ptb_tir(root, sequences)
+        return read_ptb_tir(root, sequences, endpoint_url)
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")

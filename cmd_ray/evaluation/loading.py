@@ -8,7 +8,7 @@
 - :func:`run_sequence` (one task): builds the network from the state dict, builds the tracker, reads and decodes
   the frames (TIR, ``[H, W]``), tracks (:func:`cmd_ray.tracking.track_sequence`: per-frame seconds of the tracker's
   calls only, frame 1's being the initialisation) and writes the result files atomically
-  (:func:`cmd_ray.evaluation.results.write_result`).
+  (:func:`cmd_ray.evaluation.results.write_result`), frames and results on local disk or S3 alike.
 """
 
 from __future__ import annotations
@@ -168,10 +168,10 @@ def make_tracker(
     raise ValueError(f"unknown tracker kind {kind!r}; expected 'dimp' or 'static'")
 
 
-def read_frames(paths: Iterable[str | Path]) -> Iterator[np.ndarray]:
-    """Decode each frame as TIR (``[H, W]`` uint8/uint16), lazily, in order."""
+def read_frames(paths: Iterable[str | Path], endpoint_url: str | None = None) -> Iterator[np.ndarray]:
+    """Decode each frame (local path or ``s3://`` URI) as TIR (``[H, W]`` uint8/uint16), lazily, in order."""
     for p in paths:
-        yield decode_tir(storage.read_bytes(str(p)), str(p))
+        yield decode_tir(storage.read_bytes(str(p), endpoint_url), str(p))
 
 
 @dataclass(frozen=True)
@@ -198,14 +198,19 @@ def run_sequence(
     tracker_params: dict[str, Any] | None = None,
     device: str = "cpu",
     num_threads: int | None = None,
+    endpoint_url: str | None = None,
 ) -> SequenceRun:
     """Track one sequence and write ``out_dir/<sequence>.txt`` and ``<sequence>_time.txt`` atomically.
 
+    Nothing here touches the driver's disk: frames and ``out_dir`` are local paths of this node or ``s3://`` URIs.
+
     Args:
-        frames: frame paths in order; ``init_box``: frame 1's ground truth ``x, y, w, h`` pixels.
+        frames: frame paths or URIs in order; ``init_box``: frame 1's ground truth ``x, y, w, h`` pixels.
+        out_dir: the tracker's result folder (local path or ``s3://`` URI).
         state_dict, model_config: the network's weights and its config (a :class:`Config` dump); ``dimp`` only.
         tracker_params: a :class:`TrackerConfig` dump (``dimp`` only).
         num_threads: torch intra-op threads (the task's CPU share), if given.
+        endpoint_url: S3 endpoint for ``s3://`` frames and results (default: ``AWS_ENDPOINT_URL``).
     """
     if num_threads is not None:
         torch.set_num_threads(max(1, num_threads))
@@ -219,9 +224,9 @@ def run_sequence(
     from cmd_ray.tracking import track_sequence
 
     # No inference_mode here: the DiMP tracker refines boxes by gradient ascent on IoU-Net's output.
-    result = track_sequence(tracker, read_frames(frames), np.asarray(init_box, dtype=np.float64))
+    result = track_sequence(tracker, read_frames(frames, endpoint_url), np.asarray(init_box, dtype=np.float64))
     boxes, times = result.boxes, result.times
     if boxes.shape[0] != len(frames):
         raise RuntimeError(f"{tracker_name}/{sequence}: tracked {boxes.shape[0]} of {len(frames)} frames")
-    path = write_result(out_dir, sequence, boxes, times)
-    return SequenceRun(tracker_name, sequence, int(boxes.shape[0]), float(times.sum()), str(path))
+    path = write_result(out_dir, sequence, boxes, times, endpoint_url)
+    return SequenceRun(tracker_name, sequence, int(boxes.shape[0]), float(times.sum()), path)

@@ -9,6 +9,7 @@ precision plot's Norm. Precision under the protocol.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cmd_ray import storage
 from cmd_ray.evaluation.metrics import (
     NORM_PRECISION_THRESHOLDS,
     PRECISION_AT_PX,
@@ -137,10 +139,28 @@ def write_plots(
     out_dir: Path | str,
     dataset: str | None = None,
     norm_precision: bool = True,
-) -> list[Path]:
+    endpoint_url: str | None = None,
+) -> list[str]:
     """Success and precision plots (and the normalised precision plot unless ``norm_precision=False``) as PNG
-    files in ``out_dir`` (:data:`PLOT_FILES`); returns their paths."""
-    out = Path(out_dir)
+    files in ``out_dir`` (:data:`PLOT_FILES`); returns their paths (local) or URIs (S3).
+
+    ``out_dir`` may be an ``s3://`` prefix: the plots are then drawn into a local temporary folder and each uploaded
+    in one write through :mod:`cmd_ray.storage`.
+    """
+    target = str(out_dir)
+    if not storage.is_s3(target):
+        out = Path(storage.resolve(target)[1])
+        return [str(p) for p in _draw_all(results, out, dataset, norm_precision)]
+    with tempfile.TemporaryDirectory(prefix="cmd-ray-plots-") as tmp:
+        uris = []
+        for p in _draw_all(results, Path(tmp), dataset, norm_precision):
+            uri = storage.join(target.rstrip("/"), p.name)
+            storage.write_bytes(uri, p.read_bytes(), endpoint_url)
+            uris.append(uri)
+    return uris
+
+
+def _draw_all(results: Mapping[str, DatasetScores], out: Path, dataset: str | None, norm_precision: bool) -> list[Path]:
     paths = [
         success_plot(results, out / PLOT_FILES["success"], dataset),
         precision_plot(results, out / PLOT_FILES["precision"], dataset),

@@ -1,15 +1,22 @@
 """Result files of an OPE evaluation, the metadata of a result folder, scoring a folder and comparison tables.
 
-Layout of a results folder (local disk)::
+Layout of a results folder (a local folder or an ``s3://bucket/prefix``; every byte goes through
+:mod:`cmd_ray.storage`)::
 
     results_dir/<tracker>/meta.json              what produced the folder: tracker, model, benchmark, root, protocol
     results_dir/<tracker>/<sequence>.txt         one line per frame: x,y,w,h (pixels, comma separated)
     results_dir/<tracker>/<sequence>_time.txt    one line per frame: seconds the tracker spent on that frame
     results_dir/plots/*.png, results_dir/ope_tables.txt
 
-Every file is written to a temporary file in the same folder and renamed over its name, so a killed run leaves
-either the complete file or none; a rerun then tracks only the sequences without a complete result (both files, one
-line per frame). The time file is written before the box file, so a box file never exists without its times.
+Every file is written atomically: on local disk to a temporary file in the same folder renamed over its name; on S3
+in one upload (an object becomes visible only once its upload is complete, whole). A sequence's result is complete
+when both files exist and hold one line per frame each. :func:`write_result` makes the box file the commit marker of
+the pair: it removes an old box file first, then writes the time file, then the box file, so a run killed at any
+point leaves either a complete pair of this run or no box file — never a box file with the times of another run.
+
+Completeness is checked the same way on both stores (:func:`complete_sequences`): one listing of the tracker's
+folder (:func:`cmd_ray.storage.iter_relative_files`: one request per 1000 keys on S3, no HEAD per file), then the
+line counts of the pairs that exist.
 
 ``meta.json`` lets ``cmd-ray compare`` score a folder with nothing but the folder: it names the benchmark and its
 root (for the ground truth), the sequences evaluated and the protocol.
@@ -21,15 +28,18 @@ import contextlib
 import json
 import math
 import os
+import posixpath
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as SequenceOf
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from cmd_ray import storage
 from cmd_ray.data.sequences import SequenceError, parse_boxes
 from cmd_ray.evaluation.benchmarks import Sequence, read_benchmark
 from cmd_ray.evaluation.metrics import PROTOCOLS, DatasetScores, Scores, aggregate, sequence_curves
@@ -38,6 +48,10 @@ META_FILE = "meta.json"
 BOXES_SUFFIX = ".txt"
 TIMES_SUFFIX = "_time.txt"
 META_VERSION = 1
+S3_READ_THREADS = 16
+"""Concurrent reads of result files on S3 (small objects: latency-bound, not bandwidth-bound)."""
+
+_T = TypeVar("_T")
 
 
 class ResultsError(ValueError):
@@ -45,30 +59,91 @@ class ResultsError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# locations
+
+
+def location(uri: Path | str) -> str:
+    """``uri`` as the evaluation stores it: ``s3://bucket/prefix`` without a trailing slash, or an absolute local
+    path (``file://``, ``~`` and symbolic links resolved, as ``Path.resolve`` does)."""
+    text = str(uri)
+    return text.rstrip("/") if storage.is_s3(text) else os.path.realpath(storage.resolve(text)[1])
+
+
+def basename(uri: Path | str) -> str:
+    """The last component of a location (``s3://b/results/dimp`` → ``dimp``)."""
+    return posixpath.basename(location(uri)) if storage.is_s3(str(uri)) else os.path.basename(location(uri))
+
+
+def parent(uri: Path | str) -> str:
+    """The location one level up (``s3://b/results/dimp`` → ``s3://b/results``)."""
+    loc = location(uri)
+    return loc.rsplit("/", 1)[0] if storage.is_s3(loc) else os.path.dirname(loc)
+
+
+def list_files(folder: Path | str, endpoint_url: str | None = None) -> set[str]:
+    """Paths (relative to ``folder``) of the files below it, from one listing; empty when the folder does not exist.
+
+    Hidden files (a name starting with ``.``: the temporary files of a local write in progress) are left out.
+    """
+    try:
+        files = storage.iter_relative_files(location(folder), endpoint_url)
+        return {f for f in files if not posixpath.basename(f).startswith(".")}
+    except storage.MissingFolderError:
+        return set()
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Whether a :class:`~cmd_ray.storage.StorageError` says the file or object does not exist (local
+    ``FileNotFoundError``, S3 ``NoSuchKey`` / 404), as opposed to any other failure."""
+    cause = exc.__cause__
+    if isinstance(cause, FileNotFoundError):
+        return True
+    response = getattr(cause, "response", None)  # botocore's ClientError
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("NoSuchKey", "404", "NotFound") or status == 404
+    return False
+
+
+def _map(fn: Callable[[str], _T], names: list[str], remote: bool) -> list[_T]:
+    """``[fn(n) for n in names]``, with threads on S3 (each call waits on a request), in order."""
+    if not remote or len(names) < 2:
+        return [fn(n) for n in names]
+    with ThreadPoolExecutor(max_workers=min(S3_READ_THREADS, len(names))) as pool:
+        return list(pool.map(fn, names))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # result files
 
 
-def result_paths(tracker_dir: Path | str, sequence: str) -> tuple[Path, Path]:
-    """``(boxes file, times file)`` of ``sequence`` in ``tracker_dir``."""
-    d = Path(tracker_dir)
-    return d / f"{sequence}{BOXES_SUFFIX}", d / f"{sequence}{TIMES_SUFFIX}"
+def result_paths(tracker_dir: Path | str, sequence: str) -> tuple[str, str]:
+    """``(boxes file, times file)`` URIs of ``sequence`` in ``tracker_dir`` (absolute local paths or ``s3://``)."""
+    d = location(tracker_dir)
+    return storage.join(d, f"{sequence}{BOXES_SUFFIX}"), storage.join(d, f"{sequence}{TIMES_SUFFIX}")
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename.
+def atomic_write_text(path: Path | str, text: str, endpoint_url: str | None = None) -> None:
+    """Write ``text`` to ``path`` so that a reader (or a rerun) sees the old file or the complete new one.
 
-    A reader (or a rerun) sees the old file or the complete new one, never a partial file.
+    Local: a temporary file in the same folder, ``fsync``, and an atomic rename. S3: one upload through
+    :func:`cmd_ray.storage.write_bytes` (S3 makes an object visible only when its upload completes).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    uri = str(path)
+    if storage.is_s3(uri):
+        storage.write_bytes(uri, text.encode(), endpoint_url)
+        return
+    target = Path(location(uri))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -76,7 +151,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def format_boxes(boxes: np.ndarray) -> str:
-    """``[N, 4]`` ``x, y, w, h`` boxes as text: one ``x,y,w,h`` line per frame, 4 decimals."""
+    """``[N, 4]`` ``x, y, w, h`` boxes (pixels) as text: one ``x,y,w,h`` line per frame, 4 decimals."""
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape [N, 4] (x, y, w, h), got {boxes.shape}")
@@ -91,15 +166,20 @@ def format_times(times: np.ndarray) -> str:
     return "".join(f"{t:.9f}\n" for t in times.tolist())
 
 
-def write_result(tracker_dir: Path | str, sequence: str, boxes: np.ndarray, times: np.ndarray) -> Path:
-    """Write one sequence's result atomically: ``<sequence>_time.txt`` first, then ``<sequence>.txt``.
+def write_result(
+    tracker_dir: Path | str, sequence: str, boxes: np.ndarray, times: np.ndarray, endpoint_url: str | None = None
+) -> str:
+    """Write one sequence's result atomically: remove an old ``<sequence>.txt``, write ``<sequence>_time.txt``, then
+    ``<sequence>.txt`` (the commit marker of the pair; see the module docstring).
 
     Args:
+        tracker_dir: the tracker's result folder (local path or ``s3://`` URI).
         boxes: ``[N, 4]`` float ``x, y, w, h`` pixels, one row per frame (frame 1 first).
         times: ``[N]`` seconds the tracker spent per frame.
+        endpoint_url: S3 endpoint (default: ``AWS_ENDPOINT_URL``).
 
     Returns:
-        the path of the boxes file.
+        the URI of the boxes file.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     times = np.asarray(times, dtype=np.float64)
@@ -108,69 +188,127 @@ def write_result(tracker_dir: Path | str, sequence: str, boxes: np.ndarray, time
     if boxes.shape[0] == 0:
         raise ValueError(f"{sequence}: no frames to write")
     boxes_path, times_path = result_paths(tracker_dir, sequence)
-    atomic_write_text(times_path, format_times(times))
-    atomic_write_text(boxes_path, format_boxes(boxes))
+    storage.delete_file(boxes_path, endpoint_url)
+    atomic_write_text(times_path, format_times(times), endpoint_url)
+    atomic_write_text(boxes_path, format_boxes(boxes), endpoint_url)
     return boxes_path
 
 
-def _text(path: Path) -> str:
-    if not path.is_file():
-        raise ResultsError(f"result file not found: {path}")
+def _text(uri: str, endpoint_url: str | None = None) -> str:
     try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"cannot read result file {path}: {exc}") from exc
+        return storage.read_bytes(uri, endpoint_url).decode()
+    except storage.StorageError as exc:
+        if is_missing(exc):
+            raise ResultsError(f"result file not found: {uri}") from None
+        raise ResultsError(f"cannot read result file {uri}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"cannot read result file {uri}: {exc}") from exc
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    return [(i, line) for i, line in enumerate(_text(path).splitlines(), start=1) if line.strip()]
-
-
-def read_boxes(path: Path | str) -> np.ndarray:
-    """``[N, 4]`` float64 boxes of a result file (``x,y,w,h`` lines; commas, tabs or spaces; ``nan`` allowed)."""
-    path = Path(path)
+def _parse_boxes(text: str, uri: str) -> np.ndarray:
     try:
-        boxes = parse_boxes(_text(path), str(path))
+        boxes = parse_boxes(text, uri)
     except SequenceError as exc:
         raise ResultsError(str(exc)) from None
     if not len(boxes):
-        raise ResultsError(f"result file {path} holds no boxes")
+        raise ResultsError(f"result file {uri} holds no boxes")
     return boxes
 
 
-def read_times(path: Path | str) -> np.ndarray:
-    """``[N]`` float64 seconds per frame of a ``*_time.txt`` file (finite, ≥ 0)."""
-    path = Path(path)
+def _parse_times(text: str, uri: str) -> np.ndarray:
     values = []
-    for lineno, line in _lines(path):
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             t = float(line.strip())
         except ValueError:
-            raise ResultsError(f"{path}:{lineno}: expected seconds per frame, got {line!r}") from None
+            raise ResultsError(f"{uri}:{lineno}: expected seconds per frame, got {line!r}") from None
         if not (math.isfinite(t) and t >= 0):
-            raise ResultsError(f"{path}:{lineno}: seconds per frame must be finite and >= 0, got {t}")
+            raise ResultsError(f"{uri}:{lineno}: seconds per frame must be finite and >= 0, got {t}")
         values.append(t)
     if not values:
-        raise ResultsError(f"time file {path} holds no values")
+        raise ResultsError(f"time file {uri} holds no values")
     return np.asarray(values, dtype=np.float64)
 
 
-def read_result(tracker_dir: Path | str, sequence: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(boxes [N, 4], times [N])`` of one sequence; their frame counts must agree."""
+def read_boxes(path: Path | str, endpoint_url: str | None = None) -> np.ndarray:
+    """``[N, 4]`` float64 pixel boxes of a result file (``x,y,w,h`` lines; commas, tabs or spaces; ``nan`` allowed)."""
+    uri = str(path)
+    return _parse_boxes(_text(uri, endpoint_url), uri)
+
+
+def read_times(path: Path | str, endpoint_url: str | None = None) -> np.ndarray:
+    """``[N]`` float64 seconds per frame of a ``*_time.txt`` file (finite, ≥ 0)."""
+    uri = str(path)
+    return _parse_times(_text(uri, endpoint_url), uri)
+
+
+def read_result(
+    tracker_dir: Path | str, sequence: str, endpoint_url: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes [N, 4] pixels, times [N] seconds)`` of one sequence; their frame counts must agree."""
     boxes_path, times_path = result_paths(tracker_dir, sequence)
-    boxes, times = read_boxes(boxes_path), read_times(times_path)
+    boxes, times = read_boxes(boxes_path, endpoint_url), read_times(times_path, endpoint_url)
     if boxes.shape[0] != times.shape[0]:
         raise ResultsError(f"{boxes_path} has {boxes.shape[0]} boxes but {times_path} has {times.shape[0]} times")
     return boxes, times
 
 
-def has_complete_result(tracker_dir: Path | str, sequence: str, num_frames: int) -> bool:
+def _read_listed(
+    tracker_dir: Path | str, frame_counts: Mapping[str, int], endpoint_url: str | None
+) -> dict[str, tuple[np.ndarray, np.ndarray] | ResultsError]:
+    """For each sequence of ``frame_counts``: its ``(boxes, times)`` when complete, else the error saying why.
+
+    One listing of ``tracker_dir``; only the pairs it shows are read (concurrently on S3).
+    """
+    files = list_files(tracker_dir, endpoint_url)
+    out: dict[str, tuple[np.ndarray, np.ndarray] | ResultsError] = {}
+    present = []
+    for name in frame_counts:
+        if f"{name}{BOXES_SUFFIX}" in files and f"{name}{TIMES_SUFFIX}" in files:
+            present.append(name)
+        else:
+            out[name] = ResultsError(f"{name}: no {name}{BOXES_SUFFIX} and {name}{TIMES_SUFFIX} pair")
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray] | ResultsError:
+        try:
+            boxes, times = read_result(tracker_dir, name, endpoint_url)
+        except ResultsError as exc:
+            return exc
+        if boxes.shape[0] != frame_counts[name]:
+            return ResultsError(f"{name}: {boxes.shape[0]} lines for {frame_counts[name]} frames")
+        return boxes, times
+
+    remote = storage.is_s3(str(tracker_dir))
+    out.update(zip(present, _map(read, present, remote), strict=True))
+    return {name: out[name] for name in frame_counts}
+
+
+def complete_sequences(
+    tracker_dir: Path | str, frame_counts: Mapping[str, int], endpoint_url: str | None = None
+) -> set[str]:
+    """The sequences of ``frame_counts`` (name → number of frames) whose results in ``tracker_dir`` are complete:
+    both files exist, parse, and hold exactly that many lines each.
+
+    Works alike on local folders and S3: one listing of ``tracker_dir`` (no request per missing file), then reads of
+    the pairs that exist.
+    """
+    found = _read_listed(tracker_dir, frame_counts, endpoint_url)
+    return {name for name, got in found.items() if not isinstance(got, ResultsError)}
+
+
+def has_complete_result(
+    tracker_dir: Path | str, sequence: str, num_frames: int, endpoint_url: str | None = None
+) -> bool:
     """Whether both files of ``sequence`` exist, parse, and hold exactly ``num_frames`` lines each."""
-    try:
-        boxes, _ = read_result(tracker_dir, sequence)
-    except ResultsError:
-        return False
-    return boxes.shape[0] == num_frames
+    return sequence in complete_sequences(tracker_dir, {sequence: num_frames}, endpoint_url)
+
+
+def remove_result(tracker_dir: Path | str, sequence: str, endpoint_url: str | None = None) -> None:
+    """Delete both result files of ``sequence`` (the box file, the commit marker, first); missing files are fine."""
+    for uri in result_paths(tracker_dir, sequence):
+        storage.delete_file(uri, endpoint_url)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,7 +325,7 @@ class ResultMeta:
         model: ``models:/NAME@ALIAS`` or checkpoint URI (None for ``static``).
         model_version: the registry version the alias pointed at (None for a checkpoint file).
         benchmark: ``synthetic``, ``lsotb`` or ``ptb``.
-        root: absolute path of the benchmark folder (ground truth for ``compare``).
+        root: the benchmark folder: absolute local path or ``s3://`` URI (ground truth for ``compare``).
         lsotb_subset: ``"119"`` / ``"120"`` for ``lsotb``, else None.
         protocol: the protocol of the evaluation (``compare``'s default).
         sequences: the sequences evaluated into this folder, in order.
@@ -218,20 +356,35 @@ class ResultMeta:
         return json.dumps(tree, indent=2) + "\n"
 
 
-def write_meta(tracker_dir: Path | str, meta: ResultMeta) -> Path:
-    path = Path(tracker_dir) / META_FILE
-    atomic_write_text(path, meta.to_json())
-    return path
+def write_meta(tracker_dir: Path | str, meta: ResultMeta, endpoint_url: str | None = None) -> str:
+    """Write ``tracker_dir/meta.json`` atomically; returns its URI."""
+    uri = storage.join(location(tracker_dir), META_FILE)
+    atomic_write_text(uri, meta.to_json(), endpoint_url)
+    return uri
 
 
-def read_meta(tracker_dir: Path | str) -> ResultMeta:
+def _read_meta_text(tracker_dir: Path | str, endpoint_url: str | None) -> str | None:
+    """The text of ``meta.json``; None when the folder has none."""
+    uri = storage.join(location(tracker_dir), META_FILE)
+    try:
+        return storage.read_bytes(uri, endpoint_url).decode()
+    except storage.StorageError as exc:
+        if is_missing(exc):
+            return None
+        raise ResultsError(f"cannot read {uri}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"cannot read {uri}: {exc}") from exc
+
+
+def read_meta(tracker_dir: Path | str, endpoint_url: str | None = None) -> ResultMeta:
     """The ``meta.json`` of a tracker's result folder; errors name the file and the key."""
-    path = Path(tracker_dir) / META_FILE
-    if not path.is_file():
+    text = _read_meta_text(tracker_dir, endpoint_url)
+    path = storage.join(location(tracker_dir), META_FILE)
+    if text is None:
         raise ResultsError(f"{tracker_dir} is not a tracker result folder: no {META_FILE}")
     try:
-        tree = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        tree = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ResultsError(f"cannot read {path}: {exc}") from exc
     if not isinstance(tree, dict):
         raise ResultsError(f"{path} must hold a JSON object")
@@ -252,8 +405,10 @@ def read_meta(tracker_dir: Path | str) -> ResultMeta:
     return ResultMeta(**kwargs)
 
 
-def prepare_tracker_dir(tracker_dir: Path | str, meta: ResultMeta, overwrite: bool = False) -> ResultMeta:
-    """Create the folder and write ``meta``; refuse to mix results of another model or benchmark.
+def prepare_tracker_dir(
+    tracker_dir: Path | str, meta: ResultMeta, overwrite: bool = False, endpoint_url: str | None = None
+) -> ResultMeta:
+    """Write ``meta`` into the folder (created on local disk); refuse to mix results of another model or benchmark.
 
     When ``meta.json`` already exists with the same identity (:meth:`ResultMeta.identity`), its sequences are kept
     and the new ones appended, so results of an earlier run stay part of the folder. A different identity raises
@@ -262,9 +417,8 @@ def prepare_tracker_dir(tracker_dir: Path | str, meta: ResultMeta, overwrite: bo
     Returns:
         the meta written.
     """
-    tracker_dir = Path(tracker_dir)
-    if (tracker_dir / META_FILE).is_file() and not overwrite:
-        old = read_meta(tracker_dir)
+    if not overwrite and _read_meta_text(tracker_dir, endpoint_url) is not None:
+        old = read_meta(tracker_dir, endpoint_url)
         changed = {k: (v, meta.identity()[k]) for k, v in old.identity().items() if v != meta.identity()[k]}
         if changed:
             diff = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items())
@@ -274,8 +428,7 @@ def prepare_tracker_dir(tracker_dir: Path | str, meta: ResultMeta, overwrite: bo
             )
         merged = list(old.sequences) + [s for s in meta.sequences if s not in old.sequences]
         meta = ResultMeta(**{**asdict(meta), "sequences": tuple(merged)})
-    tracker_dir.mkdir(parents=True, exist_ok=True)
-    write_meta(tracker_dir, meta)
+    write_meta(tracker_dir, meta, endpoint_url)
     return meta
 
 
@@ -283,94 +436,108 @@ def prepare_tracker_dir(tracker_dir: Path | str, meta: ResultMeta, overwrite: bo
 # scoring
 
 
-def score_directory(tracker_dir: Path | str, sequences: SequenceOf[Sequence], protocol: str = "lsotb") -> DatasetScores:
+def score_directory(
+    tracker_dir: Path | str,
+    sequences: SequenceOf[Sequence],
+    protocol: str = "lsotb",
+    endpoint_url: str | None = None,
+) -> DatasetScores:
     """OPE scores of the results in ``tracker_dir`` on ``sequences`` (ground truth and attributes from them).
 
     Raises:
         ResultsError: naming the sequences whose result is missing or has the wrong frame count.
     """
-    tracker_dir = Path(tracker_dir)
     if not sequences:
         raise ResultsError(f"no sequences to score in {tracker_dir}")
-    incomplete = [s.name for s in sequences if not has_complete_result(tracker_dir, s.name, len(s))]
+    found = _read_listed(tracker_dir, {s.name: len(s) for s in sequences}, endpoint_url)
+    incomplete = [name for name, got in found.items() if isinstance(got, ResultsError)]
     if incomplete:
         raise ResultsError(
             f"{tracker_dir}: no complete result (one line per frame in <seq>.txt and <seq>_time.txt) for "
             f"{len(incomplete)} sequence(s): {incomplete[:10]}{' …' if len(incomplete) > 10 else ''}"
         )
-    curves = {
-        s.name: sequence_curves(read_boxes(result_paths(tracker_dir, s.name)[0]), s.ground_truth, protocol)
-        for s in sequences
-    }
+    curves = {}
+    for s in sequences:
+        boxes, _ = found[s.name]  # type: ignore[misc]  # complete: a (boxes, times) pair
+        curves[s.name] = sequence_curves(boxes, s.ground_truth, protocol)
     attributes = {s.name: s.attributes for s in sequences} if any(s.attributes for s in sequences) else None
     return aggregate(curves, attributes)
 
 
-def frame_rate(tracker_dir: Path | str, sequences: Iterable[str], kind: str = "dimp") -> float:
+def frame_rate(
+    tracker_dir: Path | str, sequences: Iterable[str], kind: str = "dimp", endpoint_url: str | None = None
+) -> float:
     """Frames per second over ``sequences``: total frames / total tracker seconds, frame 1's initialisation included
     (NaN when no time was spent, and for the ``static`` baseline, whose "speed" is that of copying a box)."""
     if kind == "static":
         return float("nan")
-    frames, seconds = 0, 0.0
-    for name in sequences:
-        times = read_times(result_paths(tracker_dir, name)[1])
-        frames += times.shape[0]
-        seconds += float(times.sum())
+    names = list(sequences)
+    remote = storage.is_s3(str(tracker_dir))
+    all_times = _map(lambda name: read_times(result_paths(tracker_dir, name)[1], endpoint_url), names, remote)
+    frames = sum(t.shape[0] for t in all_times)
+    seconds = float(sum(float(t.sum()) for t in all_times))
     return frames / seconds if seconds > 0 else float("nan")
 
 
 @dataclass(frozen=True, eq=False)
 class TrackerResults:
-    """One tracker's scored result folder."""
+    """One tracker's scored result folder (``directory``: absolute local path or ``s3://`` URI)."""
 
     label: str
-    directory: Path
+    directory: str
     meta: ResultMeta
     scores: DatasetScores
     fps: float
 
 
-def find_tracker_dirs(paths: Iterable[Path | str]) -> list[Path]:
-    """Tracker result folders named by ``paths``, in order.
+def find_tracker_dirs(paths: Iterable[Path | str], endpoint_url: str | None = None) -> list[str]:
+    """Tracker result folders (local paths or ``s3://`` URIs) named by ``paths``, in order.
 
     A folder with ``meta.json`` is one tracker; a folder without it (an ``evaluation.results_dir``) stands for its
-    sub-folders that have one, ordered as the evaluation listed the trackers.
+    sub-folders that have one, ordered as the evaluation listed the trackers. Each folder is listed once.
     """
-    found: list[Path] = []
+    found: list[str] = []
     for p in paths:
-        p = Path(p)
-        if not p.is_dir():
-            raise ResultsError(f"results folder not found: {p}")
-        if (p / META_FILE).is_file():
-            found.append(p)
+        loc = location(p)
+        try:
+            files = set(storage.iter_relative_files(loc, endpoint_url))
+        except storage.MissingFolderError:
+            raise ResultsError(f"results folder not found: {p}") from None
+        if META_FILE in files:
+            found.append(loc)
             continue
-        children = [c for c in sorted(p.iterdir()) if (c / META_FILE).is_file()]
+        children = sorted({f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(f"/{META_FILE}")})
         if not children:
-            raise ResultsError(f"{p} holds no tracker results ({META_FILE} in it or in a sub-folder)")
-        found += sorted(children, key=lambda c: (read_meta(c).index, c.name))
+            what = "nothing under this prefix" if storage.is_s3(loc) else f"{META_FILE} in it or in a sub-folder"
+            raise ResultsError(f"{p} holds no tracker results ({what})")
+        dirs = [storage.join(loc, c) for c in children]
+        found += sorted(dirs, key=lambda c: (read_meta(c, endpoint_url).index, basename(c)))
     return found
 
 
-def _labels(dirs: list[Path], metas: list[ResultMeta]) -> list[str]:
+def _labels(dirs: list[str], metas: list[ResultMeta]) -> list[str]:
     names = [m.tracker for m in metas]
     labels = []
     for d, name in zip(dirs, names, strict=True):
-        labels.append(name if names.count(name) == 1 else f"{name}@{d.parent.name}")
+        labels.append(name if names.count(name) == 1 else f"{name}@{basename(parent(d))}")
     if len(set(labels)) != len(labels):
-        labels = [str(d) for d in dirs]
+        labels = list(dirs)
     if len(set(labels)) != len(labels):
         raise ResultsError(f"the same results folder is named twice: {labels}")
     return labels
 
 
-def load_results(paths: Iterable[Path | str], protocol: str | None = None) -> list[TrackerResults]:
-    """Score every tracker folder of ``paths`` (see :func:`find_tracker_dirs`) on its benchmark's ground truth.
+def load_results(
+    paths: Iterable[Path | str], protocol: str | None = None, endpoint_url: str | None = None
+) -> list[TrackerResults]:
+    """Score every tracker folder of ``paths`` (see :func:`find_tracker_dirs`; local or ``s3://``) on its benchmark's
+    ground truth.
 
     All folders must hold the same benchmark and sequences (the comparison is over one set). ``protocol`` defaults
     to the first folder's.
     """
-    dirs = find_tracker_dirs(paths)
-    metas = [read_meta(d) for d in dirs]
+    dirs = find_tracker_dirs(paths, endpoint_url)
+    metas = [read_meta(d, endpoint_url) for d in dirs]
     first = metas[0]
     protocol = protocol or first.protocol
     if protocol not in PROTOCOLS:
@@ -381,7 +548,7 @@ def load_results(paths: Iterable[Path | str], protocol: str | None = None) -> li
             only_here = sorted(set(m.sequences) - set(first.sequences))
             raise ResultsError(
                 f"{d} ({m.benchmark}) and {dirs[0]} ({first.benchmark}) cover different sequences or benchmarks: "
-                f"only in {dirs[0].name}: {only_first[:10]}, only in {d.name}: {only_here[:10]}"
+                f"only in {basename(dirs[0])}: {only_first[:10]}, only in {basename(d)}: {only_here[:10]}"
             )
     cache: dict[tuple[Any, ...], list[Sequence]] = {}
     out = []
@@ -389,14 +556,16 @@ def load_results(paths: Iterable[Path | str], protocol: str | None = None) -> li
         key = (m.benchmark, m.root, m.lsotb_subset, m.sequences)
         if key not in cache:
             try:
-                cache[key] = read_benchmark(m.benchmark, m.root, list(m.sequences), m.lsotb_subset or "119")
+                subset: Any = m.lsotb_subset or "119"
+                cache[key] = read_benchmark(m.benchmark, m.root, list(m.sequences), subset, endpoint_url)
             except (OSError, ValueError) as exc:
                 raise ResultsError(
-                    f"{d / META_FILE}: cannot read the ground truth of {m.benchmark} at {m.root}: {exc}"
+                    f"{storage.join(d, META_FILE)}: cannot read the ground truth of {m.benchmark} at {m.root}: {exc}"
                 ) from exc
         sequences = cache[key]
-        scores = score_directory(d, sequences, protocol)
-        out.append(TrackerResults(label, d, m, scores, frame_rate(d, [s.name for s in sequences], m.kind)))
+        scores = score_directory(d, sequences, protocol, endpoint_url)
+        fps = frame_rate(d, [s.name for s in sequences], m.kind, endpoint_url)
+        out.append(TrackerResults(label, d, m, scores, fps))
     return out
 
 

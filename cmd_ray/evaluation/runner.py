@@ -15,16 +15,20 @@
    log params, metrics (``<tracker>/success``, ``/precision``, ``/norm_precision``, ``/fps``), the plots, the tables
    and the result files to one MLflow run.
 
-Frames are read by the tasks from ``evaluation.root`` (a local path): on a multi-node cluster it must be on storage
-that every node mounts at the same path. ``results_dir`` is a local folder of the driver's machine written by the
-tasks, so the same holds for it.
+``evaluation.root`` and ``evaluation.results_dir`` are local folders or ``s3://`` prefixes (``storage.s3_endpoint_url``
+or ``AWS_ENDPOINT_URL`` name the endpoint). With ``s3://`` nothing needs a shared disk: the driver lists the benchmark
+and the result folders in S3, each task reads its frames from S3 and writes its two result files there (each one
+atomic upload), and the tables and plots are drawn into a local temporary folder and uploaded to ``results_dir``.
+Local folders work as before; on a multi-node cluster they must be mounted by every node at the same path.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,18 +36,22 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from cmd_ray import mlflow_runs
+from cmd_ray import mlflow_runs, storage
 from cmd_ray.config import Config, EvaluatedTracker
 from cmd_ray.evaluation.benchmarks import Sequence, read_benchmark
 from cmd_ray.evaluation.loading import LoadedNetwork, load_network, registry_version, run_sequence
 from cmd_ray.evaluation.metrics import DatasetScores, format_table
 from cmd_ray.evaluation.plots import write_plots
 from cmd_ray.evaluation.results import (
+    S3_READ_THREADS,
     ResultMeta,
+    atomic_write_text,
+    complete_sequences,
     format_attribute_table,
     format_comparison,
     frame_rate,
-    has_complete_result,
+    list_files,
+    location,
     prepare_tracker_dir,
     score_directory,
 )
@@ -63,6 +71,8 @@ class EvaluationResult:
     """What an evaluation job produced.
 
     Attributes:
+        results_dir / tracker_dirs: where the results are (absolute local paths or ``s3://`` URIs).
+        plots: where the plots were written (local paths or ``s3://`` URIs).
         scores: tracker name → dataset scores, in the config's order (the first is the comparison's reference).
         fps: tracker name → frames per second over all its sequences (from the time files).
         tracked / skipped: (tracker, sequence) tasks run now / skipped because their results were complete.
@@ -71,14 +81,14 @@ class EvaluationResult:
 
     run_id: str
     run_location: str
-    results_dir: Path
-    tracker_dirs: dict[str, Path]
+    results_dir: str
+    tracker_dirs: dict[str, str]
     num_sequences: int
     scores: dict[str, DatasetScores]
     fps: dict[str, float]
     table: str
     attribute_tables: str
-    plots: list[Path]
+    plots: list[str]
     tracked: int
     skipped: int
     tracking_wall_s: float
@@ -90,7 +100,8 @@ def load_sequences(cfg: Config) -> list[Sequence]:
     ev = cfg.evaluation
     try:
         # An absolute root gives the tasks absolute frame paths, whatever their working directory.
-        sequences = read_benchmark(ev.benchmark, Path(ev.root).resolve(), ev.sequences, ev.lsotb_subset)
+        root = location(ev.root)
+        sequences = read_benchmark(ev.benchmark, root, ev.sequences, ev.lsotb_subset, cfg.storage.s3_endpoint_url)
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"evaluation.root={ev.root!r} ({ev.benchmark}): {exc}") from exc
     if not sequences:
@@ -107,7 +118,7 @@ def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Se
         model=tracker.model,
         model_version=version,
         benchmark=ev.benchmark,
-        root=str(Path(ev.root).resolve()),
+        root=location(ev.root),
         lsotb_subset=ev.lsotb_subset if ev.benchmark == "lsotb" else None,
         protocol=ev.protocol,
         sequences=tuple(s.name for s in sequences),
@@ -116,13 +127,21 @@ def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Se
 
 
 def plan(
-    cfg: Config, sequences: list[Sequence], tracker_dirs: dict[str, Path]
+    cfg: Config, sequences: list[Sequence], tracker_dirs: dict[str, Path | str]
 ) -> tuple[list[tuple[EvaluatedTracker, Sequence]], int]:
-    """``(tasks to run, number skipped)``: a (tracker, sequence) with complete results is skipped unless overwrite."""
+    """``(tasks to run, number skipped)``: a (tracker, sequence) with complete results is skipped unless overwrite.
+
+    One listing per tracker folder (local or S3, :func:`~cmd_ray.evaluation.results.complete_sequences`), then the
+    line counts of the result pairs it shows.
+    """
     todo, skipped = [], 0
+    counts = {s.name: len(s) for s in sequences}
     for tracker in cfg.evaluation.trackers:
+        done: set[str] = set()
+        if not cfg.evaluation.overwrite:
+            done = complete_sequences(tracker_dirs[tracker.name], counts, cfg.storage.s3_endpoint_url)
         for seq in sequences:
-            if not cfg.evaluation.overwrite and has_complete_result(tracker_dirs[tracker.name], seq.name, len(seq)):
+            if seq.name in done:
                 skipped += 1
             else:
                 todo.append((tracker, seq))
@@ -148,7 +167,7 @@ def _check_resources(cfg: Config) -> None:
 
 
 def _task_kwargs(
-    cfg: Config, tracker: EvaluatedTracker, seq: Sequence, net: LoadedNetwork | None, out_dir: Path
+    cfg: Config, tracker: EvaluatedTracker, seq: Sequence, net: LoadedNetwork | None, out_dir: str
 ) -> dict[str, Any]:
     """Arguments of :func:`run_sequence` for one (tracker, sequence), the state dict aside."""
     ev = cfg.evaluation
@@ -156,13 +175,14 @@ def _task_kwargs(
         "tracker_name": tracker.name,
         "kind": tracker.kind,
         "sequence": seq.name,
-        "frames": [str(p) for p in seq.frames],
+        "frames": list(seq.frames),
         "init_box": [float(v) for v in seq.ground_truth[0]],
         "out_dir": str(out_dir),
         "model_config": net.model_config.model_dump(mode="json") if net else None,
         "tracker_params": cfg.tracker.model_dump(mode="json"),
         "device": "cuda" if ev.use_gpu else "cpu",
         "num_threads": max(1, int(ev.cpus_per_task)),
+        "endpoint_url": cfg.storage.s3_endpoint_url,
     }
 
 
@@ -175,7 +195,7 @@ def _run_tasks(
     cfg: Config,
     todo: list[tuple[EvaluatedTracker, Sequence]],
     networks: dict[str, LoadedNetwork],
-    tracker_dirs: dict[str, Path],
+    tracker_dirs: dict[str, str],
     progress: bool,
 ) -> tuple[int, list[str]]:
     """Run the tasks, at most ``num_workers`` in flight; returns (finished, failure messages)."""
@@ -211,10 +231,32 @@ def _run_tasks(
     return finished, failures
 
 
+def _stage_results(cfg: Config, tracker_dirs: dict[str, str], staging: Path) -> dict[str, list[Path]]:
+    """Local files of each tracker's results, for MLflow: the folder's own files on local disk, copies of the
+    objects (read concurrently) under ``staging/results/<tracker>/`` on S3."""
+    staged: dict[str, list[Path]] = {}
+    endpoint = cfg.storage.s3_endpoint_url
+    for name, d in tracker_dirs.items():
+        files = sorted(f for f in list_files(d, endpoint) if "/" not in f)
+        if not storage.is_s3(d):
+            staged[name] = [Path(d) / f for f in files]
+            continue
+        local = staging / "results" / name
+        local.mkdir(parents=True, exist_ok=True)
+
+        def fetch(f: str, d: str = d, local: Path = local) -> Path:
+            (local / f).write_bytes(storage.read_bytes(storage.join(d, f), endpoint))
+            return local / f
+
+        with ThreadPoolExecutor(max_workers=S3_READ_THREADS) as pool:
+            staged[name] = list(pool.map(fetch, files))
+    return staged
+
+
 def _log_to_mlflow(
     cfg: Config,
     run_id: str,
-    tracker_dirs: dict[str, Path],
+    result_files: dict[str, list[Path]],
     scores: dict[str, DatasetScores],
     fps: dict[str, float],
     counts: dict[str, float],
@@ -234,10 +276,36 @@ def _log_to_mlflow(
     client.log_artifact(run_id, str(tables_path))
     for p in plots:
         client.log_artifact(run_id, str(p), PLOTS_DIR)
-    for name, d in tracker_dirs.items():
-        for f in sorted(d.iterdir()):
-            if f.is_file() and not f.name.startswith("."):  # not the temporary files of a write in progress
-                client.log_artifact(run_id, str(f), f"results/{name}")
+    for name, files in result_files.items():
+        for f in files:
+            client.log_artifact(run_id, str(f), f"results/{name}")
+
+
+def _write_outputs(
+    cfg: Config, results_dir: str, staging: Path, tables: str, scores: dict[str, DatasetScores], show_np: bool
+) -> tuple[Path, list[Path], list[str]]:
+    """Write the tables and plots into ``results_dir``: directly on local disk; on S3 drawn into ``staging`` and
+    uploaded, one write per file. Returns ``(local tables file, local plot files, plot locations in results_dir)``."""
+    ev = cfg.evaluation
+    remote = storage.is_s3(results_dir)
+    local_dir = staging if remote else Path(results_dir)
+    tables_path = local_dir / TABLES_FILE
+    atomic_write_text(tables_path, tables)
+    plots = (
+        [Path(p) for p in write_plots(scores, local_dir / PLOTS_DIR, ev.benchmark, norm_precision=show_np)]
+        if ev.plots
+        else []
+    )
+    if not remote:
+        return tables_path, plots, [str(p) for p in plots]
+    endpoint = cfg.storage.s3_endpoint_url
+    storage.write_bytes(storage.join(results_dir, TABLES_FILE), tables_path.read_bytes(), endpoint)
+    uris = []
+    for p in plots:
+        uri = storage.join(results_dir, PLOTS_DIR, p.name)
+        storage.write_bytes(uri, p.read_bytes(), endpoint)
+        uris.append(uri)
+    return tables_path, plots, uris
 
 
 def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
@@ -251,13 +319,14 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
     """
     started = time.perf_counter()
     ev = cfg.evaluation
+    endpoint = cfg.storage.s3_endpoint_url
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     sequences = load_sequences(cfg)
-    results_dir = Path(ev.results_dir).resolve()
-    tracker_dirs = {t.name: results_dir / t.name for t in ev.trackers}
+    results_dir = location(ev.results_dir)
+    tracker_dirs = {t.name: storage.join(results_dir, t.name) for t in ev.trackers}
     for i, tracker in enumerate(ev.trackers):
-        prepare_tracker_dir(tracker_dirs[tracker.name], _meta(cfg, tracker, i, sequences), ev.overwrite)
-    todo, skipped = plan(cfg, sequences, tracker_dirs)
+        prepare_tracker_dir(tracker_dirs[tracker.name], _meta(cfg, tracker, i, sequences), ev.overwrite, endpoint)
+    todo, skipped = plan(cfg, sequences, dict(tracker_dirs))
     pending = {t.name for t, _ in todo}
     networks = {
         t.name: load_network(t.model, cfg) for t in ev.trackers if t.kind == "dimp" and t.name in pending and t.model
@@ -273,9 +342,9 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
     run_id = mlflow_runs.start_run(
         cfg,
         f"evaluate-{ev.benchmark}",
-        tags={"cmd_ray.job": "evaluate", "cmd_ray.benchmark": ev.benchmark, "cmd_ray.results_dir": str(results_dir)},
+        tags={"cmd_ray.job": "evaluate", "cmd_ray.benchmark": ev.benchmark, "cmd_ray.results_dir": results_dir},
     )
-    with mlflow_runs.terminated(cfg, run_id):
+    with mlflow_runs.terminated(cfg, run_id), tempfile.TemporaryDirectory(prefix="cmd-ray-evaluate-") as tmp:
         tracking_wall = 0.0
         tracked, failures = 0, []
         if todo:
@@ -290,22 +359,23 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
                 "only the rest):\n  " + "\n  ".join(failures[:20])
             )
         names = [s.name for s in sequences]
-        scores = {t.name: score_directory(tracker_dirs[t.name], sequences, ev.protocol) for t in ev.trackers}
-        fps = {t.name: frame_rate(tracker_dirs[t.name], names, t.kind) for t in ev.trackers}
+        scores = {t.name: score_directory(tracker_dirs[t.name], sequences, ev.protocol, endpoint) for t in ev.trackers}
+        fps = {t.name: frame_rate(tracker_dirs[t.name], names, t.kind, endpoint) for t in ev.trackers}
         show_np = ev.benchmark != "ptb"  # PTB-TIR's toolkit reports no normalised precision
         table = format_comparison(scores, dataset=ev.benchmark, show_norm_precision=show_np, fps=fps)
         attribute_tables = "\n\n".join(format_attribute_table(scores, m) for m in ("success", "precision"))
         full = format_table(scores, dataset=ev.benchmark, show_norm_precision=show_np, per_attribute=True)
-        tables_path = results_dir / TABLES_FILE
-        tables_path.write_text(f"{table}\n\n{attribute_tables}\n\n{full}\n")
-        plots = write_plots(scores, results_dir / PLOTS_DIR, ev.benchmark, norm_precision=show_np) if ev.plots else []
+        staging = Path(tmp)
+        tables = f"{table}\n\n{attribute_tables}\n\n{full}\n"
+        tables_path, local_plots, plots = _write_outputs(cfg, results_dir, staging, tables, scores, show_np)
         counts = {
             "sequences": len(sequences),
             "sequences_tracked": tracked,
             "sequences_skipped": skipped,
             "tracking_wall_s": tracking_wall,
         }
-        _log_to_mlflow(cfg, run_id, tracker_dirs, scores, fps, counts, tables_path, plots)
+        result_files = _stage_results(cfg, tracker_dirs, staging)
+        _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_path, local_plots)
     return EvaluationResult(
         run_id=run_id,
         run_location=mlflow_runs.run_url(cfg, run_id),

@@ -48,7 +48,7 @@ def test_lsotb_both_layouts_and_subsets(tmp_path: Path) -> None:
     paper = read_lsotb_tir(tmp_path)  # default: the paper's 119 (no cat_D_001)
     assert [s.name for s in paper] == ["airplane_H_001", "person_S_002"]
     air = paper[0]
-    assert [p.name for p in air.frames] == [f"{i:04d}.jpg" for i in range(1, 13)]
+    assert [Path(p).name for p in air.frames] == [f"{i:04d}.jpg" for i in range(1, 13)]
     assert air.ground_truth.dtype == np.float64 and air.ground_truth.shape == (12, 4)
     np.testing.assert_array_equal(air.ground_truth[11], [12, 2, 10, 20])
     assert tuple(air.attributes) == LSOTB_ATTRIBUTES
@@ -108,8 +108,8 @@ def test_ptb_tir_eight_digit_frames(tmp_path: Path) -> None:
     (tmp_path / "tiranno" / "att" / "classroom1.txt").write_text("1,0,0,0,0,0,0,0,0,1\n")
     (seq,) = read_ptb_tir(tmp_path)
     assert seq.name == "classroom1"
-    assert [p.name for p in seq.frames] == ["00000001.jpg", "00000002.jpg", "00000003.jpg"]
-    assert seq.frames[0].parent == tmp_path / "tirsequences" / "classroom1" / "img"
+    assert [Path(p).name for p in seq.frames] == ["00000001.jpg", "00000002.jpg", "00000003.jpg"]
+    assert Path(seq.frames[0]).parent == tmp_path / "tirsequences" / "classroom1" / "img"
     assert seq.ground_truth.shape == (3, 4)
     assert tuple(seq.attributes) == PTB_ATTRIBUTES
     assert [k for k, v in seq.attributes.items() if v] == ["attr_01", "attr_10"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -25,9 +27,10 @@ def three_trackers():
 
 def test_writes_one_png_per_plot_with_several_trackers(three_trackers, tmp_path):
     paths = write_plots(three_trackers, tmp_path / "plots", dataset="synthetic")
-    assert [p.name for p in paths] == [PLOT_FILES["success"], PLOT_FILES["precision"], PLOT_FILES["norm_precision"]]
+    names = [PLOT_FILES["success"], PLOT_FILES["precision"], PLOT_FILES["norm_precision"]]
+    assert [Path(p).name for p in paths] == names
     for p in paths:
-        data = p.read_bytes()
+        data = Path(p).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
         image = matplotlib.image.imread(p)
         assert image.shape[:2] == (480, 640)
@@ -43,7 +46,7 @@ def test_more_trackers_draw_more(tmp_path):
 
 def test_ptb_style_leaves_out_norm_precision(three_trackers, tmp_path):
     paths = write_plots(three_trackers, tmp_path, norm_precision=False)
-    assert [p.name for p in paths] == [PLOT_FILES["success"], PLOT_FILES["precision"]]
+    assert [Path(p).name for p in paths] == [PLOT_FILES["success"], PLOT_FILES["precision"]]
     assert not (tmp_path / PLOT_FILES["norm_precision"]).exists()
 
 

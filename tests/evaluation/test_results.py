@@ -56,8 +56,8 @@ def test_result_files_round_trip(tmp_path):
     boxes = np.array([[1.5, 2.25, 10.0, 20.125], [3.0, 4.0, 5.0, 6.0], [np.nan, 1.0, 2.0, 3.0]])
     times = np.array([0.25, 0.000125, 1.5])
     path = write_result(tmp_path / "tracker", "seq_1", boxes, times)
-    assert path == tmp_path / "tracker" / "seq_1.txt"
-    assert path.read_text().splitlines()[0] == "1.5000,2.2500,10.0000,20.1250"
+    assert path == str(tmp_path / "tracker" / "seq_1.txt")
+    assert Path(path).read_text().splitlines()[0] == "1.5000,2.2500,10.0000,20.1250"
     assert (tmp_path / "tracker" / "seq_1_time.txt").read_text().splitlines()[1] == "0.000125000"
     got_boxes, got_times = read_result(tmp_path / "tracker", "seq_1")
     np.testing.assert_allclose(got_boxes, boxes, atol=5e-5)
@@ -86,7 +86,7 @@ def test_reading_accepts_tabs_and_spaces_and_names_a_bad_line(tmp_path):
 def test_incomplete_results_are_not_complete(tmp_path):
     d = tmp_path / "tr"
     write_result(d, "s", np.ones((4, 4)), np.ones(4))
-    boxes_path, times_path = result_paths(d, "s")
+    boxes_path, times_path = map(Path, result_paths(d, "s"))
     # What a run killed in the middle of a non-atomic write would leave: a truncated box file.
     boxes_path.write_text("".join(boxes_path.read_text().splitlines(keepends=True)[:2]))
     assert not has_complete_result(d, "s", 4)

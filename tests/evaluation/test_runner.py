@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -60,8 +62,8 @@ def _cfg(tmp_path, seq_root, *overrides, db: str | None = None):
         ("evaluation.gpus_per_task=2", "evaluation.gpus_per_task"),
         ("evaluation.sequences=[a, a]", "repeated"),
         ("evaluation.lsotb_subset=118", "evaluation.lsotb_subset"),
-        ("evaluation.root=s3://bucket/lsotb", "root must be a local folder"),
-        ("evaluation.results_dir=s3://bucket/results", "results_dir must be a local folder"),
+        ("evaluation.root=s3://", "root 's3://' names no bucket"),
+        ("evaluation.results_dir=gs://bucket/results", "results_dir must be a local folder, file:// or s3://"),
     ],
 )
 def test_bad_evaluation_config_names_the_key(override, message):
@@ -141,7 +143,7 @@ def test_evaluates_skips_on_rerun_and_retracks_an_incomplete_sequence(ray_sessio
     assert second.scores["first"].success == first.scores["first"].success
 
     # A result file cut short (a run killed during a non-atomic write would leave one) is tracked again, alone.
-    boxes_path = result_paths(tmp_path / "results" / "second", "synth_tir_001")[0]
+    boxes_path = Path(result_paths(tmp_path / "results" / "second", "synth_tir_001")[0])
     boxes_path.write_text(boxes_path.read_text().splitlines(keepends=True)[0])
     third = run_evaluation(cfg, progress=False)
     assert (third.tracked, third.skipped) == (1, 5)
@@ -171,7 +173,7 @@ def test_a_failing_sequence_is_reported_and_the_others_are_kept(ray_session, tmp
     with pytest.raises(EvaluationError, match=r"1 of 3 sequence task\(s\) failed.*\n.*only/synth_tir_002.*0003\.jpg"):
         run_evaluation(cfg, progress=False)
     assert read_result(tmp_path / "results" / "only", "synth_tir_000")[0].shape == (6, 4)
-    assert not result_paths(tmp_path / "results" / "only", "synth_tir_002")[0].exists()
+    assert not Path(result_paths(tmp_path / "results" / "only", "synth_tir_002")[0]).exists()
     client = mlflow.MlflowClient(tracking_uri=mlflow_db)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     (run,) = client.search_runs([experiment.experiment_id])

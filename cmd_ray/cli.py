@@ -110,10 +110,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     frames = sum(len(s.frames) for s in sequences)
     started = time.perf_counter()
     result = run_pretraining(cfg, sequences)
-    print(
-        f"\nteacher pretraining finished in {time.perf_counter() - started:.1f} s on {len(sequences)} labeled "
-        f"sequences ({frames} frames)"
-    )
+    if not result.nothing_to_train:
+        print(
+            f"\nteacher pretraining finished in {time.perf_counter() - started:.1f} s on {len(sequences)} labeled "
+            f"sequences ({frames} frames)"
+        )
     _print_training(result, "skipped frames")
     return 0
 
@@ -127,12 +128,15 @@ def _distill(args: argparse.Namespace) -> int:
     pairs = list_pairs(cfg)
     started = time.perf_counter()
     result = run_distillation(cfg, pairs)
-    print(f"\ndistillation finished in {time.perf_counter() - started:.1f} s on {len(pairs)} pairs")
+    if not result.nothing_to_train:
+        print(f"\ndistillation finished in {time.perf_counter() - started:.1f} s on {len(pairs)} pairs")
     _print_training(result, "skipped pairs")
     return 0
 
 
 def _print_training(result: TrainingResult, skipped_what: str) -> None:
+    if result.nothing_to_train:
+        print(f"\n{result.note}")
     if result.teacher is not None:
         lineage = f" (MLflow run {result.teacher.run_id})" if result.teacher.run_id else ""
         print(f"  starting weights: {result.teacher.source}{lineage}")
@@ -149,16 +153,19 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
                 line += f"; a constant prediction: {row['val_loss_bbe_chance']:.4f}"
             line += ")"
         print(line)
-    print(f"{skipped_what}: {result.skipped_pairs}")
+    if not result.nothing_to_train:
+        print(f"{skipped_what}: {result.skipped_pairs}")
     if result.fallback_boxes:
         print(f"no detection (centre box used instead): {result.fallback_boxes} pairs")
     if result.unpaired_files:
         print(f"files without a partner: {result.unpaired_files}")
     print(f"checkpoint:    {result.checkpoint_path}")
-    print(f"MLflow run:    {result.run_location}")
+    print(f"MLflow run:    {result.run_location or result.run_id or '(unknown)'}")
     if result.registered:
         reg = result.registered
         print(f"registered:    {reg.uri} (version {reg.version})")
+    elif result.nothing_to_train:
+        print("registered:    nothing new")
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -1,0 +1,54 @@
+"""The resume checks of the training jobs without a Ray cluster: committed checkpoints read through
+``ray.train.Result.from_path``, and a pretraining run with nothing left to train (no Ray started)."""
+
+import pytest
+
+from cmd_ray.config import load_config
+from cmd_ray.train import trainer
+from cmd_ray.train.schedule import schedule_for
+from cmd_ray.train.trainer import PreviousRun, committed_result, latest_checkpoint_epoch, run_pretraining
+
+
+def test_no_run_folder_and_a_folder_without_committed_checkpoint_are_fresh_runs(tmp_path):
+    cfg = load_config(None, [f"storage.storage_path={tmp_path}", "storage.run_name=fresh"])
+    assert committed_result(cfg, "fresh") is None
+    assert latest_checkpoint_epoch(cfg, "fresh") is None
+    (tmp_path / "fresh" / "epoch_0000").mkdir(parents=True)  # written by a worker, never committed
+    assert latest_checkpoint_epoch(cfg, "fresh") is None
+    assert trainer.previous_run(cfg, schedule_for(cfg, "distill")) is None
+
+
+def test_pretraining_with_nothing_left_says_so_and_starts_nothing(tmp_path, monkeypatch):
+    cfg = load_config(None, [f"storage.storage_path={tmp_path}", "pretrain.epochs=3", "pretrain.run_name=teach"])
+    previous = PreviousRun(
+        last_epoch=2,
+        checkpoint_path=f"{tmp_path}/teach/epoch_0002",
+        metrics={"epoch": 2, "loss": 1.0},
+        config=cfg.model_dump(mode="json"),
+        job="pretrain",
+        mlflow_run_id=None,
+    )
+    monkeypatch.setattr(trainer, "previous_run", lambda cfg, schedule: previous)
+
+    def no_cluster_work(*args, **kwargs):
+        raise AssertionError("reached the cluster")
+
+    for name in ("open_run", "_fit", "resolve_teacher", "list_pretraining_sequences"):
+        monkeypatch.setattr(trainer, name, no_cluster_work)
+    monkeypatch.setattr(trainer.ray, "init", no_cluster_work)
+
+    result = run_pretraining(cfg)
+
+    assert result.nothing_to_train and result.registered is None
+    assert result.checkpoint_path.endswith("epoch_0002") and result.metrics["loss"] == 1.0
+    assert "already holds 3 epoch(s) and pretrain.epochs is 3" in result.note
+    assert "pretrain.run_name=<new name>" in result.note
+
+
+def test_pretraining_rerun_with_another_setting_is_refused(tmp_path, monkeypatch):
+    cfg = load_config(None, [f"storage.storage_path={tmp_path}", "pretrain.epochs=5"])
+    stored = load_config(None, ["pretrain.lr_bbe=0.5"]).model_dump(mode="json")
+    previous = PreviousRun(2, f"{tmp_path}/cmd-pretrain/epoch_0002", {}, stored, "pretrain", None)
+    monkeypatch.setattr(trainer, "previous_run", lambda cfg, schedule: previous)
+    with pytest.raises(trainer.ConfigError, match=r"pretrain\.lr_bbe: 0\.5 → 0\.001"):
+        run_pretraining(cfg)

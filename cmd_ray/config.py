@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 VARIANTS = ("A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5")
 VariantName = Literal["A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5"]
@@ -41,6 +41,26 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$"
+
+
+def check_label_selector(selector: dict[str, str], field: str) -> dict[str, str]:
+    """Fail on a Ray label key that Ray would reject (``[prefix/]name``, name ≤ 63 alphanumerics, ``-_.``).
+
+    Values may use Ray's selector forms (``value``, ``!value``, ``in(a,b)``, ``!in(a,b)``); they must not be
+    empty or hold whitespace. ``field`` names the config key in the message.
+    """
+    import re
+
+    for key, value in selector.items():
+        if not re.fullmatch(_LABEL_KEY, key):
+            raise ValueError(f"{field}: {key!r} is not a valid Ray label key ([prefix/]name, e.g. cmd-ray.role)")
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"{field}.{key}: {value!r} is not a label value (e.g. data, !train, in(a,b))")
+    return selector
 
 
 class SynthConfig(_Strict):
@@ -280,6 +300,16 @@ class DataConfig(_Strict):
         "same on every run of a seed (an actor that falls behind then stalls the stream)",
     )
     progress: bool = Field(True, description="progress bars: tqdm while listing, Ray Data's while streaming")
+    label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray node labels every Ray Data task and actor of the sample streams must match, e.g. "
+        "{cmd-ray.role: data} keeps decoding and cropping on the CPU data nodes (empty: any node)",
+    )
+
+    @field_validator("label_selector")
+    @classmethod
+    def _data_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_label_selector(value, "data.label_selector")
 
     @model_validator(mode="after")
     def _layout_options(self) -> DataConfig:
@@ -419,6 +449,33 @@ class ScalingSettings(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     amp: bool = Field(False, description="bf16/fp16 autocast on GPU workers; ignored on CPU")
+    label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray node labels every training worker's node must carry, e.g. {cmd-ray.role: train} "
+        "(empty: any node)",
+    )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each training worker reserves besides CPU (and GPU with use_gpu), "
+        "e.g. {train_slot: 1}: one worker per node that advertises one train_slot",
+    )
+
+    @field_validator("label_selector")
+    @classmethod
+    def _train_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_label_selector(value, "scaling.label_selector")
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in {"CPU", "GPU", "memory", "object_store_memory"}:
+                raise ValueError(
+                    f"scaling.resources_per_worker: {name!r} is set by cpus_per_worker / use_gpu, not here"
+                )
+            if amount <= 0:
+                raise ValueError(f"scaling.resources_per_worker.{name} must be > 0 (got {amount})")
+        return value
 
 
 class StorageConfig(_Strict):
@@ -690,20 +747,24 @@ class EvaluationConfig(_Strict):
     """OPE evaluation on TIR sequences (``jobs/evaluate.py``, :mod:`cmd_ray.evaluation.runner`).
 
     One Ray task per (tracker, sequence), at most ``num_workers`` in flight; results go to
-    ``results_dir/<tracker>/<sequence>.txt`` (local folder) and are reused on a rerun.
+    ``results_dir/<tracker>/<sequence>.txt`` (local folder or ``s3://`` prefix) and are reused on a rerun.
     """
 
     benchmark: Literal["synthetic", "lsotb", "ptb"] = "synthetic"
     root: str = Field(
         "data/demo/tir_sequences",
         min_length=1,
-        description="local folder of the benchmark (synthetic: the tir_sequences folder; lsotb: the evaluation set; "
-        "ptb: the folder holding tirsequences/ and tiranno/)",
+        description="the benchmark: a local folder (shared by the Ray nodes) or an s3:// prefix (synthetic: the "
+        "tir_sequences folder; lsotb: the evaluation set; ptb: the folder holding tirsequences/ and tiranno/)",
     )
     sequences: list[str] | None = Field(None, description="evaluate only these sequences (default: all)")
     lsotb_subset: Literal["119", "120"] = Field("119", description="119: the paper's set (without cat_D_001)")
     protocol: Literal["lsotb", "pytracking"] = "lsotb"
-    results_dir: str = Field("results", min_length=1, description="local folder of the result files and plots")
+    results_dir: str = Field(
+        "results",
+        min_length=1,
+        description="result files, tables and plots: a local folder (shared by the Ray nodes) or an s3:// prefix",
+    )
     trackers: list[EvaluatedTracker] = Field(
         default_factory=lambda: [EvaluatedTracker(name="static", kind="static")],
         description="trackers to evaluate; the first is the reference of the deltas in the comparison table",
@@ -726,8 +787,12 @@ class EvaluationConfig(_Strict):
         if "plots" in names:
             raise ValueError("a tracker cannot be named 'plots' (results_dir/plots holds the plots)")
         for key in ("root", "results_dir"):
-            if "://" in getattr(self, key):
-                raise ValueError(f"{key} must be a local folder (shared by the Ray nodes), got {getattr(self, key)!r}")
+            value = getattr(self, key)
+            if value.startswith("s3://"):
+                if not value[len("s3://") :].strip("/"):
+                    raise ValueError(f"{key} {value!r} names no bucket: use s3://bucket/prefix")
+            elif "://" in value and not value.startswith("file://"):
+                raise ValueError(f"{key} must be a local folder, file:// or s3:// URI, got {value!r}")
         if self.sequences is not None:
             if not self.sequences:
                 raise ValueError("sequences, when given, must name at least one sequence")

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# Token authentication for every Ray cluster of the session, as on the clusters we ship. Set before Ray is
+# imported: Ray reads RAY_AUTH_MODE into its config once per process, so a driver could not switch later (the
+# multi-node cluster of tests/multinode runs with this token too).
+_RAY_TOKEN = Path(tempfile.mkdtemp(prefix="cmdray-auth-")) / "auth_token"
+_RAY_TOKEN.write_text(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(_RAY_TOKEN)
 
 # Set before anything can create a pyarrow S3 filesystem (the AWS SDK reads it once, at initialisation):
 # without it a credential/region lookup off EC2 waits on the instance-metadata endpoint.
@@ -18,6 +29,11 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 FAKE_ACCESS_KEY = "testing"
 FAKE_SECRET_KEY = "testing"
 REGION = "us-east-1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``multinode`` tests run last: they replace the session's single-node Ray cluster with their own."""
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
 
 
 @dataclass(frozen=True)

@@ -771,3 +771,60 @@ def test_start_head_check_rejects(old: str, new: str) -> None:
     text = START_HEAD.read_text()
     assert old in text
     assert check_start_head_script(text.replace(old, new))
+
+
+# ---------------------------------------------------------------- placement labels
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``ray start --labels`` syntax: ``k1=v1,k2=v2``."""
+    return dict(item.split("=", 1) for item in text.split(",") if item)
+
+
+def check_kuberay_labels(spec: dict[str, Any], cfg: Config) -> Problems:
+    """The data group carries ``data.label_selector``, the train group ``scaling.label_selector``."""
+    problems: Problems = []
+    for group_name, wanted in ((CPU_GROUP, cfg.data.label_selector), (GPU_GROUP, cfg.scaling.label_selector)):
+        group = group_by_name(spec, group_name) or {}
+        labels = parse_labels(str((group.get("rayStartParams") or {}).get("labels", "")))
+        if not wanted or labels != wanted:
+            problems.append(f"{group_name}: labels {labels} do not match the config's selector {wanted}")
+    return problems
+
+
+def check_aws_labels(launcher: dict[str, Any], cfg: Config) -> Problems:
+    types = launcher["available_node_types"]
+    problems: Problems = []
+    for node_type, wanted in ((AWS_CPU_TYPE, cfg.data.label_selector), (AWS_GPU_TYPE, cfg.scaling.label_selector)):
+        labels = types.get(node_type, {}).get("labels") or {}
+        if not wanted or labels != wanted:
+            problems.append(f"{node_type}: labels {labels} do not match the config's selector {wanted}")
+    return problems
+
+
+def test_nodes_carry_the_labels_the_config_selects(
+    raycluster: dict[str, Any], rayjob: dict[str, Any], launcher: dict[str, Any], cfg: Config
+) -> None:
+    for name, spec in kuberay_specs(raycluster, rayjob):
+        assert check_kuberay_labels(spec, cfg) == [], name
+    assert check_aws_labels(launcher, cfg) == []
+
+
+def test_label_checks_reject_a_swapped_role(raycluster: dict[str, Any], launcher: dict[str, Any], cfg: Config) -> None:
+    broken = copy.deepcopy(raycluster)
+    group_by_name(broken["spec"], GPU_GROUP)["rayStartParams"]["labels"] = "cmd-ray.role=data"
+    assert check_kuberay_labels(broken["spec"], cfg)
+    broken_launcher = copy.deepcopy(launcher)
+    broken_launcher["available_node_types"][AWS_CPU_TYPE]["labels"] = {"cmd-ray.role": "train"}
+    assert check_aws_labels(broken_launcher, cfg)
+
+
+def test_mlflow_server_manifest_is_what_the_clusters_point_at(raycluster: dict[str, Any]) -> None:
+    docs = load_docs(CLUSTER_DIR / "kuberay" / "mlflow.yaml")
+    service = next(d for d in docs if d["kind"] == "Service")
+    uri = {e["name"]: e.get("value") for e in ray_container(raycluster["spec"]["headGroupSpec"])["env"]}
+    assert uri["MLFLOW_TRACKING_URI"] == (
+        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{service['spec']['ports'][0]['port']}"
+    )
+    server = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert any(arg.startswith("--artifacts-destination=s3://") for arg in server["command"])

@@ -24,18 +24,21 @@ import logging
 import math
 import zlib
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import ray
 
+from cmd_ray import storage
 from cmd_ray.config import Config, DataConfig
 from cmd_ray.data.boxes import PseudoBoxes, pseudo_boxes_with_fallback, resize_to_patch, usable_boxes
 from cmd_ray.data.images import ImageDecodeError, decode_rgb, decode_tir
 from cmd_ray.data.pairs import PairTable, list_pairs_for, split_mask
 from cmd_ray.data.processing import PairMismatchError, align_pair, make_sample, split_side_by_side
-from cmd_ray.storage import StorageError, read_bytes
+from cmd_ray.storage import StorageError, TransientStorageError, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ EXAMPLES_KEPT = 20
 
 DETECTION_CACHE_SIZE = 4096
 """Pairs whose detections an actor keeps (detection is deterministic per pair; the manifest avoids it entirely)."""
+
+PREFETCH_THREADS = 8
+"""Threads of a :class:`SampleMaker` that read its batch's objects from S3 concurrently (hiding request latency)."""
 
 MAX_INDEX_BLOCKS = 2048
 BATCHES_PER_INDEX_BLOCK = 8
@@ -71,6 +77,11 @@ class SkipReport:
         fallback_boxes: pairs whose detector found nothing, trained on the centre box instead (each once);
             ``fallback_examples`` the first few keys.
         unpaired: files of the listing without a partner in the other modality (``unpaired_examples``).
+        retries: storage requests repeated after a transient error (throttling, 5xx, timeout, reset), whether a
+            later attempt succeeded or not (count, summed over the data actors).
+        transient_failures: reads that failed transiently on every attempt (count of occurrences); the pair was
+            not used for that sample but stays in the data set. ``transient_examples``: the first few
+            ``"key: reason"``.
     """
 
     skipped: int = 0
@@ -80,6 +91,9 @@ class SkipReport:
     fallback_examples: list[str] = field(default_factory=list)
     unpaired: int = 0
     unpaired_examples: list[str] = field(default_factory=list)
+    retries: int = 0
+    transient_failures: int = 0
+    transient_examples: list[str] = field(default_factory=list)
 
 
 class SkipTally:
@@ -114,6 +128,16 @@ class SkipTally:
             self._report.fallback_examples.append(key)
         logger.info("no detection in pair %s: using the centre box", key)
 
+    def record_storage(self, retries: int, transient: list[tuple[str, str]]) -> None:
+        """Add ``retries`` storage retries and the ``(key, reason)`` of reads that failed transiently after every
+        retry (each occurrence counts; the pair is not marked bad). Logs the first few failures as warnings."""
+        self._report.retries += int(retries)
+        for key, reason in transient:
+            self._report.transient_failures += 1
+            if len(self._report.transient_examples) < EXAMPLES_KEPT:
+                self._report.transient_examples.append(f"{key}: {reason}")
+                logger.warning("transient read failure in pair %s (kept for later samples): %s", key, reason)
+
     def record_unpaired(self, count: int, examples: list[str]) -> None:
         """The listing had ``count`` unpaired files (a fact of the listing: set, not added)."""
         if count and count != self._report.unpaired:
@@ -127,7 +151,8 @@ class SkipTally:
 
 @ray.remote(num_cpus=0)
 class SkipCounter:
-    """Counts skipped pairs, centre-box fallbacks and unpaired files across all data actors (see :class:`SkipTally`)."""
+    """Counts skipped pairs, centre-box fallbacks, unpaired files, storage retries and transient read failures
+    across all data actors (see :class:`SkipTally`)."""
 
     def __init__(self) -> None:
         self._tally = SkipTally()
@@ -138,11 +163,37 @@ class SkipCounter:
     def record_fallback(self, key: str) -> None:
         self._tally.record_fallback(key)
 
+    def record_storage(self, retries: int, transient: list[tuple[str, str]]) -> None:
+        self._tally.record_storage(retries, transient)
+
     def record_unpaired(self, count: int, examples: list[str]) -> None:
         self._tally.record_unpaired(count, examples)
 
     def report(self) -> SkipReport:
         return self._tally.report()
+
+
+SAMPLE_INDEX = "sample_index"
+"""Column of every sample batch: the sample's index in the run's stream (int64), which fixes its pair and jitter."""
+
+
+def stack_samples(samples: list[dict[str, np.ndarray]], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample dicts ─▶ one batch of ``[N, …]`` arrays, plus :data:`SAMPLE_INDEX` (``indices``, int64 ``[N]``)."""
+    batch = {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+    batch[SAMPLE_INDEX] = np.asarray(indices, dtype=np.int64)
+    return batch
+
+
+def on_driver_node() -> dict[str, Any]:
+    """Actor options that pin a bookkeeping actor (:class:`SkipCounter`, :class:`EpochCursor`) to the driver's node.
+
+    Zero-CPU actors may otherwise land on any node; on a train or data node they would die with it and take
+    the run down, although Ray Train and Ray Data survive the loss of that node.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
 
 
 def as_pair_table(pairs: Any) -> PairTable:
@@ -165,6 +216,16 @@ class SampleMaker:
         endpoint_url: S3 endpoint override.
         skip_counter: a :class:`SkipCounter` handle, or None to count here (:attr:`local_report`), which
             lets benchmarks run the maker without Ray.
+
+    Errors. A permanent one (missing object, access denied, undecodable bytes, misaligned pair) marks the pair bad
+    for the rest of the run (recorded once). A read that failed transiently after every retry
+    (:class:`~cmd_ray.storage.TransientStorageError`) only costs this sample its pair: another is drawn, the pair
+    stays usable, and the failure is counted as ``transient_failures``. The storage retries made while loading are
+    counted as ``retries``. Both go to the :class:`SkipCounter` in at most one call per batch.
+
+    Reads. On S3, a batch's objects (the first pair each sample draws) are requested concurrently on
+    :data:`PREFETCH_THREADS` threads when the batch starts, so that request latency overlaps decoding; the samples
+    are the same as with sequential reads.
     """
 
     def __init__(
@@ -186,6 +247,12 @@ class SampleMaker:
         self._skip_counter = skip_counter
         self._local = SkipTally() if skip_counter is None else None
         self._bad: set[int] = set()
+        self._retries = 0  # storage retries made by this maker's loads, not yet reported
+        self._transient: list[tuple[str, str]] = []  # (key, reason) not yet reported
+        self._remote = self._pairs.rgb_uri(0).startswith("s3://")
+        self._pool: ThreadPoolExecutor | None = None
+        self._fetched: dict[str, Future] = {}  # URI -> its bytes, being read for the current batch
+        self._in_batch = False
         self._detector: Any = None
         self._detections: OrderedDict[int, np.ndarray] = OrderedDict()
         boxes = self._pairs.boxes
@@ -205,27 +272,83 @@ class SampleMaker:
         return None if self._local is None else self._local.report()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        samples = [self.sample(int(index)) for index in batch["data"]]
-        return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+        indices = [int(index) for index in batch["data"]]
+        retries_before = storage.retry_count()
+        self._in_batch = True
+        try:
+            self._prefetch(indices)
+            samples = [self.sample(index) for index in indices]
+        finally:
+            self._drain_prefetch()
+            self._in_batch = False
+            self._retries += storage.retry_count() - retries_before  # this process's reads are this maker's
+            self.flush_storage_counts()
+        return stack_samples(samples, batch["data"])
+
+    def _prefetch(self, indices: list[int]) -> None:
+        """Start reading the objects of each sample's first draw (S3 only; the draw is the one :meth:`sample`
+        makes first, from the same seed)."""
+        if not self._remote:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="cmd-ray-read")
+        for index in indices:
+            pair_index = int(np.random.default_rng([self._seed, self._stream, index]).integers(len(self._pairs)))
+            if pair_index in self._bad:
+                continue
+            uris = [self._pairs.rgb_uri(pair_index)] if self._pairs.side_by_side else list(self._pairs[pair_index])
+            for uri in uris:
+                if uri not in self._fetched:
+                    self._fetched[uri] = self._pool.submit(read_bytes, uri, self._endpoint_url)
+
+    def _drain_prefetch(self) -> None:
+        futures = list(self._fetched.values())
+        self._fetched.clear()
+        for future in futures:
+            future.cancel()
+        wait_futures(futures)
+
+    def _read(self, uri: str) -> bytes:
+        """The bytes of ``uri``: prefetched for this batch, else read now (a failed prefetch is used once)."""
+        future = self._fetched.get(uri)
+        if future is None:
+            return read_bytes(uri, self._endpoint_url)
+        if future.exception() is not None:
+            del self._fetched[uri]  # another sample of the batch drawing this pair reads it again
+        return future.result()
 
     def sample(self, index: int) -> dict[str, np.ndarray]:
         """Sample ``index`` of this stream (a dict of :func:`~cmd_ray.data.processing.make_sample`)."""
         rng = np.random.default_rng([self._seed, self._stream, index])
+        transient = 0
         for _ in range(MAX_DRAWS_PER_SAMPLE):
             pair_index = int(rng.integers(len(self._pairs)))
             if pair_index in self._bad:
                 continue
             try:
                 return self._cut(pair_index, rng)
+            except TransientStorageError as exc:  # S3 failed on every retry: not the pair's fault
+                transient += 1
+                self._transient.append((self._pairs.key(pair_index), str(exc)))
+                if self._local is not None:
+                    self.flush_storage_counts()
             except (StorageError, ImageDecodeError, PairMismatchError) as exc:
                 self._bad.add(pair_index)
                 self._record("record", self._pairs.key(pair_index), str(exc))
         raise RuntimeError(
-            f"sample {index}: {MAX_DRAWS_PER_SAMPLE} pairs in a row could not be read under {self._data.uri}; "
-            "see the skipped-pair log"
+            f"sample {index}: {MAX_DRAWS_PER_SAMPLE} pairs in a row could not be read under {self._data.uri} "
+            f"({transient} of them failed transiently after every retry); see the skipped-pair log"
         )
 
     _sample = sample  # the name benchmarks and older callers use
+
+    def flush_storage_counts(self) -> None:
+        """Report the storage retries and transient failures counted since the last flush (one call, if any)."""
+        if not self._retries and not self._transient:
+            return
+        retries, transient = self._retries, self._transient
+        self._retries, self._transient = 0, []
+        self._record("record_storage", retries, transient)
 
     def _record(self, what: str, *args: Any) -> None:
         if self._local is not None:
@@ -234,17 +357,31 @@ class SampleMaker:
             getattr(self._skip_counter, what).remote(*args)
 
     def load(self, pair_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read and decode pair ``pair_index``: ``(rgb uint8 [H, W, 3], tir [H, W])``, aligned."""
+        """Read and decode pair ``pair_index``: ``(rgb uint8 [H, W, 3], tir [H, W])``, aligned.
+
+        Storage retries made meanwhile are added to this maker's count (reported by :meth:`flush_storage_counts`).
+        """
+        if self._in_batch:  # counted for the whole batch by __call__
+            return self._load(pair_index)
+        before = storage.retry_count()
+        try:
+            return self._load(pair_index)
+        finally:
+            self._retries += storage.retry_count() - before
+            if self._local is not None and self._retries:
+                self.flush_storage_counts()
+
+    def _load(self, pair_index: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pairs.side_by_side:
             uri = self._pairs.rgb_uri(pair_index)
-            image = decode_rgb(read_bytes(uri, self._endpoint_url), uri)
+            image = decode_rgb(self._read(uri), uri)
             try:
                 return split_side_by_side(image, uri)
             except ValueError as exc:  # e.g. an odd width: this file is not a side-by-side pair
                 raise PairMismatchError(str(exc)) from exc
         rgb_uri, tir_uri = self._pairs[pair_index]
-        rgb = decode_rgb(read_bytes(rgb_uri, self._endpoint_url), rgb_uri)
-        tir = decode_tir(read_bytes(tir_uri, self._endpoint_url), tir_uri)
+        rgb = decode_rgb(self._read(rgb_uri), rgb_uri)
+        tir = decode_tir(self._read(tir_uri), tir_uri)
         return align_pair(rgb, tir, key=rgb_uri)
 
     def boxes(self, pair_index: int, rgb: np.ndarray, tir: np.ndarray) -> PseudoBoxes:
@@ -361,14 +498,14 @@ def index_blocks(indices: np.ndarray, batch_size: int, num_actors: int = 1) -> l
 
 def execution_options(cfg: Config) -> Any:
     """Ray Data ``ExecutionOptions`` of the sample streams (``data.object_store_memory_mb`` as resource limit,
-    ``data.preserve_order``).
+    ``data.preserve_order``, ``data.label_selector`` for every task and actor the streams start).
 
     The pipeline applies them to its datasets; pass ``ray.train.DataConfig(execution_options=…)`` to a
     ``TorchTrainer`` too, because Ray Train replaces a dataset's execution options with its own.
     """
     from ray.data import ExecutionOptions, ExecutionResources
 
-    options = ExecutionOptions()
+    options = ExecutionOptions(label_selector=dict(cfg.data.label_selector) or None)
     options.preserve_order = cfg.data.preserve_order
     if cfg.data.object_store_memory_mb is not None:
         options.resource_limits = ExecutionResources(object_store_memory=cfg.data.object_store_memory_mb * 2**20)
@@ -566,13 +703,16 @@ def resume_from(cursor: Any, per_epoch: int) -> Any:
         return None
 
     def transform(rows: ray.data.Dataset) -> ray.data.Dataset:
-        # zero CPUs: a cheap index filter must not wait behind training workers for a core
+        # Zero CPUs, so a cheap index filter never waits behind training workers for a core; and one task at a
+        # time, because Ray bounds zero-CPU tasks by nothing else: each index block would get a worker process
+        # of its own (measured: 16 extra processes for the demo's 38 blocks).
         return rows.map_batches(
             _drop_done_rows,
             fn_kwargs={"cursor": cursor, "per_epoch": per_epoch},
             batch_size=None,
             batch_format="numpy",
             num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=1),
         )
 
     return transform
@@ -615,7 +755,7 @@ class SequenceSampleMaker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         samples = [self._sample(int(index)) for index in batch["data"]]
-        return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+        return stack_samples(samples, batch["data"])
 
     def _frame(self, uri: str) -> np.ndarray:
         return decode_rgb(read_bytes(uri, self._endpoint_url), uri)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import zlib
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -24,6 +26,7 @@ from torch import nn
 
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config
+from cmd_ray.data.pipeline import SAMPLE_INDEX
 from cmd_ray.distill.step import distill_step, loss_options
 from cmd_ray.models.backbone import freeze_batchnorm_stats
 from cmd_ray.models.checkpoint import load_training_state, restore_rng_state, rng_state, save_training_state
@@ -57,6 +60,36 @@ def _global_mean(sums: dict[str, float], count: int) -> dict[str, float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     return {k: float(totals[i] / max(float(totals[-1]), 1.0)) for i, k in enumerate(keys)}
+
+
+def epoch_sample_metrics(indices: torch.Tensor) -> dict[str, float]:
+    """What an epoch trained on, from the sample indices of every worker (int64 ``[N]``, any order).
+
+    ``epoch_samples`` (N), ``epoch_unique_samples`` and ``epoch_sample_digest``: the CRC-32 of the sorted indices.
+    An epoch ``e`` of ``P`` samples that lost none and repeated none has the digest of ``e·P … (e+1)·P - 1``
+    (:func:`sample_digest`), the same as a run without any failure.
+    """
+    ordered = torch.sort(indices.to(torch.int64)).values
+    return {
+        "epoch_samples": float(len(ordered)),
+        "epoch_unique_samples": float(len(torch.unique(ordered))),
+        "epoch_sample_digest": float(sample_digest(ordered.numpy())),
+    }
+
+
+def sample_digest(sorted_indices: np.ndarray) -> int:
+    """CRC-32 of sorted sample indices (int64, little-endian bytes): one number naming the set an epoch saw."""
+    return zlib.crc32(np.ascontiguousarray(sorted_indices, dtype="<i8").tobytes())
+
+
+def _gather_indices(local: list[torch.Tensor]) -> torch.Tensor:
+    """This epoch's sample indices of every worker (equal counts per worker: whole batches, ``drop_last``)."""
+    mine = torch.cat(local) if local else torch.zeros(0, dtype=torch.int64)
+    if not (dist.is_available() and dist.is_initialized()):
+        return mine
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts)
 
 
 def validate(model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, device: torch.device) -> dict[str, float]:
@@ -156,12 +189,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.train()
         freeze_batchnorm_stats(core)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        seen: list[torch.Tensor] = []
         wait = 0.0
         started = time.perf_counter()
         for _ in range(steps):
             fetch_start = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - fetch_start
+            seen.append(batch.pop(SAMPLE_INDEX).to("cpu", torch.int64))
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
             with autocast:
                 losses = distill_step(model, batch, variant, schedule.loss_weight_bbe, **options)
@@ -175,6 +210,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scheduler.step()
 
         metrics: dict[str, float] = _global_mean(sums, steps)
+        metrics.update(epoch_sample_metrics(_gather_indices(seen)))
         if val_shard is not None:
             metrics.update(validate(core, val_shard, cfg, schedule, device))
         if epoch == 0:
@@ -188,6 +224,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             report = ray.get(skip_counter.report.remote())
             metrics["skipped_pairs"] = report.skipped
             metrics["fallback_boxes"] = report.fallback_boxes
+            metrics["s3_retries"] = report.retries  # storage retries so far (transient errors; cumulative count)
+            metrics["transient_read_failures"] = report.transient_failures  # reads failed after every retry
 
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None

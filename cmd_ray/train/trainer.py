@@ -8,13 +8,16 @@ supervised samples of labeled RGB sequences and registers the teacher.
 
 Running a job again with the same run name and storage path resumes it: Ray Train restores the latest
 checkpoint, the sample stream continues at the next epoch, and the MLflow run of the first attempt is
-reopened so that its metric history stays one record.
+reopened so that its metric history stays one record. Before any cluster work the job reads the run's
+latest committed checkpoint through Ray Train's public ``ray.train.Result.from_path``: a rerun whose config
+differs from the stored one in anything a resume may not change fails with a ``ConfigError``
+(:mod:`cmd_ray.resume`), and a run with no epoch left to train says so and registers nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,14 +28,15 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cmd_ray import mlflow_runs, registry
+from cmd_ray import mlflow_runs, registry, resume
 from cmd_ray.config import Config, ConfigError
 from cmd_ray.data import pipeline
 from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequences
 from cmd_ray.distill.variants import get_variant
 from cmd_ray.models.checkpoint import load_training_state
 from cmd_ray.models.dimpnet import build_model
-from cmd_ray.storage import StorageError, is_s3, read_bytes, resolve
+from cmd_ray.resume import RUN_NAME_KEY
+from cmd_ray.storage import StorageError, is_s3, resolve
 from cmd_ray.train.loop import train_loop_per_worker
 from cmd_ray.train.schedule import Schedule, schedule_for
 from cmd_ray.train.teacher import Teacher, resolve_teacher
@@ -44,8 +48,6 @@ RUN_NAME_TAG = "cmd_ray.run_name"
 STORAGE_TAG = "cmd_ray.storage_path"
 JOB_TAG = "cmd_ray.job"
 _EPOCH_DIR = re.compile(r"epoch_(\d+)")
-CHECKPOINT_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-"""Ray Train's record of the committed checkpoints of a run, in the run's storage folder."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class TrainingResult:
     unpaired_files: int = 0
     resumed_from_epoch: int | None = None
     teacher: Teacher | None = None
+    nothing_to_train: bool = False
+    """The run's latest checkpoint already holds every epoch asked for: nothing was trained or registered
+    (``registered`` is ``None``; ``run_id``, ``history`` and ``checkpoint_path`` are the earlier run's)."""
+    note: str = ""
+    """A line for the user about what this invocation did not do and why (set with ``nothing_to_train``)."""
 
 
 def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None = None) -> RunConfig:
@@ -83,25 +90,132 @@ def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None 
     )
 
 
+def _run_folder(cfg: Config, run_name: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path in it)`` of the run's folder ``storage.storage_path/run_name``."""
+    endpoint = cfg.storage.s3_endpoint_url if is_s3(cfg.storage.storage_path) else None
+    filesystem, storage_path = resolve(cfg.storage.storage_path, endpoint)
+    return filesystem, f"{storage_path.rstrip('/')}/{run_name}"
+
+
+def committed_result(cfg: Config, run_name: str) -> ray.train.Result | None:
+    """Ray Train's record of the run ``storage.storage_path/run_name``, or ``None`` when it has no checkpoint.
+
+    Read with the public ``ray.train.Result.from_path`` (local or s3://, endpoint honoured), which restores
+    the record Ray Train itself resumes from: only checkpoints the controller has committed count, not a
+    folder a worker wrote before it died. ``result.checkpoint`` is the latest committed checkpoint and
+    ``result.metrics`` what was reported with it. Needs no running Ray cluster.
+
+    Raises:
+        ConfigError: the folder holds a run record Ray Train cannot restore (another Ray version, checkpoints
+            deleted under it); the message says how to start a new run.
+    """
+    filesystem, path = _run_folder(cfg, run_name)
+    try:
+        result = ray.train.Result.from_path(path, storage_filesystem=filesystem)
+    except RuntimeError:
+        return None  # no run folder yet, or a run that ended before its first committed checkpoint
+    except Exception as exc:  # Ray Train's own error for an unrestorable record; it would fail the fit too
+        raise ConfigError(
+            f"run {run_name!r} in {cfg.storage.storage_path}: Ray Train cannot restore it: {exc}. Start a new "
+            "run under another run name (storage.run_name, pretrain.run_name) or storage.storage_path."
+        ) from None
+    return result if result.checkpoint is not None else None
+
+
+def _checkpoint_epoch(result: ray.train.Result) -> int:
+    """The epoch of ``result``'s checkpoint: the ``epoch`` reported with it, else its ``epoch_NNNN`` folder name."""
+    epoch = (result.metrics or {}).get("epoch")
+    if epoch is not None:
+        return int(epoch)
+    assert result.checkpoint is not None
+    match = _EPOCH_DIR.fullmatch(result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+    if match is None:
+        raise ConfigError(f"checkpoint {result.checkpoint.path} names no epoch (not written by cmd-ray)")
+    return int(match.group(1))
+
+
 def latest_checkpoint_epoch(cfg: Config, run_name: str) -> int | None:
     """The last epoch whose checkpoint Ray Train has committed for ``storage_path/run_name``, or ``None``.
 
-    Read from the run's checkpoint-manager snapshot, the record Ray Train itself restores from: a checkpoint
-    folder written by a worker that died before the controller registered it does not count.
+    Read through ``ray.train.Result.from_path`` (see :func:`committed_result`): a checkpoint folder written by
+    a worker that died before the controller registered it does not count.
     """
-    snapshot = f"{cfg.storage.storage_path.rstrip('/')}/{run_name}/{CHECKPOINT_SNAPSHOT_FILE}"
+    result = committed_result(cfg, run_name)
+    return None if result is None else _checkpoint_epoch(result)
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """The latest committed checkpoint of an earlier run with this job's run name and storage path."""
+
+    last_epoch: int
+    """The epoch the checkpoint ends; a resume starts at ``last_epoch + 1``."""
+    checkpoint_path: str
+    metrics: dict[str, Any]
+    """What the run reported with the checkpoint."""
+    config: dict[str, Any] | None
+    """The config tree the run trained with (``None`` for a checkpoint that holds none)."""
+    job: str | None
+    mlflow_run_id: str | None
+
+
+def previous_run(cfg: Config, schedule: Schedule) -> PreviousRun | None:
+    """The earlier run of ``schedule.run_name`` under ``storage.storage_path``, or ``None`` for a fresh run.
+
+    Reads the latest committed checkpoint's training state for the stored config (one download of it).
+    """
+    result = committed_result(cfg, schedule.run_name)
+    if result is None:
+        return None
+    assert result.checkpoint is not None
     try:
-        state = json.loads(read_bytes(snapshot, cfg.storage.s3_endpoint_url))
-    except StorageError:
-        return None  # no run of that name yet
-    except ValueError as exc:
-        raise ConfigError(f"storage.run_name {run_name!r}: unreadable checkpoint record {snapshot}: {exc}") from None
-    epochs = [
-        int(match.group(1))
-        for result in state.get("checkpoint_results", [])
-        if (match := _EPOCH_DIR.fullmatch(str(result.get("checkpoint_dir_name", ""))))
-    ]
-    return max(epochs, default=None)
+        with result.checkpoint.as_directory() as directory:
+            state = load_training_state(directory)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ConfigError(
+            f"{_run_label(cfg, schedule)}: unreadable checkpoint {result.checkpoint.path}: {exc}. Start a new run: "
+            f"set {RUN_NAME_KEY[schedule.job]}=<new name> (or another storage.storage_path)."
+        ) from None
+    stored = state.get("config")
+    return PreviousRun(
+        last_epoch=int(state["epoch"]) if "epoch" in state else _checkpoint_epoch(result),
+        checkpoint_path=result.checkpoint.path,
+        metrics=dict(result.metrics or {}),
+        config=dict(stored) if isinstance(stored, dict) else None,
+        job=state.get("job"),
+        mlflow_run_id=state.get("mlflow_run_id"),
+    )
+
+
+def _run_label(cfg: Config, schedule: Schedule) -> str:
+    return f"{RUN_NAME_KEY[schedule.job]}={schedule.run_name} in {cfg.storage.storage_path}"
+
+
+def check_resume(cfg: Config, schedule: Schedule) -> PreviousRun | None:
+    """The earlier run this job resumes (``None``: a fresh run), after checking that ``cfg`` may resume it.
+
+    Raises:
+        ConfigError: the stored config differs in a setting a resume may not change; names every such key
+            with its stored and new value, and how to start a new run instead. Secrets are redacted.
+    """
+    previous = previous_run(cfg, schedule)
+    if previous is None:
+        return None
+    if previous.config is None:
+        logger.warning("%s: its checkpoint holds no config; resuming unchecked", _run_label(cfg, schedule))
+        return previous
+    try:
+        resume.check_resume(
+            previous.config,
+            cfg.model_dump(mode="json"),
+            schedule.job,
+            run=_run_label(cfg, schedule),
+            old_job=previous.job,
+            note=f"(stored config: checkpoint {previous.checkpoint_path}, epoch {previous.last_epoch})",
+        )
+    except ConfigError as exc:
+        raise ConfigError(mlflow_runs.redact(str(exc))) from None
+    return previous
 
 
 def build_trainer(
@@ -111,14 +225,20 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     run_name: str | None = None,
 ) -> TorchTrainer:
-    """A TorchTrainer for ``cfg.scaling`` (gloo on CPU, NCCL when ``use_gpu``)."""
+    """A TorchTrainer for ``cfg.scaling`` (gloo on CPU, NCCL when ``use_gpu``), its workers placed on nodes that
+    match ``scaling.label_selector`` and hold ``scaling.resources_per_worker``."""
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+                **cfg.scaling.resources_per_worker,
+            },
+            label_selector=dict(cfg.scaling.label_selector) or None,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         # Ray Train replaces the datasets' execution options with these: carry the object-store cap over
@@ -164,8 +284,8 @@ def fit(
     """
     schedule = schedule_for(cfg, "distill")
     teacher = teacher or resolve_teacher(cfg)
-    skip_counter = pipeline.SkipCounter.remote()
-    cursor = pipeline.EpochCursor.remote()
+    skip_counter = pipeline.SkipCounter.options(**pipeline.on_driver_node()).remote()
+    cursor = pipeline.EpochCursor.options(**pipeline.on_driver_node()).remote()
     train_pairs, val_pairs = pipeline.split_pairs(pairs, cfg.data.val_fraction)
     datasets = {"train": pipeline.training_dataset(cfg, train_pairs, skip_counter, epoch_cursor=cursor)}
     if val_pairs and cfg.distill.val_samples:
@@ -177,6 +297,8 @@ def fit(
         "skipped_pairs_total": report.skipped,
         "fallback_boxes_total": report.fallback_boxes,
         "unpaired_files": report.unpaired,
+        "s3_retries_total": report.retries,
+        "transient_read_failures_total": report.transient_failures,
     }
     mlflow_runs.log_metrics(cfg, run_id, totals, step=schedule.epochs)
     if report.skipped:
@@ -225,12 +347,15 @@ def epoch_history(cfg: Config, run_id: str) -> list[dict[str, float]]:
     return [rows[epoch] for epoch in sorted(rows)]
 
 
-def open_run(cfg: Config, schedule: Schedule, tags: dict[str, str]) -> tuple[str, int | None]:
-    """The MLflow run of this job: reopened when its checkpoints say it is a resume, else a new one.
+def open_run(
+    cfg: Config, schedule: Schedule, tags: dict[str, str], previous: PreviousRun | None
+) -> tuple[str, int | None]:
+    """The MLflow run of this job: reopened when ``previous`` (see :func:`check_resume`) says it is a resume,
+    else a new one.
 
     Returns ``(run_id, resumed_from_epoch)``; ``resumed_from_epoch`` is ``None`` for a fresh run.
     """
-    last = latest_checkpoint_epoch(cfg, schedule.run_name)
+    last = previous.last_epoch if previous is not None else None
     all_tags = {
         JOB_TAG: schedule.job,
         RUN_NAME_TAG: schedule.run_name,
@@ -285,17 +410,56 @@ def _finish(
     )
 
 
+def _nothing_to_train(cfg: Config, schedule: Schedule, previous: PreviousRun) -> TrainingResult:
+    """The result of a rerun whose run already holds ``schedule.epochs`` epochs: no training, no registration."""
+    done = previous.last_epoch + 1
+    note = (
+        f"nothing to train: {_run_label(cfg, schedule)} already holds {done} epoch(s) and {schedule.job}.epochs is "
+        f"{schedule.epochs}; no new model version registered. To train on, raise {schedule.job}.epochs; to train "
+        f"anew, set {RUN_NAME_KEY[schedule.job]}=<new name> (or another storage.storage_path)."
+    )
+    logger.warning("%s", note)
+    run_id = previous.mlflow_run_id or ""
+    history: list[dict[str, Any]] = []
+    location = ""
+    if run_id:
+        try:
+            history = epoch_history(cfg, run_id)
+            location = mlflow_runs.run_url(cfg, run_id)
+        except Exception as exc:  # the run's MLflow record is elsewhere (another tracking_uri): report without it
+            logger.info("MLflow run %s not readable from %s: %s", run_id, mlflow_runs.tracking_uri(cfg), exc)
+    return TrainingResult(
+        run_id=run_id,
+        run_location=location,
+        registered=None,
+        metrics=previous.metrics,
+        history=history,
+        checkpoint_path=previous.checkpoint_path,
+        skipped_pairs=0,
+        nothing_to_train=True,
+        note=note,
+    )
+
+
 def run_distillation(cfg: Config, pairs: list[Any] | None = None) -> TrainingResult:
-    """The whole distill job on the cluster that ``RAY_ADDRESS`` names (a local one when unset)."""
+    """The whole distill job on the cluster that ``RAY_ADDRESS`` names (a local one when unset).
+
+    A rerun of an existing run (same ``storage.run_name`` and ``storage.storage_path``) is checked first,
+    before any cluster work: a config that differs in what a resume may not change raises ``ConfigError``;
+    a run with every epoch trained returns ``nothing_to_train`` without starting Ray or registering anything.
+    """
     check_trainable(cfg)
+    schedule = schedule_for(cfg, "distill")
+    previous = check_resume(cfg, schedule)
+    if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
+        return _nothing_to_train(cfg, schedule, previous)
     if pairs is None:
         pairs = pipeline.list_pairs(cfg)  # fails on an empty prefix before any cluster work
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     teacher = resolve_teacher(cfg)  # a bad init_checkpoint fails here, before the cluster starts
     if not ray.is_initialized():
         ray.init()
-    schedule = schedule_for(cfg, "distill")
-    run_id, resumed = open_run(cfg, schedule, {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags()})
+    run_id, resumed = open_run(cfg, schedule, {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags()}, previous)
 
     def train() -> tuple[ray.train.Result, pipeline.SkipReport]:
         return fit(cfg, pairs, run_id, teacher=teacher)
@@ -314,19 +478,26 @@ def list_pretraining_sequences(cfg: Config) -> list[LabeledSequence]:
 
 
 def run_pretraining(cfg: Config, sequences: list[LabeledSequence] | None = None) -> TrainingResult:
-    """The teacher-pretraining job: supervised DiMP/ATOM training on labeled RGB sequences, then registration."""
+    """The teacher-pretraining job: supervised DiMP/ATOM training on labeled RGB sequences, then registration.
+
+    Reruns are checked like :func:`run_distillation`'s (run name ``pretrain.run_name``, epochs ``pretrain.epochs``).
+    """
+    schedule = schedule_for(cfg, "pretrain")
+    previous = check_resume(cfg, schedule)
+    if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
+        return _nothing_to_train(cfg, schedule, previous)
     if sequences is None:
         sequences = list_pretraining_sequences(cfg)
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     teacher = resolve_teacher(cfg, "pretrain")
     if not ray.is_initialized():
         ray.init()
-    schedule = schedule_for(cfg, "pretrain")
-    run_id, resumed = open_run(cfg, schedule, {"cmd_ray.data_uri": cfg.pretrain.sequences_uri, **teacher.tags()})
+    tags = {"cmd_ray.data_uri": cfg.pretrain.sequences_uri, **teacher.tags()}
+    run_id, resumed = open_run(cfg, schedule, tags, previous)
 
     def train() -> tuple[ray.train.Result, pipeline.SkipReport]:
-        skip_counter = pipeline.SkipCounter.remote()
-        cursor = pipeline.EpochCursor.remote()
+        skip_counter = pipeline.SkipCounter.options(**pipeline.on_driver_node()).remote()
+        cursor = pipeline.EpochCursor.options(**pipeline.on_driver_node()).remote()
         train_seqs, val_seqs = split_sequences(sequences, cfg.pretrain.val_fraction)
         datasets = {"train": pipeline.pretraining_dataset(cfg, train_seqs, skip_counter, cursor, validation=False)}
         if val_seqs and cfg.pretrain.val_samples:

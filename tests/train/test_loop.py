@@ -154,3 +154,24 @@ def test_validation_reports_the_bbe_loss_of_a_constant_prediction(ray_session, r
     targets = 2.0 * torch.cat([b["proposal_iou"] for b in batches]).double() - 1.0
     assert metrics["val_loss_bbe_chance"] == pytest.approx(float(targets.var(unbiased=False)))
     assert {"val_loss", "val_loss_tcl", "val_loss_bbe"} <= set(metrics)
+
+
+def test_epoch_sample_metrics_name_the_set_of_samples_not_their_order():
+    import numpy as np
+
+    from cmd_ray.train.loop import epoch_sample_metrics, sample_digest
+
+    whole = epoch_sample_metrics(torch.arange(16, 32))
+    shuffled = epoch_sample_metrics(torch.tensor([31, 16, 20, 17, 18, 19, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]))
+    assert whole == shuffled
+    assert whole == {
+        "epoch_samples": 16.0,
+        "epoch_unique_samples": 16.0,
+        "epoch_sample_digest": float(sample_digest(np.arange(16, 32))),
+    }
+    # one sample lost and another delivered twice: same count, other set
+    twice = epoch_sample_metrics(torch.tensor([16, 16, *range(18, 32)]))
+    assert twice["epoch_samples"] == 16.0 and twice["epoch_unique_samples"] == 15.0
+    assert twice["epoch_sample_digest"] != whole["epoch_sample_digest"]
+    # the next epoch's samples give another digest
+    assert epoch_sample_metrics(torch.arange(32, 48))["epoch_sample_digest"] != whole["epoch_sample_digest"]

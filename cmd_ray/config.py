@@ -9,6 +9,7 @@ allowed, before any cluster work starts.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -860,15 +861,16 @@ class Config(_Strict):
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys to plain values, for MLflow params."""
-        return _flatten(self.model_dump(mode="json"))
+        return flatten_tree(self.model_dump(mode="json"))
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config tree to ``{"section.key": leaf value}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, dotted + "."))
+        if isinstance(value, Mapping):
+            flat.update(flatten_tree(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cmd_ray.config import Config, ConfigError
+from cmd_ray.config import Config, ConfigError, flatten_tree
 
 RESUMABLE: tuple[str, ...] = (
     "storage",
@@ -153,16 +153,9 @@ def _overlay(base: Mapping[str, Any], tree: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys to leaf values; tuples compare equal to lists."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = _plain(value)
-    return flat
+    return {key: _plain(value) for key, value in flatten_tree(tree).items()}
 
 
 def _plain(value: Any) -> Any:

@@ -48,11 +48,20 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def store_client(uri: str) -> MlflowClient:
+    """A client whose runs and registry both live at ``uri``.
+
+    ``MlflowClient(uri)`` alone reads the registry from the process-wide registry URI, which an earlier
+    ``mlflow.set_registry_uri`` may have pointed at another store.
+    """
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def client(cfg: Config) -> MlflowClient:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return store_client(uri)
 
 
 def experiment_id(cfg: Config) -> str:

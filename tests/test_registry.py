@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import load_config
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.models.dimpnet import build_model
 
 
@@ -45,7 +45,7 @@ def test_params_never_hold_the_secret_key(cfg, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     leaky = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"run_name": f"run-{secret}"})})
     run_id = mlflow_runs.start_run(leaky, "leaky", tags={"note": f"key={secret}"})
-    run = MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id)
+    run = store_client(cfg.mlflow.tracking_uri).get_run(run_id)
     assert run.data.params["storage.run_name"] == "run-***"
     assert all(secret not in str(value) for value in [*run.data.params.values(), *run.data.tags.values()])
 

@@ -1,9 +1,9 @@
 """End to end: a tiny Ray Tune sweep; every trial is a Ray Train run and an MLflow run nested under the sweep."""
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cmd_ray.config import load_config
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.tune import run_sweep
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
 
     result = run_sweep(cfg)
 
-    client = MlflowClient(tracking_uri)
+    client = store_client(tracking_uri)
     children = client.search_runs(
         [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'",

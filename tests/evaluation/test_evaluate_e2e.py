@@ -4,7 +4,6 @@ and ``cmd-ray compare`` on the folder."""
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ from cmd_ray import cli
 from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.evaluation.results import read_meta, read_result
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.models.checkpoint import save_training_state
 from cmd_ray.models.dimpnet import build_model
 
@@ -64,7 +64,7 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
     assert plots == ["norm_precision_plot.png", "precision_plot.png", "success_plot.png"]
     assert all((results / "plots" / p).stat().st_size > 5000 for p in plots)
 
-    client = mlflow.MlflowClient(tracking_uri=db)
+    client = store_client(db)
     (run,) = client.search_runs([client.get_experiment_by_name("eval-e2e").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["cmd_ray.job"] == "evaluate"
     for tracker in ("static", "dimp"):

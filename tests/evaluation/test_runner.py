@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ from cmd_ray.config import ConfigError, SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.evaluation.results import ResultsError, read_result, result_paths, write_result
 from cmd_ray.evaluation.runner import EvaluationError, load_sequences, plan, run_evaluation
+from cmd_ray.mlflow_runs import store_client
 
 STATIC_PAIR = "evaluation.trackers=[{name: first, kind: static}, {name: second, kind: static}]"
 
@@ -154,7 +154,7 @@ def test_evaluates_skips_on_rerun_and_retracks_an_incomplete_sequence(ray_sessio
     )
     assert (overwrite.tracked, overwrite.skipped) == (6, 0)
 
-    client = mlflow.MlflowClient(tracking_uri=mlflow_db)
+    client = store_client(mlflow_db)
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["first/success"] == pytest.approx(first.scores["first"].success)
@@ -174,7 +174,7 @@ def test_a_failing_sequence_is_reported_and_the_others_are_kept(ray_session, tmp
         run_evaluation(cfg, progress=False)
     assert read_result(tmp_path / "results" / "only", "synth_tir_000")[0].shape == (6, 4)
     assert not Path(result_paths(tmp_path / "results" / "only", "synth_tir_002")[0]).exists()
-    client = mlflow.MlflowClient(tracking_uri=mlflow_db)
+    client = store_client(mlflow_db)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FAILED"

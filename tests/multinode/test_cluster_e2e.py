@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cmd_ray.config import load_config
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.train.loop import sample_digest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
@@ -63,7 +63,7 @@ def test_job_submit_places_data_and_training_by_role(multinode, peak_workers) ->
     train_nodes = actor_nodes()["RayTrainWorker"]
     assert len(train_nodes) == 2, "the two DDP workers should run on two train nodes (one train_slot each)"
 
-    client = MlflowClient(multinode.cluster.mlflow_uri)  # over HTTP: the workers logged through the server
+    client = store_client(multinode.cluster.mlflow_uri)  # over HTTP: the workers logged through the server
     version = client.get_model_version_by_alias(f"{run}-tracker", "candidate")
     epochs = [m.step for m in client.get_metric_history(version.run_id, "loss")]
     assert epochs == [0, 1]
@@ -135,7 +135,7 @@ def test_lost_train_node_resumes_with_the_same_samples(multinode, s3_server) -> 
     result = outcome["result"]
     cluster.add_train_node(victim.num_cpus)  # the replacement an autoscaler would bring
 
-    client = MlflowClient(cluster.mlflow_uri)
+    client = store_client(cluster.mlflow_uri)
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     assert client.get_metric_history(result.run_id, "resumed_at_epoch"), "the worker group never restarted"
     per_epoch = cfg.steps_per_epoch() * cfg.distill.batch_size * cfg.scaling.num_workers

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 import torchvision
-from mlflow.tracking import MlflowClient
 
 from cmd_ray import storage
 from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.train.trainer import run_distillation
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +82,7 @@ def test_distill_runs_with_each_box_method(variant, s3_server, ray_session, s3_p
     row = result.history[0]
     assert all(math.isfinite(row[key]) for key in ("loss", "loss_tcl", "loss_bbe")), row
     assert result.skipped_pairs == 0
-    run = MlflowClient(tracking_uri).get_run(result.run_id)
+    run = store_client(tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.boxes"] == cfg.data.boxes and run.data.params["distill.variant"] == variant
     assert result.registered is not None

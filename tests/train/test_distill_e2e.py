@@ -4,11 +4,11 @@ import boto3
 import pytest
 import ray.train
 import torch
-from mlflow.tracking import MlflowClient
 
 from cmd_ray import registry
 from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.models.checkpoint import load_training_state
 from cmd_ray.storage import resolve, write_bytes
 from cmd_ray.train.trainer import run_distillation
@@ -50,7 +50,7 @@ def test_distill_job_reads_and_checkpoints_on_s3(s3_server, ray_session, tmp_pat
     assert val_losses[-1] < teacher, f"validation loss did not decrease from the teacher's {teacher}: {val_losses}"
     assert result.skipped_pairs == 1
 
-    client = MlflowClient(tracking_uri)
+    client = store_client(tracking_uri)
     version = client.get_model_version_by_alias("e2e-tracker", "candidate")
     assert version.run_id == result.run_id
     run = client.get_run(result.run_id)

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cmd_ray.config import load_config
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.storage import join, write_bytes
 from cmd_ray.train.trainer import latest_checkpoint_epoch, run_distillation
 
@@ -118,7 +118,7 @@ def test_killed_worker_resumes_and_rerun_continues_the_epoch_counter(s3_server, 
     assert "error" not in outcome, outcome.get("error")
     first = outcome["result"]
 
-    client = MlflowClient(tracking_uri)
+    client = store_client(tracking_uri)
     assert [row["epoch"] for row in first.history] == [0, 1, 2]
     assert [m.value for m in client.get_metric_history(first.run_id, "resumed_at_epoch")] == [1]
     assert has_checkpoint(2)

@@ -7,10 +7,10 @@ teacher's own, and that a secret in the environment never reaches a param, a tag
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.train.teacher import TEACHER_RUN_TAG, TEACHER_SOURCE_TAG
 from cmd_ray.train.trainer import run_distillation, run_pretraining
 
@@ -57,7 +57,7 @@ def test_pretrained_teacher_is_distilled_with_full_lineage(ray_session, tmp_path
     )
     student = run_distillation(student_cfg)
 
-    client = MlflowClient(tracking_uri)
+    client = store_client(tracking_uri)
     tags = client.get_run(student.run_id).data.tags
     assert tags[TEACHER_SOURCE_TAG] == "models:/e2e-teacher@candidate"
     assert tags[TEACHER_RUN_TAG] == teacher.run_id
@@ -93,7 +93,7 @@ def test_no_secret_reaches_params_tags_or_logged_files(ray_session, tmp_path, ti
     )
     result = run_distillation(cfg)
 
-    client = MlflowClient(tracking_uri)
+    client = store_client(tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.params["pretrain.sequences_uri"] == "s3://***@bucket/sequences"
     for key, value in {**run.data.params, **run.data.tags}.items():

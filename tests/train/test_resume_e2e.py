@@ -7,10 +7,10 @@ first and the last invocation run Ray Train. Checkpoints on local disk (the S3 c
 """
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cmd_ray.cli import main
 from cmd_ray.config import ConfigError, load_config
+from cmd_ray.mlflow_runs import store_client
 from cmd_ray.train import trainer
 from cmd_ray.train.trainer import latest_checkpoint_epoch, run_distillation
 
@@ -33,7 +33,7 @@ def test_rerun_checks_config_trains_nothing_when_done_and_resumes_more_epochs(
         f"mlflow.tracking_uri={tracking_uri}",
         f"mlflow.registered_model_name={MODEL}",
     ]
-    client = MlflowClient(tracking_uri)
+    client = store_client(tracking_uri)
 
     def versions() -> list[str]:
         return sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))

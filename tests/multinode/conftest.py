@@ -70,6 +70,8 @@ class MultiNode:
             "data.num_actors=2",
             "data.cpus_per_actor=0.5",
             "data.progress=false",
+            # index order whichever actor finishes first: epoch e holds samples e·P … (e+1)·P - 1, as the tests check
+            "data.preserve_order=true",
             f"data.label_selector={{{ROLE_LABEL}: data}}",
             "scaling.num_workers=2",
             "scaling.cpus_per_worker=0.5",

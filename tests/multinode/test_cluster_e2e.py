@@ -4,6 +4,8 @@ data node (see ``conftest.py`` for the cluster's shape)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -18,12 +20,13 @@ from cmd_ray.train.loop import sample_digest
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
 
 
-def actor_nodes() -> dict[str, set[str]]:
-    """Node ids of every actor the cluster has run (alive or dead), keyed 'SampleMaker' / 'RayTrainWorker'."""
+def actor_nodes(address: str) -> dict[str, set[str]]:
+    """Node ids of every actor the cluster at ``address`` has run (alive or dead), keyed 'SampleMaker' /
+    'RayTrainWorker'. The address is explicit: other Ray instances may run on this machine."""
     from ray.util.state import list_actors
 
     placed: dict[str, set[str]] = {"SampleMaker": set(), "RayTrainWorker": set()}
-    for actor in list_actors(limit=10_000, detail=True, raise_on_missing_output=False):
+    for actor in list_actors(address=address, limit=10_000, detail=True, raise_on_missing_output=False):
         name = f"{actor.class_name} {actor.repr_name or ''}"
         for key, nodes in placed.items():
             if key in name and actor.node_id:
@@ -43,11 +46,26 @@ def all_nodes_by_role() -> dict[str, set[str]]:
     return roles
 
 
-def assert_placed_by_role() -> None:
-    placed, roles = actor_nodes(), all_nodes_by_role()
+def assert_placed_by_role(address: str) -> None:
+    placed, roles = actor_nodes(address), all_nodes_by_role()
     assert placed["SampleMaker"], "no Ray Data SampleMaker actor found in the cluster's actor table"
     assert placed["SampleMaker"] <= roles["data"], "a Ray Data actor ran outside the data nodes"
     assert placed["RayTrainWorker"] <= roles["train"], "a training worker ran outside the train nodes"
+
+
+def test_job_api_refuses_a_client_without_the_token(multinode) -> None:
+    env = {k: v for k, v in multinode.cluster.client_env().items() if not k.startswith("RAY_AUTH")}
+    ray_bin = Path(sys.executable).parent / "ray"
+    refused = subprocess.run(
+        [str(ray_bin), "job", "list", "--address", multinode.cluster.dashboard_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output
+    assert "Unauthorized" in output or "token" in output, output
 
 
 def test_job_submit_places_data_and_training_by_role(multinode, peak_workers) -> None:
@@ -59,8 +77,8 @@ def test_job_submit_places_data_and_training_by_role(multinode, peak_workers) ->
     assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-4000:]
     assert f"registered:    models:/{run}-tracker@candidate" in output
 
-    assert_placed_by_role()
-    train_nodes = actor_nodes()["RayTrainWorker"]
+    assert_placed_by_role(multinode.cluster.address)
+    train_nodes = actor_nodes(multinode.cluster.address)["RayTrainWorker"]
     assert len(train_nodes) == 2, "the two DDP workers should run on two train nodes (one train_slot each)"
 
     client = store_client(multinode.cluster.mlflow_uri)  # over HTTP: the workers logged through the server
@@ -84,13 +102,13 @@ def _s3_keys(s3_server, prefix: str) -> list[str]:
     return s3_server.list_keys("multinode", prefix)
 
 
-@pytest.mark.skip(reason="issue 12: the run finished after the node loss but logged no restart; not yet diagnosed")
 def test_lost_train_node_resumes_with_the_same_samples(multinode, s3_server) -> None:
     from cmd_ray.local_cluster import wait_until
-    from cmd_ray.train.trainer import run_distillation
+    from cmd_ray.train.trainer import latest_checkpoint_epoch, run_distillation
 
     run = "mn-train-loss"
-    overrides = [*multinode.overrides(run), "distill.epochs=3", "storage.max_failures=2"]
+    # 2 epochs: the node is lost during the second, after the first one's checkpoint
+    overrides = [*multinode.overrides(run), "distill.epochs=2", "storage.max_failures=1"]
     cfg = load_config("configs/demo.yaml", overrides)
     prefix = f"checkpoints/{run}/"
 
@@ -107,7 +125,11 @@ def test_lost_train_node_resumes_with_the_same_samples(multinode, s3_server) -> 
 
     runner = threading.Thread(target=invoke)
     runner.start()
-    wait_until(lambda: checkpoint_written(0) or "error" in outcome, "the epoch-0 checkpoint in S3", 600)
+    # committed, not only written: a checkpoint counts once Ray Train's controller has registered it (the worker
+    # uploads it first); a node lost in between restarts from the checkpoint before
+    wait_until(
+        lambda: latest_checkpoint_epoch(cfg, run) == 0 or "error" in outcome, "the epoch-0 checkpoint committed", 600
+    )
     assert "error" not in outcome, outcome.get("error")
     assert not checkpoint_written(1), "epoch 1 ended before the node could be lost; lengthen samples_per_epoch"
     cluster = multinode.cluster
@@ -136,22 +158,21 @@ def test_lost_train_node_resumes_with_the_same_samples(multinode, s3_server) -> 
     cluster.add_train_node(victim.num_cpus)  # the replacement an autoscaler would bring
 
     client = store_client(cluster.mlflow_uri)
-    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    assert [row["epoch"] for row in result.history] == [0, 1]
     assert client.get_metric_history(result.run_id, "resumed_at_epoch"), "the worker group never restarted"
     per_epoch = cfg.steps_per_epoch() * cfg.distill.batch_size * cfg.scaling.num_workers
     last = {m.step: m for m in client.get_metric_history(result.run_id, "epoch_sample_digest")}
     samples = {m.step: m.value for m in client.get_metric_history(result.run_id, "epoch_unique_samples")}
-    for epoch in range(3):
+    for epoch in range(2):
         # the set of samples each epoch trained on is the one of a run without the failure
         expected = sample_digest(np.arange(epoch * per_epoch, (epoch + 1) * per_epoch))
         assert last[epoch].value == expected, f"epoch {epoch} trained on other samples than a run without loss"
         assert samples[epoch] == per_epoch
-    for epoch in range(3):
+    for epoch in range(2):
         assert checkpoint_written(epoch), f"the epoch-{epoch} checkpoint is gone from S3"
-    assert_placed_by_role()
+    assert_placed_by_role(multinode.cluster.address)
 
 
-@pytest.mark.skip(reason="issue 12: written, never run to completion in the session that wrote it")
 def test_lost_data_node_loses_no_sample(multinode) -> None:
     import ray
 
@@ -164,7 +185,6 @@ def test_lost_data_node_loses_no_sample(multinode) -> None:
             *multinode.overrides("mn-data-loss"),
             "distill.epochs=1",
             "distill.samples_per_epoch=160",
-            "distill.val_samples=0",
         ],
     )
     pairs = pipeline.list_pairs(cfg)
@@ -200,7 +220,7 @@ def test_lost_data_node_loses_no_sample(multinode) -> None:
         batch = pipeline.stack_samples([maker.sample(index)], np.array([index]))
         assert crc == checksum(batch, 0), f"sample {index} differs from the one a single process cuts"
     assert ray.get(counter.report.remote()).skipped == 0
-    assert_placed_by_role()
+    assert_placed_by_role(multinode.cluster.address)
 
 
 def _title(pid: int) -> bytes:

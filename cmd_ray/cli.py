@@ -65,10 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         "results_dirs",
         nargs="+",
         metavar="RESULTS_DIR",
-        help="a tracker's result folder (with meta.json) or an evaluation.results_dir holding several",
+        help="a tracker's result folder (with meta.json, or plain <seq>.txt files) or a folder holding several",
     )
     compare.add_argument("--protocol", choices=("lsotb", "pytracking"), help="default: the first folder's")
     compare.add_argument("--plots", metavar="DIR", help="also write the success / precision plots (PNG) here")
+    compare.add_argument("--benchmark", help="benchmark of the ground truth (default: from meta.json)")
+    compare.add_argument("--root", help="the benchmark's folder or s3:// prefix (default: from meta.json)")
+    compare.add_argument("--lsotb-subset", choices=("119", "120"), help="LSOTB-TIR set (default: meta.json's, 119)")
+    compare.add_argument("--out", metavar="DIR", help="also write the tables and per-sequence CSV/JSON here")
 
     reg = commands.add_parser("registry", help="MLflow model registry")
     reg_commands = reg.add_subparsers(dest="registry_command", required=True)
@@ -213,21 +217,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from cmd_ray.evaluation.results import ResultsError, format_attribute_table, format_comparison, load_results
+    from cmd_ray.evaluation.results import ResultsError, atomic_write_text, load_results, write_per_sequence
+    from cmd_ray.evaluation.tables import format_attribute_table, format_comparison
 
     try:
-        loaded = load_results(args.results_dirs, args.protocol)
+        loaded = load_results(
+            args.results_dirs, args.protocol, benchmark=args.benchmark, root=args.root, lsotb_subset=args.lsotb_subset
+        )
     except ResultsError as exc:
         print(f"cmd-ray compare: {exc}", file=sys.stderr)
         return 2
     scores = {r.label: r.scores for r in loaded}
-    benchmark = loaded[0].meta.benchmark
+    benchmark = loaded[0].benchmark
     show_np = benchmark != "ptb"
     fps = {r.label: r.fps for r in loaded}
-    print(format_comparison(scores, dataset=benchmark, show_norm_precision=show_np, fps=fps))
-    for metric in ("success", "precision"):
-        print()
-        print(format_attribute_table(scores, metric))
+    tables = [format_comparison(scores, dataset=benchmark, show_norm_precision=show_np, fps=fps)]
+    tables += [format_attribute_table(scores, metric) for metric in ("success", "precision")]
+    print("\n\n".join(tables))
+    if args.out:
+        atomic_write_text(f"{args.out.rstrip('/')}/ope_tables.txt", "\n\n".join(tables) + "\n")
+        for path in write_per_sequence(args.out, scores, {r.label: r.sequence_fps for r in loaded}, benchmark):
+            print(f"per-sequence: {path}")
     if args.plots:
         from cmd_ray.evaluation.plots import write_plots
 

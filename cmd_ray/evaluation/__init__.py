@@ -1,1 +1,1 @@
-"""Evaluation: OPE metrics exactly as EVALUATION.md defines them; LSOTB-TIR, PTB-TIR and synthetic readers."""
+"""Evaluation: OPE metrics exactly as docs/evaluation.md defines them; LSOTB-TIR, PTB-TIR and synthetic readers."""

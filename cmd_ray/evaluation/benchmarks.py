@@ -1,10 +1,10 @@
-"""Readers for the tracking benchmarks, on local disk or S3 (layouts as ``EVALUATION.md`` fixes them).
+"""Readers for the tracking benchmarks, on local disk or S3 (layouts as ``docs/formats.md`` describes them).
 
 - LSOTB-TIR evaluation set: ``<root>/<seq>/img/0001.jpg`` (4 digits); ground truth ``<root>/anno/<seq>.txt`` or
   ``<root>/<seq>/groundtruth_rect.txt``; attributes ``<root>/anno/att/<seq>.txt`` (16 flags, :data:`LSOTB_ATTRIBUTES`).
   ``subset="120"`` is the full set, ``subset="119"`` the paper's (without ``cat_D_001``).
 - PTB-TIR: ``<root>/tirsequences/<seq>/img/00000001.jpg`` (8 digits); ground truth ``<root>/tiranno/<seq>.txt``;
-  attributes ``<root>/tiranno/att/<seq>.txt`` (10 flags, named generically: :data:`PTB_ATTRIBUTES`).
+  attributes ``<root>/tiranno/att/<seq>.txt`` (10 flags, :data:`PTB_ATTRIBUTES`).
 - cmd-ray synthetic TIR sequences: ``<root>/<seq>/img/NNNN.jpg``, ``<root>/<seq>/groundtruth_rect.txt``, optional
   ``<root>/<seq>/attributes.txt`` with ``name,0|1`` lines.
 
@@ -14,6 +14,9 @@ sequences' folders when ``sequences`` is given) and reads the small text files t
 are not read here: :attr:`Sequence.frames` holds their URIs (absolute local paths or ``s3://`` URIs), which any node
 can read.
 
+Every benchmark is registered in :data:`BENCHMARK_READERS` (name → reader function and its options model), and
+:func:`read_benchmark` dispatches through it: adding a benchmark is one reader function plus one entry there.
+
 Ground-truth lines are ``x, y, w, h`` separated by commas, tabs or spaces. A malformed line, missing ground truth or a
 frame/ground-truth count mismatch raises an error naming the file.
 """
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from cmd_ray import storage
 from cmd_ray.data.sequences import parse_boxes
@@ -52,8 +56,19 @@ LSOTB_ATTRIBUTES: tuple[str, ...] = (
 )
 """The 16 LSOTB-TIR attribute flags, in the order of ``anno/att/<seq>.txt``."""
 
-PTB_ATTRIBUTES: tuple[str, ...] = tuple(f"attr_{i:02d}" for i in range(1, 11))
-"""The 10 PTB-TIR attribute flags of ``tiranno/att/<seq>.txt`` (EVALUATION.md does not name them)."""
+PTB_ATTRIBUTES: tuple[str, ...] = (
+    "deformation",
+    "occlusion",
+    "scale_variation",
+    "background_clutter",
+    "low_resolution",
+    "fast_motion",
+    "motion_blur",
+    "out_of_view",
+    "intensity_variation",
+    "thermal_crossover",
+)
+"""The 10 PTB-TIR attribute flags, in the order of ``tiranno/att/<seq>.txt`` (its toolkit's order)."""
 
 LSOTB_EXCLUDED_BY_PAPER = "cat_D_001"
 """The one LSOTB-TIR evaluation sequence the paper left out (120 → 119)."""
@@ -340,26 +355,92 @@ def read_synthetic(
     return out
 
 
-BENCHMARKS: tuple[str, ...] = ("synthetic", "lsotb", "ptb")
-"""Benchmark names of :func:`read_benchmark` (``evaluation.benchmark`` in the config)."""
+# ---------------------------------------------------------------------------------------------------------------------
+# the registry: benchmark name → reader
+
+
+class LsotbOptions(BaseModel):
+    """Options of the ``lsotb`` reader (:func:`read_lsotb_tir`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subset: Literal["119", "120"] = "119"
+    """``"119"``: the paper's set, without ``cat_D_001``; ``"120"``: the full evaluation set."""
+
+
+@dataclass(frozen=True)
+class BenchmarkReader:
+    """One registered benchmark.
+
+    Attributes:
+        read: ``read(root, sequences=…, endpoint_url=…, **options)`` → the sequences sorted by name; ``root`` a local
+            folder or ``s3://`` prefix, ``sequences`` None (all) or the names to read, the options as keywords.
+        options: the pydantic model of the reader's options (its fields are the keywords), None when it has none.
+        description: what the benchmark is, for messages and help texts.
+    """
+
+    read: Callable[..., list[Sequence]]
+    options: type[BaseModel] | None
+    description: str
+
+
+BENCHMARK_READERS: dict[str, BenchmarkReader] = {
+    "synthetic": BenchmarkReader(read_synthetic, None, "cmd-ray's synthetic TIR sequences"),
+    "lsotb": BenchmarkReader(read_lsotb_tir, LsotbOptions, "LSOTB-TIR evaluation set"),
+    "ptb": BenchmarkReader(read_ptb_tir, None, "PTB-TIR"),
+}
+"""Benchmark name → its reader: the one place a benchmark is registered (``evaluation.benchmark`` names a key).
+
+Adding a benchmark is one reader function (signature as :attr:`BenchmarkReader.read`) and one entry here."""
+
+BENCHMARKS: tuple[str, ...] = tuple(BENCHMARK_READERS)
+"""Benchmark names of :func:`read_benchmark`: the keys of :data:`BENCHMARK_READERS`."""
+
+
+def _reader(benchmark: str) -> BenchmarkReader:
+    try:
+        return BENCHMARK_READERS[benchmark]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}") from None
+
+
+def benchmark_options(benchmark: str, values: Mapping[str, Any]) -> BaseModel | None:
+    """The options of ``benchmark``'s reader, built from those of ``values`` its options model declares (the others
+    are left out, so one mapping of every known option serves every benchmark); None when it takes no options.
+
+    Raises ``ValueError`` for an unknown benchmark or an invalid value (pydantic's ``ValidationError``).
+    """
+    model = _reader(benchmark).options
+    if model is None:
+        return None
+    return model.model_validate({k: v for k, v in values.items() if k in model.model_fields})
 
 
 def read_benchmark(
     benchmark: str,
     root: Path | str,
     sequences: Iterable[str] | None = None,
-    lsotb_subset: Literal["119", "120"] = "119",
+    *,
     endpoint_url: str | None = None,
+    options: BaseModel | Mapping[str, Any] | None = None,
 ) -> list[Sequence]:
-    """The sequences of ``benchmark`` (``synthetic``, ``lsotb`` or ``ptb``) under ``root``, sorted by name.
+    """The sequences of ``benchmark`` (a key of :data:`BENCHMARK_READERS`) under ``root``, sorted by name.
 
-    ``root`` is a local folder or an ``s3://`` prefix (``endpoint_url`` overrides ``AWS_ENDPOINT_URL`` for it);
-    ``sequences`` picks names explicitly; ``lsotb_subset`` applies to ``lsotb`` only.
+    Args:
+        root: a local folder or an ``s3://`` prefix (``endpoint_url`` overrides ``AWS_ENDPOINT_URL`` for it).
+        sequences: names to read (default: every sequence found).
+        options: the reader's options, as its options model or a mapping validated by it (default: the model's
+            defaults); a benchmark without options takes none.
+
+    Raises:
+        ValueError: an unknown benchmark, options it does not take, or a malformed file (naming it).
+        FileNotFoundError: a missing folder, sequence or ground-truth file.
     """
-    if benchmark == "synthetic":
-        return read_synthetic(root, sequences, endpoint_url)
-    if benchmark == "lsotb":
-        return read_lsotb_tir(root, lsotb_subset, sequences, endpoint_url)
-    if benchmark == "ptb":
-        return read_ptb_tir(root, sequences, endpoint_url)
-    raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
+    entry = _reader(benchmark)
+    if entry.options is None:
+        if options:
+            raise ValueError(f"benchmark {benchmark!r} takes no options, got {options!r}")
+        return entry.read(root, sequences=sequences, endpoint_url=endpoint_url)
+    if not isinstance(options, entry.options):
+        options = entry.options.model_validate(dict(options or {}))
+    return entry.read(root, sequences=sequences, endpoint_url=endpoint_url, **options.model_dump())

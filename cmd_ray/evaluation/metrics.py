@@ -1,4 +1,4 @@
-"""One-pass evaluation (OPE) metrics exactly as ``EVALUATION.md`` defines them.
+"""One-pass evaluation (OPE) metrics exactly as ``docs/evaluation.md`` defines them.
 
 Two protocols:
 
@@ -9,23 +9,32 @@ Two protocols:
     normalised).
 ``pytracking``
     The same curves, but Norm. Precision = the normalised curve's value at 0.20, and invalid ground-truth frames count
-    as failures for *pixel* precision (the normalised curve treats them as ``lsotb`` does: EVALUATION.md changes only
-    the pixel precision).
+    as failures for *pixel* precision (the normalised curve treats them as ``lsotb`` does: only the pixel precision
+    differs; docs/evaluation.md).
 
 Both protocols: boxes are ``x, y, w, h`` pixels; IoU of inclusive-pixel boxes (= continuous boxes with ``x2 = x + w``);
 centre ``(x + (w−1)/2, y + (h−1)/2)``; frame 1's prediction is replaced by the ground truth; a prediction that is NaN or
 has ``w ≤ 0`` or ``h ≤ 0`` is replaced by the previous frame's (already repaired) prediction; every denominator is the
-full sequence length. Over a dataset, per-sequence curves are averaged with equal weight, after dropping sequences whose
-success curve is all zero.
+full sequence length. Over a dataset, per-sequence curves are averaged with equal weight per sequence. Which sequences
+enter the average is where the protocols differ:
+
+- ``lsotb``: per tracker, a sequence whose success curve is all zero is dropped (the LSOTB/OTB toolkit's rule);
+  every tracker must have a result for every sequence.
+- ``pytracking``: every sequence is kept, all-zero ones included; a sequence that some tracker of the comparison has no
+  result for is excluded for *all* of its trackers (:func:`aggregate_trackers`, which logs a warning naming them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 Protocol = Literal["lsotb", "pytracking"]
 PROTOCOLS: tuple[str, ...] = ("lsotb", "pytracking")
@@ -40,6 +49,8 @@ PRECISION_AT_PX = 20
 NORM_PRECISION_AT = 0.20
 _PRECISION_INDEX = PRECISION_AT_PX  # PRECISION_THRESHOLDS[20] == 20
 _NORM_PRECISION_INDEX = 20  # NORM_PRECISION_THRESHOLDS[20] == 0.20
+_OP50_INDEX = 10  # SUCCESS_THRESHOLDS[10] == 0.50
+_OP75_INDEX = 15  # SUCCESS_THRESHOLDS[15] == 0.75
 
 
 def _check_protocol(protocol: str) -> None:
@@ -83,6 +94,21 @@ class SequenceCurves:
     def norm_precision_score(self) -> float:
         """Norm. Precision: mean of the curve (``lsotb``) or its value at 0.20 (``pytracking``)."""
         return _norm_precision_score(self.norm_precision, self.protocol)
+
+    @property
+    def op50(self) -> float:
+        """Overlap precision at 0.5: the fraction of frames with IoU > 0.5 (the success curve at t = 0.5)."""
+        return float(self.success[_OP50_INDEX])
+
+    @property
+    def op75(self) -> float:
+        """Overlap precision at 0.75: the fraction of frames with IoU > 0.75 (the success curve at t = 0.75)."""
+        return float(self.success[_OP75_INDEX])
+
+    @property
+    def all_zero(self) -> bool:
+        """Whether the success curve is zero at every threshold (no frame with IoU > 0)."""
+        return not np.any(self.success > 0)
 
 
 def _norm_precision_score(curve: np.ndarray, protocol: str) -> float:
@@ -198,14 +224,22 @@ class DatasetScores(Scores):
     """Dataset-level OPE scores of one tracker.
 
     ``success`` / ``precision`` / ``norm_precision`` and the ``*_curve`` arrays average the per-sequence curves of the
-    ``num_sequences_averaged`` sequences in ``sequences``; ``dropped`` names the sequences left out because their
-    success curve is all zero. ``per_attribute`` maps each attribute to the same averages over the kept sequences
-    carrying it. All scores are NaN when no sequence is averaged.
+    ``num_sequences_averaged`` sequences in ``sequences``. Two kinds of sequences are left out of that average:
+
+    - ``dropped`` (``lsotb`` only): this tracker's sequences whose success curve is all zero;
+    - ``excluded`` (``pytracking`` only): sequences that some tracker of the comparison has no result for, left out
+      for every tracker of it alike (:func:`aggregate_trackers`).
+
+    ``per_sequence`` holds every curve this tracker has, averaged or not (sequence name → :class:`SequenceCurves`).
+    ``per_attribute`` maps each attribute to the same averages over the averaged sequences carrying it. All scores are
+    NaN when no sequence is averaged.
     """
 
     protocol: str = "lsotb"
     dropped: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
     per_attribute: dict[str, Scores] = field(default_factory=dict)
+    per_sequence: dict[str, SequenceCurves] = field(default_factory=dict)
 
     @property
     def curves(self) -> dict[str, np.ndarray]:
@@ -244,26 +278,38 @@ def _average(curves: Mapping[str, SequenceCurves], names: list[str], protocol: s
     )
 
 
+def _one_protocol(curves: Iterable[SequenceCurves]) -> str:
+    protocols = {c.protocol for c in curves}
+    if len(protocols) != 1:
+        raise ValueError(f"sequences were scored under different protocols: {sorted(protocols)}")
+    return protocols.pop()
+
+
 def aggregate(
     curves: Mapping[str, SequenceCurves],
     attributes: Mapping[str, Mapping[str, bool]] | None = None,
+    excluded: Iterable[str] = (),
 ) -> DatasetScores:
-    """Average per-sequence curves with equal weight; drop sequences whose success curve is all zero.
+    """Average one tracker's per-sequence curves with equal weight per sequence, under the curves' protocol.
+
+    ``lsotb`` drops the sequences whose success curve is all zero; ``pytracking`` keeps them.
 
     Args:
         curves: sequence name → :class:`SequenceCurves` (all under the same protocol).
-        attributes: optional sequence name → {attribute: flag}; each attribute's scores average the kept sequences
-            whose flag is true. Every attribute named by any sequence is reported (NaN scores when none is kept).
+        attributes: optional sequence name → {attribute: flag}; each attribute's scores average the averaged
+            sequences whose flag is true. Every attribute named by any sequence is reported (NaN scores when none is
+            averaged).
+        excluded: sequences to leave out of every average (those some other tracker has no result for, under
+            ``pytracking``; see :func:`aggregate_trackers`); they may or may not be in ``curves``.
     """
     if not curves:
         raise ValueError("aggregate() needs at least one sequence")
-    protocols = {c.protocol for c in curves.values()}
-    if len(protocols) != 1:
-        raise ValueError(f"sequences were scored under different protocols: {sorted(protocols)}")
-    protocol = protocols.pop()
+    protocol = _one_protocol(curves.values())
+    excluded = tuple(excluded)
     names = list(curves)
-    dropped = [n for n in names if not np.any(curves[n].success > 0)]
-    kept = [n for n in names if np.any(curves[n].success > 0)]
+    candidates = [n for n in names if n not in excluded]
+    dropped = [n for n in candidates if protocol == "lsotb" and curves[n].all_zero]
+    kept = [n for n in candidates if n not in dropped]
     total = _average(curves, kept, protocol)
 
     per_attribute: dict[str, Scores] = {}
@@ -284,58 +330,71 @@ def aggregate(
         **{f.name: getattr(total, f.name) for f in fields(Scores)},
         protocol=protocol,
         dropped=tuple(dropped),
+        excluded=excluded,
         per_attribute=per_attribute,
+        per_sequence=dict(curves),
     )
 
 
-def _norm_precision_label(protocol: str) -> str:
-    return "NormPrec(AUC)" if protocol == "lsotb" else "NormPrec@0.20"
+def missing_results(
+    curves: Mapping[str, Mapping[str, SequenceCurves]], sequences: SequenceOf[str]
+) -> dict[str, list[str]]:
+    """Sequence name → the trackers of ``curves`` (tracker → sequence → curves) that have no curves for it, for every
+    sequence of ``sequences`` that some tracker lacks (in ``sequences``' order)."""
+    out: dict[str, list[str]] = {}
+    for name in sequences:
+        lacking = [t for t, per in curves.items() if name not in per]
+        if lacking:
+            out[name] = lacking
+    return out
 
 
-def format_table(
-    results: Mapping[str, DatasetScores],
-    *,
-    dataset: str | None = None,
-    show_norm_precision: bool = True,
-    per_attribute: bool = False,
-) -> str:
-    """A plain-text table, one row per tracker, headed by the protocol it was scored under.
+def aggregate_trackers(
+    curves: Mapping[str, Mapping[str, SequenceCurves]],
+    sequences: SequenceOf[str],
+    attributes: Mapping[str, Mapping[str, bool]] | None = None,
+) -> dict[str, DatasetScores]:
+    """Scores of several trackers over the same ``sequences`` (one comparison table), under the curves' protocol.
 
-    ``show_norm_precision=False`` leaves out Norm. Precision (PTB-TIR's toolkit does not report it).
-    ``per_attribute=True`` appends one row per (tracker, attribute).
+    ``lsotb``: every tracker must have curves for every sequence (a gap raises ``ValueError`` naming them); each
+    tracker then drops its own all-zero sequences (:func:`aggregate`).
+
+    ``pytracking``: a sequence that some tracker has no curves for is excluded for *all* trackers (recorded in each
+    result's ``excluded``, and logged as a warning naming the sequences and who lacks them); all-zero sequences stay.
+
+    Args:
+        curves: tracker → (sequence name → :class:`SequenceCurves`); a missing sequence is a missing result. Curves of
+            sequences not in ``sequences`` are ignored.
+        sequences: the sequences of the comparison, in order.
+        attributes: optional sequence name → {attribute: flag}, as for :func:`aggregate`.
+
+    Returns:
+        tracker → :class:`DatasetScores`, in ``curves``' order.
     """
-    if not results:
-        raise ValueError("format_table() needs at least one result")
-    protocols = {r.protocol for r in results.values()}
-    if len(protocols) != 1:
-        raise ValueError(f"results under different protocols cannot share one table: {sorted(protocols)}")
-    protocol = next(iter(protocols))
-    header = ["Tracker", "Success", "Prec@20px"]
-    if show_norm_precision:
-        header.append(_norm_precision_label(protocol))
-    header.append("Seqs")
-
-    def row(label: str, s: DatasetScores | Scores, extra: str = "") -> list[str]:
-        cells = [label, f"{s.success:.3f}", f"{s.precision:.3f}"]
-        if show_norm_precision:
-            cells.append(f"{s.norm_precision:.3f}")
-        cells.append(f"{s.num_sequences_averaged}{extra}")
-        return cells
-
-    rows = []
-    for tracker, r in results.items():
-        rows.append(row(tracker, r, f" ({len(r.dropped)} dropped)" if r.dropped else ""))
-        if per_attribute:
-            for attr, s in r.per_attribute.items():
-                rows.append(row(f"  {tracker} / {attr}", s))
-    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
-    title = f"OPE — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    if not curves:
+        raise ValueError("aggregate_trackers() needs at least one tracker")
+    if not sequences:
+        raise ValueError("aggregate_trackers() needs at least one sequence")
+    protocol = _one_protocol(c for per in curves.values() for c in per.values())
+    missing = missing_results(curves, sequences)
+    if missing and protocol != "pytracking":
+        detail = "; ".join(f"{n}: {', '.join(t)}" for n, t in list(missing.items())[:10])
+        raise ValueError(
+            f"protocol {protocol} needs every tracker's result for every sequence; missing for "
+            f"{len(missing)} sequence(s) ({detail}{' …' if len(missing) > 10 else ''})"
         )
-
-    lines = [title, fmt(header), fmt(["-" * w for w in widths])]
-    lines += [fmt(r) for r in rows]
-    return "\n".join(lines)
+    excluded = tuple(missing)
+    if excluded:
+        logger.warning(
+            "protocol pytracking: %d sequence(s) excluded for every tracker because some tracker has no result: %s",
+            len(excluded),
+            "; ".join(f"{n} (no result from {', '.join(t)})" for n, t in missing.items()),
+        )
+    out: dict[str, DatasetScores] = {}
+    for tracker, per in curves.items():
+        mine = {n: per[n] for n in sequences if n in per}
+        if not mine:
+            raise ValueError(f"tracker {tracker!r} has no result for any of the {len(sequences)} sequence(s)")
+        mine_attrs = None if attributes is None else {n: attributes[n] for n in mine}
+        out[tracker] = aggregate(mine, mine_attrs, excluded)
+    return out

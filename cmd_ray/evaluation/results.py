@@ -1,4 +1,4 @@
-"""Result files of an OPE evaluation, the metadata of a result folder, scoring a folder and comparison tables.
+"""Result files of an OPE evaluation, the metadata of a result folder, scoring folders and per-sequence results.
 
 Layout of a results folder (a local folder or an ``s3://bucket/prefix``; every byte goes through
 :mod:`cmd_ray.storage`)::
@@ -7,6 +7,7 @@ Layout of a results folder (a local folder or an ``s3://bucket/prefix``; every b
     results_dir/<tracker>/<sequence>.txt         one line per frame: x,y,w,h (pixels, comma separated)
     results_dir/<tracker>/<sequence>_time.txt    one line per frame: seconds the tracker spent on that frame
     results_dir/plots/*.png, results_dir/ope_tables.txt
+    results_dir/per_sequence.csv, per_sequence.json   per-sequence scores and FPS (:func:`write_per_sequence`)
 
 Every file is written atomically: on local disk to a temporary file in the same folder renamed over its name; on S3
 in one upload (an object becomes visible only once its upload is complete, whole). A sequence's result is complete
@@ -19,12 +20,16 @@ folder (:func:`cmd_ray.storage.iter_relative_files`: one request per 1000 keys o
 line counts of the pairs that exist.
 
 ``meta.json`` lets ``cmd-ray compare`` score a folder with nothing but the folder: it names the benchmark and its
-root (for the ground truth), the sequences evaluated and the protocol.
+root (for the ground truth), the sequences evaluated and the protocol. A *plain* result folder (``<seq>.txt`` files
+of another toolkit, no ``meta.json``, time files optional) is scored too, the benchmark and root given by the caller.
+The formats are described in docs/formats.md; the tables are drawn by :mod:`cmd_ray.evaluation.tables`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
@@ -33,16 +38,22 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from cmd_ray import storage
 from cmd_ray.data.sequences import SequenceError, parse_boxes
-from cmd_ray.evaluation.benchmarks import Sequence, read_benchmark
-from cmd_ray.evaluation.metrics import PROTOCOLS, DatasetScores, Scores, aggregate, sequence_curves
+from cmd_ray.evaluation.benchmarks import Sequence, benchmark_options, read_benchmark
+from cmd_ray.evaluation.metrics import (
+    PROTOCOLS,
+    DatasetScores,
+    SequenceCurves,
+    aggregate_trackers,
+    sequence_curves,
+)
 
 META_FILE = "meta.json"
 BOXES_SUFFIX = ".txt"
@@ -256,24 +267,32 @@ def read_result(
 
 
 def _read_listed(
-    tracker_dir: Path | str, frame_counts: Mapping[str, int], endpoint_url: str | None
-) -> dict[str, tuple[np.ndarray, np.ndarray] | ResultsError]:
+    tracker_dir: Path | str, frame_counts: Mapping[str, int], endpoint_url: str | None, times_required: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray | None] | ResultsError]:
     """For each sequence of ``frame_counts``: its ``(boxes, times)`` when complete, else the error saying why.
 
-    One listing of ``tracker_dir``; only the pairs it shows are read (concurrently on S3).
+    One listing of ``tracker_dir``; only the files it shows are read (concurrently on S3). With
+    ``times_required=False`` (a plain result folder) a box file alone is complete and its times are None when there
+    is no time file; a time file that exists must still parse and agree with the frame count.
     """
     files = list_files(tracker_dir, endpoint_url)
-    out: dict[str, tuple[np.ndarray, np.ndarray] | ResultsError] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray | None] | ResultsError] = {}
     present = []
     for name in frame_counts:
-        if f"{name}{BOXES_SUFFIX}" in files and f"{name}{TIMES_SUFFIX}" in files:
+        has_boxes, has_times = f"{name}{BOXES_SUFFIX}" in files, f"{name}{TIMES_SUFFIX}" in files
+        if has_boxes and (has_times or not times_required):
             present.append(name)
-        else:
+        elif times_required:
             out[name] = ResultsError(f"{name}: no {name}{BOXES_SUFFIX} and {name}{TIMES_SUFFIX} pair")
+        else:
+            out[name] = ResultsError(f"{name}: no {name}{BOXES_SUFFIX}")
 
-    def read(name: str) -> tuple[np.ndarray, np.ndarray] | ResultsError:
+    def read(name: str) -> tuple[np.ndarray, np.ndarray | None] | ResultsError:
         try:
-            boxes, times = read_result(tracker_dir, name, endpoint_url)
+            if times_required or f"{name}{TIMES_SUFFIX}" in files:
+                boxes, times = read_result(tracker_dir, name, endpoint_url)
+            else:
+                boxes, times = read_boxes(result_paths(tracker_dir, name)[0], endpoint_url), None
         except ResultsError as exc:
             return exc
         if boxes.shape[0] != frame_counts[name]:
@@ -436,67 +455,176 @@ def prepare_tracker_dir(
 # scoring
 
 
+def _incomplete_message(tracker_dir: str, incomplete: list[str], times_required: bool = True) -> str:
+    files = "<seq>.txt and <seq>_time.txt" if times_required else "<seq>.txt"
+    return (
+        f"{tracker_dir}: no complete result (one line per frame in {files}) for "
+        f"{len(incomplete)} sequence(s): {incomplete[:10]}{' …' if len(incomplete) > 10 else ''}"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredTrackers:
+    """Scores of several trackers over one set of sequences, and the times their folders hold.
+
+    Attributes:
+        scores: label → :class:`~cmd_ray.evaluation.metrics.DatasetScores`, in table order.
+        times: label → (sequence → ``[T]`` seconds per frame), for each scored sequence that has a time file.
+    """
+
+    scores: dict[str, DatasetScores]
+    times: dict[str, dict[str, np.ndarray]]
+
+
+def read_and_score(
+    tracker_dirs: Mapping[str, Path | str],
+    sequences: SequenceOf[Sequence],
+    protocol: str = "lsotb",
+    endpoint_url: str | None = None,
+    plain: Iterable[str] = (),
+) -> ScoredTrackers:
+    """Read several trackers' result folders and score them on the same ``sequences`` as one comparison, by the
+    protocol's rule for which sequences are averaged (:func:`cmd_ray.evaluation.metrics.aggregate_trackers`).
+
+    Args:
+        tracker_dirs: label → result folder (local path or ``s3://`` URI), in table order.
+        sequences: the benchmark sequences (ground truth and attributes).
+        protocol: ``lsotb`` (every tracker needs a complete result for every sequence) or ``pytracking`` (a sequence
+            some tracker has no complete result for is excluded for all trackers, with a warning).
+        plain: labels of plain result folders (no ``meta.json``): their time files are optional.
+
+    Raises:
+        ResultsError: naming the folder and the sequences whose result is missing or has the wrong frame count
+            (``lsotb``), or a folder with no complete result at all (``pytracking``).
+    """
+    if not sequences:
+        raise ResultsError(f"no sequences to score in {', '.join(map(str, tracker_dirs.values()))}")
+    if protocol not in PROTOCOLS:
+        raise ResultsError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    plain = set(plain)
+    counts = {s.name: len(s) for s in sequences}
+    curves: dict[str, dict[str, SequenceCurves]] = {}
+    times: dict[str, dict[str, np.ndarray]] = {}
+    for label, d in tracker_dirs.items():
+        required = label not in plain
+        found = _read_listed(d, counts, endpoint_url, times_required=required)
+        incomplete = [name for name, got in found.items() if isinstance(got, ResultsError)]
+        if incomplete and (protocol == "lsotb" or len(incomplete) == len(sequences)):
+            raise ResultsError(_incomplete_message(str(d), incomplete, required))
+        curves[label], times[label] = {}, {}
+        for s in sequences:
+            got = found[s.name]
+            if isinstance(got, ResultsError):
+                continue
+            boxes, seconds = got
+            curves[label][s.name] = sequence_curves(boxes, s.ground_truth, protocol)
+            if seconds is not None:
+                times[label][s.name] = seconds
+    attributes = {s.name: s.attributes for s in sequences} if any(s.attributes for s in sequences) else None
+    try:
+        scores = aggregate_trackers(curves, [s.name for s in sequences], attributes)
+    except ValueError as exc:
+        raise ResultsError(str(exc)) from exc
+    return ScoredTrackers(scores, times)
+
+
+def score_trackers(
+    tracker_dirs: Mapping[str, Path | str],
+    sequences: SequenceOf[Sequence],
+    protocol: str = "lsotb",
+    endpoint_url: str | None = None,
+) -> dict[str, DatasetScores]:
+    """The scores of :func:`read_and_score` (label → :class:`~cmd_ray.evaluation.metrics.DatasetScores`)."""
+    return read_and_score(tracker_dirs, sequences, protocol, endpoint_url).scores
+
+
 def score_directory(
     tracker_dir: Path | str,
     sequences: SequenceOf[Sequence],
     protocol: str = "lsotb",
     endpoint_url: str | None = None,
 ) -> DatasetScores:
-    """OPE scores of the results in ``tracker_dir`` on ``sequences`` (ground truth and attributes from them).
+    """OPE scores of the results in ``tracker_dir`` on ``sequences`` (ground truth and attributes from them): one
+    tracker alone (:func:`read_and_score`).
 
     Raises:
-        ResultsError: naming the sequences whose result is missing or has the wrong frame count.
+        ResultsError: naming the sequences whose result is missing or has the wrong frame count (``lsotb``).
     """
-    if not sequences:
-        raise ResultsError(f"no sequences to score in {tracker_dir}")
-    found = _read_listed(tracker_dir, {s.name: len(s) for s in sequences}, endpoint_url)
-    incomplete = [name for name, got in found.items() if isinstance(got, ResultsError)]
-    if incomplete:
-        raise ResultsError(
-            f"{tracker_dir}: no complete result (one line per frame in <seq>.txt and <seq>_time.txt) for "
-            f"{len(incomplete)} sequence(s): {incomplete[:10]}{' …' if len(incomplete) > 10 else ''}"
-        )
-    curves = {}
-    for s in sequences:
-        boxes, _ = found[s.name]  # type: ignore[misc]  # complete: a (boxes, times) pair
-        curves[s.name] = sequence_curves(boxes, s.ground_truth, protocol)
-    attributes = {s.name: s.attributes for s in sequences} if any(s.attributes for s in sequences) else None
-    return aggregate(curves, attributes)
+    return score_trackers({str(tracker_dir): tracker_dir}, sequences, protocol, endpoint_url)[str(tracker_dir)]
+
+
+def _fps(times: Iterable[np.ndarray]) -> float:
+    """Frames per second over the given ``[T]`` seconds-per-frame arrays (NaN when no time was spent)."""
+    arrays = list(times)
+    frames = sum(t.shape[0] for t in arrays)
+    seconds = float(sum(float(t.sum()) for t in arrays))
+    return frames / seconds if seconds > 0 else float("nan")
+
+
+def frames_per_second(times: Mapping[str, np.ndarray], sequences: Iterable[str], kind: str = "dimp") -> float:
+    """Frames per second over those of ``sequences`` that have times (sequence → ``[T]`` seconds per frame): total
+    frames / total seconds, frame 1's initialisation included. NaN when no time was spent, and for the ``static``
+    baseline, whose "speed" is that of copying a box."""
+    if kind == "static":
+        return float("nan")
+    return _fps(times[n] for n in sequences if n in times)
+
+
+def sequence_frame_rates(times: Mapping[str, np.ndarray], kind: str = "dimp") -> dict[str, float]:
+    """Sequence → frames per second of that sequence (its frames / its seconds; NaN for ``static``)."""
+    return {n: float("nan") if kind == "static" else _fps([t]) for n, t in times.items()}
 
 
 def frame_rate(
     tracker_dir: Path | str, sequences: Iterable[str], kind: str = "dimp", endpoint_url: str | None = None
 ) -> float:
-    """Frames per second over ``sequences``: total frames / total tracker seconds, frame 1's initialisation included
-    (NaN when no time was spent, and for the ``static`` baseline, whose "speed" is that of copying a box)."""
+    """Frames per second of the time files of ``sequences`` in ``tracker_dir`` (see :func:`frames_per_second`)."""
     if kind == "static":
         return float("nan")
     names = list(sequences)
     remote = storage.is_s3(str(tracker_dir))
     all_times = _map(lambda name: read_times(result_paths(tracker_dir, name)[1], endpoint_url), names, remote)
-    frames = sum(t.shape[0] for t in all_times)
-    seconds = float(sum(float(t.sum()) for t in all_times))
-    return frames / seconds if seconds > 0 else float("nan")
+    return _fps(all_times)
 
 
 @dataclass(frozen=True, eq=False)
 class TrackerResults:
-    """One tracker's scored result folder (``directory``: absolute local path or ``s3://`` URI)."""
+    """One tracker's scored result folder (``directory``: absolute local path or ``s3://`` URI).
+
+    Attributes:
+        label: the tracker's name in the tables (the folder name for a plain folder).
+        meta: its ``meta.json``; None for a plain result folder.
+        benchmark: the benchmark it was scored on.
+        fps: frames per second over the scored sequences that have a time file (NaN when none, or ``static``).
+        sequence_fps: sequence → frames per second, for the scored sequences that have a time file.
+    """
 
     label: str
     directory: str
-    meta: ResultMeta
+    meta: ResultMeta | None
     scores: DatasetScores
     fps: float
+    benchmark: str = ""
+    sequence_fps: dict[str, float] = field(default_factory=dict)
 
 
-def find_tracker_dirs(paths: Iterable[Path | str], endpoint_url: str | None = None) -> list[str]:
-    """Tracker result folders (local paths or ``s3://`` URIs) named by ``paths``, in order.
+def _box_files(files: Iterable[str]) -> list[str]:
+    """Result box files (``<seq>.txt``, not ``<seq>_time.txt``) among relative paths, directly in the folder."""
+    return [f for f in files if "/" not in f and f.endswith(BOXES_SUFFIX) and not f.endswith(TIMES_SUFFIX)]
 
-    A folder with ``meta.json`` is one tracker; a folder without it (an ``evaluation.results_dir``) stands for its
-    sub-folders that have one, ordered as the evaluation listed the trackers. Each folder is listed once.
+
+def find_tracker_folders(paths: Iterable[Path | str], endpoint_url: str | None = None) -> list[tuple[str, bool]]:
+    """Tracker result folders named by ``paths`` as ``(location, has meta.json)``, in order.
+
+    - a folder with ``meta.json`` is one tracker;
+    - a folder without it whose sub-folders have one (an ``evaluation.results_dir``) stands for those sub-folders,
+      ordered as the evaluation listed the trackers;
+    - otherwise a folder holding ``<seq>.txt`` files is one *plain* tracker folder (results of another toolkit);
+    - otherwise a folder whose sub-folders hold ``<seq>.txt`` files stands for those plain folders, by name.
+
+    Each folder is listed once.
     """
-    found: list[str] = []
+    found: list[tuple[str, bool]] = []
     for p in paths:
         loc = location(p)
         try:
@@ -504,19 +632,33 @@ def find_tracker_dirs(paths: Iterable[Path | str], endpoint_url: str | None = No
         except storage.MissingFolderError:
             raise ResultsError(f"results folder not found: {p}") from None
         if META_FILE in files:
-            found.append(loc)
+            found.append((loc, True))
             continue
         children = sorted({f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(f"/{META_FILE}")})
-        if not children:
-            what = "nothing under this prefix" if storage.is_s3(loc) else f"{META_FILE} in it or in a sub-folder"
-            raise ResultsError(f"{p} holds no tracker results ({what})")
-        dirs = [storage.join(loc, c) for c in children]
-        found += sorted(dirs, key=lambda c: (read_meta(c, endpoint_url).index, basename(c)))
+        if children:
+            dirs = [storage.join(loc, c) for c in children]
+            dirs.sort(key=lambda c: (read_meta(c, endpoint_url).index, basename(c)))
+            found += [(d, True) for d in dirs]
+            continue
+        if _box_files(files):
+            found.append((loc, False))
+            continue
+        plain = sorted(
+            {f.split("/")[0] for f in files if f.count("/") == 1 and _box_files([f.split("/")[1]])} - {"plots"}
+        )
+        if not plain:
+            what = "nothing under this prefix" if storage.is_s3(loc) else f"{META_FILE} or <seq>.txt result files"
+            raise ResultsError(f"{p} holds no tracker results ({what} in it or in a sub-folder)")
+        found += [(storage.join(loc, c), False) for c in plain]
     return found
 
 
-def _labels(dirs: list[str], metas: list[ResultMeta]) -> list[str]:
-    names = [m.tracker for m in metas]
+def find_tracker_dirs(paths: Iterable[Path | str], endpoint_url: str | None = None) -> list[str]:
+    """The locations of :func:`find_tracker_folders` (cmd-ray result folders and plain ones)."""
+    return [d for d, _ in find_tracker_folders(paths, endpoint_url)]
+
+
+def _labels(dirs: list[str], names: list[str]) -> list[str]:
     labels = []
     for d, name in zip(dirs, names, strict=True):
         labels.append(name if names.count(name) == 1 else f"{name}@{basename(parent(d))}")
@@ -528,151 +670,178 @@ def _labels(dirs: list[str], metas: list[ResultMeta]) -> list[str]:
 
 
 def load_results(
-    paths: Iterable[Path | str], protocol: str | None = None, endpoint_url: str | None = None
+    paths: Iterable[Path | str],
+    protocol: str | None = None,
+    endpoint_url: str | None = None,
+    *,
+    benchmark: str | None = None,
+    root: str | None = None,
+    lsotb_subset: str | None = None,
 ) -> list[TrackerResults]:
-    """Score every tracker folder of ``paths`` (see :func:`find_tracker_dirs`; local or ``s3://``) on its benchmark's
-    ground truth.
+    """Score every tracker folder of ``paths`` (see :func:`find_tracker_folders`; local or ``s3://``) on one
+    benchmark's ground truth, as one comparison.
 
-    All folders must hold the same benchmark and sequences (the comparison is over one set). ``protocol`` defaults
-    to the first folder's.
+    The benchmark, its root and the LSOTB-TIR subset come from the arguments, else from the first ``meta.json``;
+    plain folders (no ``meta.json``) alone need ``benchmark`` and ``root``. Every ``meta.json`` must name that
+    benchmark. The sequences compared are those the ``meta.json`` files list (all of them, in order; under ``lsotb``
+    every folder must list the same), or, with plain folders only, every sequence of the benchmark. Under ``lsotb``
+    every folder needs a complete result for every sequence; under ``pytracking`` a sequence that some folder has no
+    result for is excluded for all (:func:`read_and_score`). ``protocol`` defaults to the first ``meta.json``'s, else
+    ``lsotb``.
     """
-    dirs = find_tracker_dirs(paths, endpoint_url)
-    metas = [read_meta(d, endpoint_url) for d in dirs]
-    first = metas[0]
-    protocol = protocol or first.protocol
+    folders = find_tracker_folders(paths, endpoint_url)
+    dirs = [d for d, _ in folders]
+    metas = [read_meta(d, endpoint_url) if has_meta else None for d, has_meta in folders]
+    with_meta = [(d, m) for d, m in zip(dirs, metas, strict=True) if m is not None]
+    ref = with_meta[0][1] if with_meta else None
+    bench = benchmark or (ref.benchmark if ref else None)
+    gt_root = root or (ref.root if ref else None)
+    if bench is None or gt_root is None:
+        raise ResultsError(
+            f"{dirs[0]} has no {META_FILE}: name the benchmark and its root for plain result folders "
+            "(cmd-ray compare --benchmark NAME --root URI)"
+        )
+    protocol = protocol or (ref.protocol if ref else "lsotb")
     if protocol not in PROTOCOLS:
         raise ResultsError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    for d, m in zip(dirs[1:], metas[1:], strict=True):
-        if m.benchmark != first.benchmark or set(m.sequences) != set(first.sequences):
-            only_first = sorted(set(first.sequences) - set(m.sequences))
-            only_here = sorted(set(m.sequences) - set(first.sequences))
-            raise ResultsError(
-                f"{d} ({m.benchmark}) and {dirs[0]} ({first.benchmark}) cover different sequences or benchmarks: "
-                f"only in {basename(dirs[0])}: {only_first[:10]}, only in {basename(d)}: {only_here[:10]}"
-            )
-    cache: dict[tuple[Any, ...], list[Sequence]] = {}
-    out = []
-    for d, m, label in zip(dirs, metas, _labels(dirs, metas), strict=True):
-        key = (m.benchmark, m.root, m.lsotb_subset, m.sequences)
-        if key not in cache:
-            try:
-                subset: Any = m.lsotb_subset or "119"
-                cache[key] = read_benchmark(m.benchmark, m.root, list(m.sequences), subset, endpoint_url)
-            except (OSError, ValueError) as exc:
+    subset: Any = lsotb_subset or (ref.lsotb_subset if ref else None) or "119"
+    names: list[str] | None = None
+    if ref is not None:
+        first_dir = with_meta[0][0]
+        names = list(ref.sequences)
+        for d, m in with_meta:
+            same = set(m.sequences) == set(ref.sequences)
+            if m.benchmark != bench or (protocol == "lsotb" and not same):
+                only_first = sorted(set(ref.sequences) - set(m.sequences))
+                only_here = sorted(set(m.sequences) - set(ref.sequences))
                 raise ResultsError(
-                    f"{storage.join(d, META_FILE)}: cannot read the ground truth of {m.benchmark} at {m.root}: {exc}"
-                ) from exc
-        sequences = cache[key]
-        scores = score_directory(d, sequences, protocol, endpoint_url)
-        fps = frame_rate(d, [s.name for s in sequences], m.kind, endpoint_url)
-        out.append(TrackerResults(label, d, m, scores, fps))
+                    f"{d} ({m.benchmark}) and {first_dir} ({bench}) cover different sequences or benchmarks: "
+                    f"only in {basename(first_dir)}: {only_first[:10]}, only in {basename(d)}: {only_here[:10]}"
+                    + ("" if m.benchmark != bench else " (protocol pytracking compares the sequences in common)")
+                )
+            names += [n for n in m.sequences if n not in names]
+    try:
+        options = benchmark_options(bench, {"subset": subset})
+        sequences = read_benchmark(bench, gt_root, names, endpoint_url=endpoint_url, options=options)
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"cannot read the ground truth of {bench} at {gt_root}: {exc}") from exc
+    if not sequences:
+        raise ResultsError(f"{gt_root} holds no {bench} sequences")
+    labels = _labels(dirs, [m.tracker if m else basename(d) for d, m in zip(dirs, metas, strict=True)])
+    plain = [label for label, m in zip(labels, metas, strict=True) if m is None]
+    scored = read_and_score(dict(zip(labels, dirs, strict=True)), sequences, protocol, endpoint_url, plain)
+    out = []
+    for d, m, label in zip(dirs, metas, labels, strict=True):
+        scores = scored.scores[label]
+        kind = m.kind if m else "plain"
+        times = {n: t for n, t in scored.times[label].items() if n not in scores.excluded}
+        fps = frames_per_second(times, times, kind)
+        out.append(TrackerResults(label, d, m, scores, fps, bench, sequence_frame_rates(times, kind)))
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# tables
+# per-sequence results
+
+PER_SEQUENCE_CSV = "per_sequence.csv"
+PER_SEQUENCE_JSON = "per_sequence.json"
+PER_SEQUENCE_COLUMNS: tuple[str, ...] = (
+    "tracker",
+    "sequence",
+    "frames",
+    "success_auc",
+    "precision_20px",
+    "norm_precision",
+    "op50",
+    "op75",
+    "fps",
+    "status",
+)
+"""Columns of ``per_sequence.csv`` (and keys of each row of ``per_sequence.json``); see docs/formats.md."""
 
 
-def norm_precision_label(protocol: str) -> str:
-    return "NormPrec(AUC)" if protocol == "lsotb" else "NormPrec@0.20"
+def _number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
-def _one_protocol(results: Mapping[str, DatasetScores]) -> str:
-    if not results:
-        raise ValueError("a table needs at least one tracker")
-    protocols = {r.protocol for r in results.values()}
-    if len(protocols) != 1:
-        raise ValueError(f"results under different protocols cannot share one table: {sorted(protocols)}")
-    return protocols.pop()
+def per_sequence_rows(
+    scores: Mapping[str, DatasetScores], fps: Mapping[str, Mapping[str, float]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (tracker, sequence it has a result for), trackers in table order, sequences in scoring order.
 
-
-def _cell(value: float, reference: float | None) -> str:
-    if reference is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} ({value - reference:+.3f})"
-
-
-def _render(title: str, header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
-
-    def fmt(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
-
-    return "\n".join([title, fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
-
-
-def format_comparison(
-    results: Mapping[str, DatasetScores],
-    *,
-    dataset: str | None = None,
-    show_norm_precision: bool = True,
-    fps: Mapping[str, float] | None = None,
-) -> str:
-    """Table-1 style: one row per tracker, Success / Precision / Norm. Precision with deltas to the first row.
-
-    ``results`` is ordered: the first tracker is the reference. ``fps`` adds a frames-per-second column.
+    Keys: :data:`PER_SEQUENCE_COLUMNS`. Scores are fractions in [0, 1] (``norm_precision`` under the protocol: AUC
+    for ``lsotb``, the value at 0.20 for ``pytracking``); ``fps`` is None without a time file (or for ``static``);
+    ``status`` is ``averaged``, ``dropped`` (all-zero success under ``lsotb``) or ``excluded`` (some tracker lacks
+    the sequence, ``pytracking``).
     """
-    protocol = _one_protocol(results)
-    header = ["Tracker", "Success", "Prec@20px"]
-    if show_norm_precision:
-        header.append(norm_precision_label(protocol))
-    if fps is not None:
-        header.append("FPS")
-    header.append("Seqs")
-    reference = next(iter(results.values()))
     rows = []
-    for i, (name, r) in enumerate(results.items()):
-        ref = None if i == 0 else reference
-        cells = [
-            name,
-            _cell(r.success, None if ref is None else ref.success),
-            _cell(r.precision, None if ref is None else ref.precision),
-        ]
-        if show_norm_precision:
-            cells.append(_cell(r.norm_precision, None if ref is None else ref.norm_precision))
-        if fps is not None:
-            rate = fps.get(name, float("nan"))
-            cells.append(f"{rate:.1f}" if math.isfinite(rate) else "–")
-        cells.append(f"{r.num_sequences_averaged}" + (f" ({len(r.dropped)} dropped)" if r.dropped else ""))
-        rows.append(cells)
-    first = next(iter(results))
-    title = f"OPE — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
-    if len(results) > 1:
-        title += f" — deltas to {first}"
-    return _render(title, header, rows)
+    for tracker, r in scores.items():
+        rates = (fps or {}).get(tracker, {})
+        for name, c in r.per_sequence.items():
+            status = "excluded" if name in r.excluded else "dropped" if name in r.dropped else "averaged"
+            rows.append(
+                {
+                    "tracker": tracker,
+                    "sequence": name,
+                    "frames": c.num_frames,
+                    "success_auc": c.success_score,
+                    "precision_20px": c.precision_score,
+                    "norm_precision": c.norm_precision_score,
+                    "op50": c.op50,
+                    "op75": c.op75,
+                    "fps": _number(rates.get(name, float("nan"))),
+                    "status": status,
+                }
+            )
+    return rows
 
 
-def format_attribute_table(
-    results: Mapping[str, DatasetScores],
-    metric: Literal["success", "precision", "norm_precision"] = "success",
+def format_per_sequence_csv(rows: SequenceOf[Mapping[str, Any]]) -> str:
+    """Rows of :func:`per_sequence_rows` as CSV text (header :data:`PER_SEQUENCE_COLUMNS`; scores with 6 decimals,
+    FPS with 3; an empty cell where a value is missing)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_SEQUENCE_COLUMNS)
+    for row in rows:
+        cells = []
+        for key in PER_SEQUENCE_COLUMNS:
+            value = row[key]
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                cells.append("")
+            elif key == "fps":
+                cells.append(f"{value:.3f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.6f}")
+            else:
+                cells.append(str(value))
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def format_per_sequence_json(
+    rows: SequenceOf[Mapping[str, Any]], scores: Mapping[str, DatasetScores], benchmark: str | None = None
 ) -> str:
-    """Per-attribute scores: one row per attribute, one column per tracker, deltas to the first tracker.
+    """Rows of :func:`per_sequence_rows` as a JSON document: ``protocol``, ``benchmark``, ``excluded`` (sequences
+    excluded for every tracker) and ``rows`` (NaN written as null)."""
+    protocol = next(iter(scores.values())).protocol if scores else None
+    excluded = next((list(r.excluded) for r in scores.values() if r.excluded), [])
+    clean = [{k: _number(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    tree = {"protocol": protocol, "benchmark": benchmark, "excluded": excluded, "rows": clean}
+    return json.dumps(tree, indent=1, allow_nan=False) + "\n"
 
-    Attributes no evaluated sequence carries are left out. ``Seqs`` counts the sequences averaged for the first
-    tracker.
-    """
-    protocol = _one_protocol(results)
-    names = list(results)
-    attrs: list[str] = []
-    for r in results.values():
-        attrs += [a for a in r.per_attribute if a not in attrs]
-    label = {"success": "Success", "precision": "Prec@20px", "norm_precision": norm_precision_label(protocol)}[metric]
-    title = f"Per attribute — {label} — protocol: {protocol}" + (f" — deltas to {names[0]}" if len(names) > 1 else "")
-    rows = []
-    for a in attrs:
-        per: list[Scores | None] = [r.per_attribute.get(a) for r in results.values()]
-        if all(s is None or s.num_sequences_averaged == 0 for s in per):
-            continue
-        ref = per[0]
-        cells = [a, str(ref.num_sequences_averaged if ref else 0)]
-        for i, s in enumerate(per):
-            if s is None or s.num_sequences_averaged == 0:
-                cells.append("-")
-                continue
-            base = None if i == 0 or ref is None or ref.num_sequences_averaged == 0 else getattr(ref, metric)
-            cells.append(_cell(getattr(s, metric), base))
-        rows.append(cells)
-    if not rows:
-        return f"{title}\n(no attributes: the sequences carry none)"
-    return _render(title, ["Attribute", "Seqs", *names], rows)
+
+def write_per_sequence(
+    out_dir: Path | str,
+    scores: Mapping[str, DatasetScores],
+    fps: Mapping[str, Mapping[str, float]] | None = None,
+    benchmark: str | None = None,
+    endpoint_url: str | None = None,
+) -> list[str]:
+    """Write :data:`PER_SEQUENCE_CSV` and :data:`PER_SEQUENCE_JSON` into ``out_dir`` (local folder or ``s3://``
+    prefix), each atomically; returns their locations."""
+    rows = per_sequence_rows(scores, fps)
+    d = location(out_dir)
+    csv_uri, json_uri = storage.join(d, PER_SEQUENCE_CSV), storage.join(d, PER_SEQUENCE_JSON)
+    atomic_write_text(csv_uri, format_per_sequence_csv(rows), endpoint_url)
+    atomic_write_text(json_uri, format_per_sequence_json(rows, scores, benchmark), endpoint_url)
+    return [csv_uri, json_uri]

@@ -11,9 +11,9 @@
 3. run the tasks with ``evaluation.cpus_per_task`` CPUs (and ``gpus_per_task`` GPUs with ``use_gpu``) each, at
    most ``evaluation.num_workers`` in flight (``ray.wait``), a progress bar on the driver; each task writes its
    sequence's files atomically, so a killed job loses only the sequences in flight;
-4. score every tracker from its files (:func:`results.score_directory`), print/write the tables, draw the plots, and
-   log params, metrics (``<tracker>/success``, ``/precision``, ``/norm_precision``, ``/fps``), the plots, the tables
-   and the result files to one MLflow run.
+4. score every tracker from its files (:func:`results.score_trackers`, by the protocol's rule), print/write the
+   tables, draw the plots, and log params, metrics (``<tracker>/success``, ``/precision``, ``/norm_precision``,
+   ``/fps``), the plots, the tables and the result files to one MLflow run.
 
 ``evaluation.root`` and ``evaluation.results_dir`` are local folders or ``s3://`` prefixes (``storage.s3_endpoint_url``
 or ``AWS_ENDPOINT_URL`` name the endpoint). With ``s3://`` nothing needs a shared disk: the driver lists the benchmark
@@ -38,23 +38,24 @@ from tqdm import tqdm
 
 from cmd_ray import mlflow_runs, storage
 from cmd_ray.config import Config, EvaluatedTracker
-from cmd_ray.evaluation.benchmarks import Sequence, read_benchmark
+from cmd_ray.evaluation.benchmarks import Sequence, benchmark_options, read_benchmark
 from cmd_ray.evaluation.loading import LoadedNetwork, load_network, registry_version, run_sequence
-from cmd_ray.evaluation.metrics import DatasetScores, format_table
+from cmd_ray.evaluation.metrics import DatasetScores
 from cmd_ray.evaluation.plots import write_plots
 from cmd_ray.evaluation.results import (
     S3_READ_THREADS,
     ResultMeta,
     atomic_write_text,
     complete_sequences,
-    format_attribute_table,
-    format_comparison,
-    frame_rate,
+    frames_per_second,
     list_files,
     location,
     prepare_tracker_dir,
-    score_directory,
+    read_and_score,
+    sequence_frame_rates,
+    write_per_sequence,
 )
+from cmd_ray.evaluation.tables import format_attribute_table, format_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,10 @@ def load_sequences(cfg: Config) -> list[Sequence]:
     try:
         # An absolute root gives the tasks absolute frame paths, whatever their working directory.
         root = location(ev.root)
-        sequences = read_benchmark(ev.benchmark, root, ev.sequences, ev.lsotb_subset, cfg.storage.s3_endpoint_url)
+        options = benchmark_options(ev.benchmark, {"subset": ev.lsotb_subset})
+        sequences = read_benchmark(
+            ev.benchmark, root, ev.sequences, endpoint_url=cfg.storage.s3_endpoint_url, options=options
+        )
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"evaluation.root={ev.root!r} ({ev.benchmark}): {exc}") from exc
     if not sequences:
@@ -260,7 +264,7 @@ def _log_to_mlflow(
     scores: dict[str, DatasetScores],
     fps: dict[str, float],
     counts: dict[str, float],
-    tables_path: Path,
+    tables_paths: list[Path],
     plots: list[Path],
 ) -> None:
     metrics: dict[str, float] = dict(counts)
@@ -273,7 +277,8 @@ def _log_to_mlflow(
             metrics[f"{name}/fps"] = fps[name]
     mlflow_runs.log_metrics(cfg, run_id, metrics, step=0)
     client = mlflow_runs.client(cfg)
-    client.log_artifact(run_id, str(tables_path))
+    for path in tables_paths:
+        client.log_artifact(run_id, str(path))
     for p in plots:
         client.log_artifact(run_id, str(p), PLOTS_DIR)
     for name, files in result_files.items():
@@ -282,30 +287,40 @@ def _log_to_mlflow(
 
 
 def _write_outputs(
-    cfg: Config, results_dir: str, staging: Path, tables: str, scores: dict[str, DatasetScores], show_np: bool
-) -> tuple[Path, list[Path], list[str]]:
-    """Write the tables and plots into ``results_dir``: directly on local disk; on S3 drawn into ``staging`` and
-    uploaded, one write per file. Returns ``(local tables file, local plot files, plot locations in results_dir)``."""
+    cfg: Config,
+    results_dir: str,
+    staging: Path,
+    tables: str,
+    scores: dict[str, DatasetScores],
+    show_np: bool,
+    sequence_fps: dict[str, dict[str, float]],
+) -> tuple[list[Path], list[Path], list[str]]:
+    """Write the tables, the per-sequence results (CSV and JSON) and the plots into ``results_dir``: directly on
+    local disk; on S3 drawn into ``staging`` and uploaded, one write per file.
+
+    Returns ``(local tables and per-sequence files, local plot files, plot locations in results_dir)``."""
     ev = cfg.evaluation
     remote = storage.is_s3(results_dir)
     local_dir = staging if remote else Path(results_dir)
     tables_path = local_dir / TABLES_FILE
     atomic_write_text(tables_path, tables)
+    per_sequence = [Path(p) for p in write_per_sequence(local_dir, scores, sequence_fps, ev.benchmark)]
     plots = (
         [Path(p) for p in write_plots(scores, local_dir / PLOTS_DIR, ev.benchmark, norm_precision=show_np)]
         if ev.plots
         else []
     )
     if not remote:
-        return tables_path, plots, [str(p) for p in plots]
+        return [tables_path, *per_sequence], plots, [str(p) for p in plots]
     endpoint = cfg.storage.s3_endpoint_url
-    storage.write_bytes(storage.join(results_dir, TABLES_FILE), tables_path.read_bytes(), endpoint)
+    for f in [tables_path, *per_sequence]:
+        storage.write_bytes(storage.join(results_dir, f.name), f.read_bytes(), endpoint)
     uris = []
     for p in plots:
         uri = storage.join(results_dir, PLOTS_DIR, p.name)
         storage.write_bytes(uri, p.read_bytes(), endpoint)
         uris.append(uri)
-    return tables_path, plots, uris
+    return [tables_path, *per_sequence], plots, uris
 
 
 def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
@@ -358,16 +373,21 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
                 f"{len(failures)} of {len(todo)} sequence task(s) failed (finished ones are kept; rerun to retry "
                 "only the rest):\n  " + "\n  ".join(failures[:20])
             )
-        names = [s.name for s in sequences]
-        scores = {t.name: score_directory(tracker_dirs[t.name], sequences, ev.protocol, endpoint) for t in ev.trackers}
-        fps = {t.name: frame_rate(tracker_dirs[t.name], names, t.kind, endpoint) for t in ev.trackers}
+        scored = read_and_score({t.name: tracker_dirs[t.name] for t in ev.trackers}, sequences, ev.protocol, endpoint)
+        scores = scored.scores
+        fps = {t.name: frames_per_second(scored.times[t.name], scored.times[t.name], t.kind) for t in ev.trackers}
+        sequence_fps = {t.name: sequence_frame_rates(scored.times[t.name], t.kind) for t in ev.trackers}
         show_np = ev.benchmark != "ptb"  # PTB-TIR's toolkit reports no normalised precision
         table = format_comparison(scores, dataset=ev.benchmark, show_norm_precision=show_np, fps=fps)
         attribute_tables = "\n\n".join(format_attribute_table(scores, m) for m in ("success", "precision"))
-        full = format_table(scores, dataset=ev.benchmark, show_norm_precision=show_np, per_attribute=True)
+        full = format_comparison(
+            scores, dataset=ev.benchmark, show_norm_precision=show_np, deltas=False, per_attribute=True
+        )
         staging = Path(tmp)
         tables = f"{table}\n\n{attribute_tables}\n\n{full}\n"
-        tables_path, local_plots, plots = _write_outputs(cfg, results_dir, staging, tables, scores, show_np)
+        tables_paths, local_plots, plots = _write_outputs(
+            cfg, results_dir, staging, tables, scores, show_np, sequence_fps
+        )
         counts = {
             "sequences": len(sequences),
             "sequences_tracked": tracked,
@@ -375,7 +395,7 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
             "tracking_wall_s": tracking_wall,
         }
         result_files = _stage_results(cfg, tracker_dirs, staging)
-        _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_path, local_plots)
+        _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_paths, local_plots)
     return EvaluationResult(
         run_id=run_id,
         run_location=mlflow_runs.run_url(cfg, run_id),

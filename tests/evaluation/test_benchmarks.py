@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
+from pydantic import BaseModel
 
+from cmd_ray.config import EvaluationConfig
 from cmd_ray.evaluation.benchmarks import (
+    BENCHMARK_READERS,
+    BENCHMARKS,
     LSOTB_ATTRIBUTES,
     PTB_ATTRIBUTES,
+    BenchmarkReader,
+    LsotbOptions,
+    Sequence,
+    benchmark_options,
     parse_ground_truth,
+    read_benchmark,
     read_lsotb_tir,
     read_ptb_tir,
     read_synthetic,
@@ -105,14 +115,17 @@ def test_ptb_tir_eight_digit_frames(tmp_path: Path) -> None:
     (tmp_path / "tiranno" / "att").mkdir(parents=True)
     _frames(tmp_path / "tirsequences" / "classroom1" / "img", 3, 8)
     (tmp_path / "tiranno" / "classroom1.txt").write_text(_gt_lines(3, " "))
-    (tmp_path / "tiranno" / "att" / "classroom1.txt").write_text("1,0,0,0,0,0,0,0,0,1\n")
+    (tmp_path / "tiranno" / "att" / "classroom1.txt").write_text("1,0,1,0,0,0,0,0,0,1\n")
     (seq,) = read_ptb_tir(tmp_path)
     assert seq.name == "classroom1"
     assert [Path(p).name for p in seq.frames] == ["00000001.jpg", "00000002.jpg", "00000003.jpg"]
     assert Path(seq.frames[0]).parent == tmp_path / "tirsequences" / "classroom1" / "img"
     assert seq.ground_truth.shape == (3, 4)
     assert tuple(seq.attributes) == PTB_ATTRIBUTES
-    assert [k for k, v in seq.attributes.items() if v] == ["attr_01", "attr_10"]
+    # The toolkit's order: the 1st, 3rd and 10th flags are deformation, scale variation and thermal crossover.
+    assert [k for k, v in seq.attributes.items() if v] == ["deformation", "scale_variation", "thermal_crossover"]
+    assert PTB_ATTRIBUTES[1] == "occlusion" and PTB_ATTRIBUTES[4] == "low_resolution"
+    assert PTB_ATTRIBUTES[7] == "out_of_view" and PTB_ATTRIBUTES[8] == "intensity_variation"
 
 
 def test_ptb_tir_rejects_four_digit_frames(tmp_path: Path) -> None:
@@ -155,3 +168,53 @@ def test_synthetic_reader_reads_what_cmd_ray_synth_writes(tmp_path: Path) -> Non
     assert [s.name for s in seqs] == ["synth_tir_000", "synth_tir_001"]
     assert all(len(s) == 3 and s.ground_truth.shape == (3, 4) for s in seqs)
     assert all(tuple(s.attributes) == tuple(ATTRIBUTES) for s in seqs)
+
+
+# ------------------------------------------------------------------------------------------------- the registry
+
+
+def test_registry_dispatches_with_options(tmp_path: Path) -> None:
+    assert BENCHMARKS == tuple(BENCHMARK_READERS) == ("synthetic", "lsotb", "ptb")
+    _lsotb(tmp_path)
+    names = lambda seqs: [s.name for s in seqs]  # noqa: E731
+    assert names(read_benchmark("lsotb", tmp_path)) == ["airplane_H_001", "person_S_002"]  # default: the 119 set
+    full = read_benchmark("lsotb", tmp_path, options={"subset": "120"})
+    assert names(full) == ["airplane_H_001", "cat_D_001", "person_S_002"]
+    assert names(read_benchmark("lsotb", tmp_path, options=LsotbOptions(subset="120"))) == names(full)
+    with pytest.raises(ValueError, match="subset"):
+        read_benchmark("lsotb", tmp_path, options={"subset": "118"})
+    with pytest.raises(ValueError, match="unknown benchmark 'otb'"):
+        read_benchmark("otb", tmp_path)
+    with pytest.raises(ValueError, match="takes no options"):
+        read_benchmark("synthetic", tmp_path, options={"subset": "120"})
+    # One mapping of every known option serves every benchmark: each takes what its model declares.
+    assert benchmark_options("lsotb", {"subset": "120", "other": 1}) == LsotbOptions(subset="120")
+    assert benchmark_options("ptb", {"subset": "120"}) is None
+
+
+def test_a_benchmark_is_one_function_and_one_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FlatOptions(BaseModel):
+        digits: int = 4
+
+    def read_flat(root, sequences=None, endpoint_url=None, digits=4) -> list[Sequence]:
+        """A layout of one folder per sequence, frames with ``digits`` digits, ``gt.txt`` beside them."""
+        out = []
+        for d in sorted(Path(root).iterdir()):
+            if sequences is None or d.name in sequences:
+                frames = tuple(str(d / f"{i:0{digits}d}.png") for i in range(1, 3))
+                out.append(Sequence(d.name, frames, parse_ground_truth(d / "gt.txt", endpoint_url)))
+        return out
+
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "gt.txt").write_text(_gt_lines(2))
+    monkeypatch.setitem(BENCHMARK_READERS, "flat", BenchmarkReader(read_flat, FlatOptions, "a test layout"))
+    seqs = read_benchmark("flat", tmp_path, ["a"], options={"digits": 6})
+    assert [s.name for s in seqs] == ["a"] and Path(seqs[0].frames[1]).name == "000002.png"
+    assert benchmark_options("flat", {"digits": 5, "subset": "120"}) == FlatOptions(digits=5)
+
+
+def test_config_accepts_exactly_the_registered_benchmarks() -> None:
+    annotation = EvaluationConfig.model_fields["benchmark"].annotation
+    allowed = get_args(annotation) or tuple(BENCHMARK_READERS)  # a Literal, or a str checked against the registry
+    assert set(allowed) == set(BENCHMARK_READERS)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +12,17 @@ import pytest
 
 from cmd_ray import cli
 from cmd_ray.evaluation.results import (
+    PER_SEQUENCE_COLUMNS,
     ResultMeta,
     ResultsError,
-    format_attribute_table,
-    format_comparison,
     load_results,
     write_meta,
     write_result,
 )
+from cmd_ray.evaluation.tables import format_attribute_table, format_comparison
 
 # Two sequences of 5 frames with a fixed 20x20 target. 'perfect' returns the ground truth; 'lost' is 30 px off from
-# frame 2 on (IoU 0, centre error 30 px), so by EVALUATION.md (lsotb):
+# frame 2 on (IoU 0, centre error 30 px), so by docs/evaluation.md (lsotb):
 #   perfect: Success = 20/21 (IoU 1 > t for t < 1), Precision@20 = 1, Norm. Precision = 1
 #   lost:    Success = 20/21 * 1/5, Precision@20 = 1/5, Norm. Precision = 1/5 (30/20 = 1.5 > 0.5)
 GT = np.array([[10.0, 10.0, 20.0, 20.0]] * 5)
@@ -160,3 +163,108 @@ def test_same_tracker_name_from_two_runs_gets_distinct_labels(folders, tmp_path)
     again = _write_tracker(tmp_path / "run2", "perfect", 0, tmp_path / "seqs", ["s1", "s2"], GT)
     labels = [r.label for r in load_results([perfect_dir, again])]
     assert labels == ["perfect@results", "perfect@run2"]
+
+
+def test_pytracking_excludes_for_every_tracker_a_sequence_one_folder_lacks(folders, capsys, caplog):
+    _, perfect_dir, lost_dir = folders
+    (perfect_dir / "s2.txt").unlink()
+    with pytest.raises(ResultsError, match=r"\['s2'\]"):  # lsotb: every result is needed
+        load_results([perfect_dir, lost_dir], "lsotb")
+    perfect, lost = load_results([perfect_dir, lost_dir], "pytracking")
+    assert perfect.scores.excluded == lost.scores.excluded == ("s2",)
+    assert perfect.scores.sequences == lost.scores.sequences == ("s1",)
+    assert lost.scores.success == pytest.approx(LOST_SUCCESS) and lost.scores.precision == pytest.approx(0.2)
+    assert "s2 (no result from perfect)" in caplog.text
+    assert lost.fps == pytest.approx(100.0)  # over the sequences scored
+    assert cli.main(["compare", str(perfect_dir), str(lost_dir), "--protocol", "pytracking"]) == 0
+    out = capsys.readouterr().out
+    assert "1 (1 excluded)" in out
+    assert "1 sequence(s) excluded for every tracker (some tracker has no result): s2" in out
+
+
+def test_pytracking_compares_folders_over_different_sequences(folders, tmp_path):
+    _, perfect_dir, _ = folders
+    partial = _write_tracker(tmp_path / "other", "partial", 0, tmp_path / "seqs", ["s1"], GT)
+    a, b = load_results([perfect_dir, partial], "pytracking")
+    assert a.scores.excluded == b.scores.excluded == ("s2",)
+    assert b.scores.success == pytest.approx(PERFECT_SUCCESS)
+
+
+# ------------------------------------------------------------------------------------------ plain result folders
+
+
+def _plain(folder: Path, boxes: np.ndarray, seqs: list[str], sep: str, times: dict[str, float] | None = None) -> Path:
+    """A result folder as another toolkit leaves it: ``<seq>.txt`` (and maybe ``<seq>_time.txt``), no meta.json."""
+    folder.mkdir(parents=True)
+    for s in seqs:
+        (folder / f"{s}.txt").write_text("".join(sep.join(f"{v:g}" for v in b) + "\n" for b in boxes))
+        if times and s in times:
+            (folder / f"{s}_time.txt").write_text(f"{times[s]}\n" * len(boxes))
+    return folder
+
+
+def test_plain_folders_are_scored_with_the_benchmark_named(tmp_path, capsys):
+    root = tmp_path / "seqs"
+    _write_benchmark(root, {"s1": {"occlusion": 1}, "s2": {"occlusion": 0}})
+    lost = GT.copy()
+    lost[1:, 0] += 30
+    other = tmp_path / "other_toolkit"
+    _plain(other / "good", GT, ["s1", "s2"], ",", times={"s1": 0.02})
+    _plain(other / "bad", lost, ["s1", "s2"], "\t")
+    with pytest.raises(ResultsError, match="--benchmark NAME --root URI"):
+        load_results([other / "good"])
+    good, bad = load_results([other / "good", other / "bad"], benchmark="synthetic", root=str(root))
+    assert (good.label, bad.label) == ("good", "bad") and good.meta is None and good.benchmark == "synthetic"
+    assert good.scores.success == pytest.approx(PERFECT_SUCCESS) and good.scores.precision == 1.0
+    assert bad.scores.success == pytest.approx(LOST_SUCCESS) and bad.scores.precision == pytest.approx(0.2)
+    # FPS from the time files that exist: s1 only for 'good' (0.02 s a frame), none for 'bad'.
+    assert good.fps == pytest.approx(50.0) and good.sequence_fps == {"s1": pytest.approx(50.0)}
+    assert math.isnan(bad.fps) and bad.sequence_fps == {}
+    # The parent folder stands for its plain sub-folders, by name.
+    assert [r.label for r in load_results([other], benchmark="synthetic", root=str(root))] == ["bad", "good"]
+    out = tmp_path / "cmp"
+    argv = ["compare", str(other / "good"), str(other / "bad"), "--benchmark", "synthetic", "--root", str(root)]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "deltas to good" in printed and f"{LOST_SUCCESS:.3f} ({LOST_SUCCESS - PERFECT_SUCCESS:+.3f})" in printed
+    assert (out / "ope_tables.txt").read_text().startswith("OPE — protocol: lsotb — dataset: synthetic")
+    assert sorted(p.name for p in out.iterdir()) == ["ope_tables.txt", "per_sequence.csv", "per_sequence.json"]
+
+
+def test_plain_folder_missing_a_result(tmp_path):
+    root = tmp_path / "seqs"
+    _write_benchmark(root, {"s1": {}, "s2": {}})
+    a = _plain(tmp_path / "a", GT, ["s1", "s2"], ",")
+    b = _plain(tmp_path / "b", GT, ["s1"], ",")
+    with pytest.raises(ResultsError, match=r"one line per frame in <seq>\.txt\) for 1 sequence\(s\): \['s2'\]"):
+        load_results([a, b], benchmark="synthetic", root=str(root))
+    ra, rb = load_results([a, b], "pytracking", benchmark="synthetic", root=str(root))
+    assert ra.scores.excluded == rb.scores.excluded == ("s2",) and ra.scores.sequences == ("s1",)
+    assert cli.main(["compare", str(a), "--benchmark", "nope", "--root", str(root)]) == 2
+
+
+def test_per_sequence_csv_and_json(folders, tmp_path):
+    _, perfect_dir, lost_dir = folders
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(perfect_dir), str(lost_dir), "--out", str(out)]) == 0
+    with (out / "per_sequence.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(PER_SEQUENCE_COLUMNS)
+    assert [(r["tracker"], r["sequence"]) for r in rows] == [
+        ("perfect", "s1"),
+        ("perfect", "s2"),
+        ("lost", "s1"),
+        ("lost", "s2"),
+    ]
+    perfect, lost = rows[0], rows[2]
+    # perfect: IoU 1 on every frame; lost: IoU 1 on frame 1 only, 30 px (1.5 widths) off on the other 4.
+    assert float(perfect["success_auc"]) == pytest.approx(PERFECT_SUCCESS, abs=1e-6)
+    assert (perfect["precision_20px"], perfect["norm_precision"]) == ("1.000000", "1.000000")
+    assert (perfect["op50"], perfect["op75"]) == ("1.000000", "1.000000")
+    assert float(lost["success_auc"]) == pytest.approx(LOST_SUCCESS, abs=1e-6)
+    assert lost["precision_20px"] == lost["norm_precision"] == lost["op50"] == lost["op75"] == "0.200000"
+    assert perfect["fps"] == "100.000" and perfect["frames"] == "5" and perfect["status"] == "averaged"
+    tree = json.loads((out / "per_sequence.json").read_text())
+    assert tree["protocol"] == "lsotb" and tree["benchmark"] == "synthetic" and tree["excluded"] == []
+    assert len(tree["rows"]) == 4 and tree["rows"][2]["op75"] == pytest.approx(0.2)
+    assert tree["rows"][0]["success_auc"] == pytest.approx(PERFECT_SUCCESS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,14 +10,17 @@ import numpy as np
 import pytest
 
 from cmd_ray.evaluation.benchmarks import Sequence
-from cmd_ray.evaluation.metrics import aggregate, sequence_curves
+from cmd_ray.evaluation.metrics import aggregate, aggregate_trackers, sequence_curves
 from cmd_ray.evaluation.results import (
     META_FILE,
     ResultMeta,
     ResultsError,
     atomic_write_text,
+    format_per_sequence_csv,
+    format_per_sequence_json,
     frame_rate,
     has_complete_result,
+    per_sequence_rows,
     prepare_tracker_dir,
     read_boxes,
     read_meta,
@@ -181,3 +185,35 @@ def test_score_directory_matches_the_metrics_and_names_missing_results(tmp_path)
     assert frame_rate(d, ["a", "b"]) == pytest.approx(9 / (0.5 + 0.8))
     assert math.isnan(frame_rate(d, ["a", "b"], kind="static"))  # copying a box has no meaningful speed
     assert score_directory(d, seqs, "pytracking").protocol == "pytracking"
+
+
+def test_per_sequence_rows_mark_dropped_and_excluded_sequences():
+    gt = np.array([[10, 10, 20, 20]] * 4, dtype=np.float64)
+    gt_c = gt.copy()
+    gt_c[0, 0] = 0.0  # frame 1 invalid: a tracker far off afterwards scores zero on every frame
+    far = np.array([[200, 200, 20, 20]] * 4, dtype=np.float64)
+    for protocol, status_c in (("lsotb", "dropped"), ("pytracking", "averaged")):
+        curves = {
+            "x": {"a": sequence_curves(gt, gt, protocol), "c": sequence_curves(far, gt_c, protocol)},
+            "y": {"a": sequence_curves(gt, gt, protocol), "c": sequence_curves(gt, gt_c, protocol)},
+        }
+        rows = per_sequence_rows(aggregate_trackers(curves, ["a", "c"]), {"x": {"a": 25.0}})
+        assert [(r["tracker"], r["sequence"], r["status"]) for r in rows] == [
+            ("x", "a", "averaged"),
+            ("x", "c", status_c),
+            ("y", "a", "averaged"),
+            ("y", "c", "averaged"),
+        ]
+        assert rows[0]["fps"] == 25.0 and rows[1]["fps"] is None
+        assert rows[1]["success_auc"] == 0.0 and rows[3]["op50"] == 0.75  # y: frames 2-4 exact, frame 1 invalid
+    curves["x"].pop("a")  # pytracking: 'a' is excluded for both, and only y's row of it remains
+    scores = aggregate_trackers(curves, ["a", "c"])
+    rows = per_sequence_rows(scores)
+    assert [(r["tracker"], r["sequence"], r["status"]) for r in rows] == [
+        ("x", "c", "averaged"),
+        ("y", "a", "excluded"),
+        ("y", "c", "averaged"),
+    ]
+    text = format_per_sequence_csv(rows)
+    assert text.splitlines()[1] == "x,c,4,0.000000,0.000000,0.250000,0.000000,0.000000,,averaged"
+    assert json.loads(format_per_sequence_json(rows, scores, "synthetic"))["excluded"] == ["a"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,7 @@ def test_plan_skips_complete_results(tmp_path, seq_root):
 # ------------------------------------------------------------------------------------------------- on Ray
 
 
+@pytest.mark.e2e
 def test_evaluates_skips_on_rerun_and_retracks_an_incomplete_sequence(ray_session, tmp_path, seq_root, mlflow_db):
     cfg = _cfg(tmp_path, seq_root, "evaluation.plots=false", db=mlflow_db)
     first = run_evaluation(cfg, progress=False)
@@ -137,6 +139,13 @@ def test_evaluates_skips_on_rerun_and_retracks_an_incomplete_sequence(ray_sessio
     assert first.scores["first"].success == pytest.approx(first.scores["second"].success)
     assert "deltas to first" in first.table and "(+0.000)" in first.table
     assert first.plots == [] and not (tmp_path / "results" / "plots").exists()
+    with (tmp_path / "results" / "per_sequence.csv").open() as f:  # beside ope_tables.txt
+        rows = list(csv.DictReader(f))
+    assert [(r["tracker"], r["sequence"]) for r in rows][:2] == [("first", "synth_tir_000"), ("first", "synth_tir_001")]
+    assert len(rows) == 6 and all(r["fps"] == "" and r["frames"] == "6" for r in rows)  # static: no speed
+    per_seq = first.scores["first"].per_sequence["synth_tir_000"]
+    assert float(rows[0]["success_auc"]) == pytest.approx(per_seq.success_score, abs=1e-6)
+    assert (tmp_path / "results" / "per_sequence.json").is_file()
 
     second = run_evaluation(cfg, progress=False)
     assert (second.tracked, second.skipped) == (0, 6)
@@ -161,8 +170,11 @@ def test_evaluates_skips_on_rerun_and_retracks_an_incomplete_sequence(ray_sessio
     assert run.data.metrics["sequences_tracked"] == 6
     assert client.get_run(second.run_id).data.metrics["sequences_skipped"] == 6
     assert run.data.params["evaluation.num_workers"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)}
+    assert {"ope_tables.txt", "per_sequence.csv", "per_sequence.json"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_a_failing_sequence_is_reported_and_the_others_are_kept(ray_session, tmp_path, seq_root, mlflow_db):
     import shutil
 

@@ -1,0 +1,158 @@
+"""Plain-text OPE tables: the one renderer of every table the evaluate job and ``cmd-ray compare`` print.
+
+- :func:`format_comparison`: one row per tracker (Success, Precision at 20 px, Norm. Precision, optional FPS and the
+  number of sequences averaged), titled with the protocol and the data set; optionally the deltas of every row to
+  the first tracker, and optionally one indented row per (tracker, attribute).
+- :func:`format_attribute_table`: one row per attribute, one column per tracker, for one metric.
+
+Every table names the protocol its scores were computed under (docs/evaluation.md). The ``Seqs`` column says how many
+sequences were averaged and how many were dropped (``lsotb``: all-zero success) or excluded (``pytracking``: some
+tracker has no result); a table with excluded sequences ends with a line naming them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+from cmd_ray.evaluation.metrics import DatasetScores, Scores
+
+
+def norm_precision_label(protocol: str) -> str:
+    """The Norm. Precision column's heading: an AUC under ``lsotb``, the value at 0.20 under ``pytracking``."""
+    return "NormPrec(AUC)" if protocol == "lsotb" else "NormPrec@0.20"
+
+
+def sequences_cell(r: DatasetScores | Scores) -> str:
+    """The ``Seqs`` cell of a row: sequences averaged, and how many were dropped or excluded."""
+    notes = []
+    if isinstance(r, DatasetScores):
+        notes += [f"{len(r.dropped)} dropped"] if r.dropped else []
+        notes += [f"{len(r.excluded)} excluded"] if r.excluded else []
+    return f"{r.num_sequences_averaged}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def exclusion_note(results: Mapping[str, DatasetScores]) -> str | None:
+    """The line a table ends with when sequences were excluded for every tracker (``pytracking``), else None."""
+    excluded = next((r.excluded for r in results.values() if r.excluded), ())
+    if not excluded:
+        return None
+    names = ", ".join(excluded[:20]) + (" …" if len(excluded) > 20 else "")
+    return f"{len(excluded)} sequence(s) excluded for every tracker (some tracker has no result): {names}"
+
+
+def _one_protocol(results: Mapping[str, DatasetScores]) -> str:
+    if not results:
+        raise ValueError("a table needs at least one tracker")
+    protocols = {r.protocol for r in results.values()}
+    if len(protocols) != 1:
+        raise ValueError(f"results under different protocols cannot share one table: {sorted(protocols)}")
+    return protocols.pop()
+
+
+def _cell(value: float, reference: float | None) -> str:
+    if reference is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({value - reference:+.3f})"
+
+
+def _render(title: str, header: list[str], rows: list[list[str]], note: str | None = None) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others right-aligned, two spaces apart."""
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+
+    def fmt(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+    lines = [title, fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+    return "\n".join(lines + ([note] if note else []))
+
+
+def format_comparison(
+    results: Mapping[str, DatasetScores],
+    *,
+    dataset: str | None = None,
+    show_norm_precision: bool = True,
+    fps: Mapping[str, float] | None = None,
+    deltas: bool = True,
+    per_attribute: bool = False,
+) -> str:
+    """The OPE table: one row per tracker, Success / Precision / Norm. Precision, headed by the protocol.
+
+    Args:
+        results: tracker → scores, ordered: with ``deltas`` the first tracker is the reference of the others'
+            deltas (``0.640 (+0.020)``).
+        dataset: named in the title.
+        show_norm_precision: False leaves out Norm. Precision (PTB-TIR's toolkit does not report it).
+        fps: tracker → frames per second: adds an FPS column (``–`` where it is NaN).
+        deltas: show each row's differences to the first tracker's scores.
+        per_attribute: append one indented row per (tracker, attribute) after the tracker's row (no deltas, no FPS).
+    """
+    protocol = _one_protocol(results)
+    header = ["Tracker", "Success", "Prec@20px"]
+    if show_norm_precision:
+        header.append(norm_precision_label(protocol))
+    if fps is not None:
+        header.append("FPS")
+    header.append("Seqs")
+    reference = next(iter(results.values()))
+
+    def row(label: str, s: DatasetScores | Scores, ref: DatasetScores | None, rate: float | None) -> list[str]:
+        cells = [
+            label,
+            _cell(s.success, None if ref is None else ref.success),
+            _cell(s.precision, None if ref is None else ref.precision),
+        ]
+        if show_norm_precision:
+            cells.append(_cell(s.norm_precision, None if ref is None else ref.norm_precision))
+        if fps is not None:
+            cells.append(f"{rate:.1f}" if rate is not None and math.isfinite(rate) else "–")
+        cells.append(sequences_cell(s))
+        return cells
+
+    rows = []
+    for i, (name, r) in enumerate(results.items()):
+        ref = reference if deltas and i > 0 else None
+        rows.append(row(name, r, ref, None if fps is None else fps.get(name, float("nan"))))
+        if per_attribute:
+            rows += [row(f"  {name} / {attr}", s, None, None) for attr, s in r.per_attribute.items()]
+    title = f"OPE — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
+    if deltas and len(results) > 1:
+        title += f" — deltas to {next(iter(results))}"
+    return _render(title, header, rows, exclusion_note(results))
+
+
+def format_attribute_table(
+    results: Mapping[str, DatasetScores],
+    metric: Literal["success", "precision", "norm_precision"] = "success",
+) -> str:
+    """Per-attribute scores: one row per attribute, one column per tracker, deltas to the first tracker.
+
+    Attributes no averaged sequence carries are left out. ``Seqs`` counts the sequences averaged for the first
+    tracker.
+    """
+    protocol = _one_protocol(results)
+    names = list(results)
+    attrs: list[str] = []
+    for r in results.values():
+        attrs += [a for a in r.per_attribute if a not in attrs]
+    label = {"success": "Success", "precision": "Prec@20px", "norm_precision": norm_precision_label(protocol)}[metric]
+    title = f"Per attribute — {label} — protocol: {protocol}" + (f" — deltas to {names[0]}" if len(names) > 1 else "")
+    rows = []
+    for a in attrs:
+        per: list[Scores | None] = [r.per_attribute.get(a) for r in results.values()]
+        if all(s is None or s.num_sequences_averaged == 0 for s in per):
+            continue
+        ref = per[0]
+        cells = [a, str(ref.num_sequences_averaged if ref else 0)]
+        for i, s in enumerate(per):
+            if s is None or s.num_sequences_averaged == 0:
+                cells.append("-")
+                continue
+            base = None if i == 0 or ref is None or ref.num_sequences_averaged == 0 else getattr(ref, metric)
+            cells.append(_cell(getattr(s, metric), base))
+        rows.append(cells)
+    if not rows:
+        return f"{title}\n(no attributes: the sequences carry none)"
+    return _render(title, ["Attribute", "Seqs", *names], rows)

@@ -212,6 +212,7 @@ def save_tiny_detector(path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pair_root):
     cfg = load_config(
         None,
@@ -253,6 +254,7 @@ def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pai
     assert [tuple(r["ref_box"]) + tuple(r["test_box"]) for r in ordered.take_all()] == expected
 
 
+@pytest.mark.e2e
 def test_boxes_command_writes_a_manifest_that_training_reads(ray_session, pair_root, tmp_path, capsys):
     weights = save_tiny_detector(tmp_path / "tiny.pt")
     out = tmp_path / "boxes.parquet"

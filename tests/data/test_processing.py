@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import cv2
@@ -449,3 +450,164 @@ def test_make_sample_requires_an_aligned_pair():
     rgb, tir, box = _painted_pair()
     with pytest.raises(ValueError, match="align_pair"):
         make_sample(rgb, tir[:60, :80], box, CFG, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- the maths, against its definitions
+
+
+def test_gaussian_label_is_the_two_dimensional_gaussian_at_the_box_centre():
+    box = np.array([20.0, 52.0, 30.0, 10.0])  # centre (35, 57) crop px: different cells in x and y
+    for cfg in (CFG, ODD):
+        sigma = cfg.label_sigma_factor * cfg.feature_sz / cfg.search_area_factor
+        offset = 0.5 * (cfg.filter_size % 2)
+        cx, cy = 35.0 / cfg.feature_stride - offset, 57.0 / cfg.feature_stride - offset
+        rows, cols = np.mgrid[0 : cfg.label_sz, 0 : cfg.label_sz].astype(np.float64)
+        expected = np.exp(-((cols - cx) ** 2 + (rows - cy) ** 2) / (2 * sigma**2))
+        np.testing.assert_allclose(gaussian_label(box, cfg), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("frame", ["reference", "test"])
+def test_jittered_box_replays_pytrackings_draws(frame):
+    """Size ``(w, h) * exp(s * z)`` with ``z ~ N(0, 1)`` per axis, then the centre moved by
+    ``sqrt(w' h') * c * (u - 0.5)`` with ``u ~ U(0, 1)`` per axis, in that order of draws."""
+    cfg = SamplingConfig(test_center_jitter_factor=4.5, test_scale_jitter_factor=0.5)
+    c, s = (3.0, 0.25) if frame == "reference" else (4.5, 0.5)
+    box = np.array([40.0, 30.0, 24.0, 12.0])
+    got = jittered_box(box, cfg, np.random.default_rng(11), frame)
+    replay = np.random.default_rng(11)
+    size = box[2:] * np.exp(s * replay.standard_normal(2))
+    centre = box[:2] + box[2:] / 2 + math.sqrt(size[0] * size[1]) * c * (replay.random(2) - 0.5)
+    np.testing.assert_allclose(got, np.concatenate([centre - size / 2, size]), rtol=1e-12)
+    # the default frame is the reference one
+    np.testing.assert_array_equal(
+        jittered_box(box, cfg, np.random.default_rng(3)), jittered_box(box, cfg, np.random.default_rng(3), "reference")
+    )
+
+
+def test_proposal_noise_is_sigma_factor_times_the_box_side_on_each_coordinate():
+    box = np.array([100.0, 100.0, 40.0, 10.0])  # sqrt(w h) = 20: unlike w, h, w/h, h*h
+    cfg = SamplingConfig(num_proposals=128, proposal_sigma_factors=[0.1], min_proposal_iou=0.0)
+    proposals = np.concatenate(
+        [sample_proposals(box, cfg, np.random.default_rng(seed))[0] for seed in range(40)]
+    ).astype(np.float64)
+    centre_noise = proposals[:, :2] + proposals[:, 2:] / 2 - (box[:2] + box[2:] / 2)
+    size_noise = proposals[:, 2:] - box[2:]
+    noise = np.concatenate([centre_noise, size_noise], axis=1)  # 5120 draws per coordinate, std 2 px
+    np.testing.assert_allclose(noise.std(axis=0), 2.0, rtol=0.06)
+    np.testing.assert_allclose(noise.mean(axis=0), 0.0, atol=0.15)
+    corr = np.corrcoef(noise.T)
+    assert np.all(np.abs(corr[np.triu_indices(4, 1)]) < 0.08)  # four independent draws
+
+
+def test_proposals_below_the_minimum_iou_are_redrawn_narrower_until_they_pass():
+    box = np.array([10.0, 10.0, 30.0, 30.0])
+    cfg = SamplingConfig(num_proposals=64, proposal_sigma_factors=[0.5], min_proposal_iou=0.7)
+    proposals, iou = sample_proposals(box, cfg, np.random.default_rng(2))
+    assert np.all(iou >= 0.7) and np.all(proposals[:, 2:] > 1.0)
+    np.testing.assert_allclose(iou, box_iou(proposals, box.astype(np.float32)), rtol=1e-6)
+    assert not np.all(iou == 1.0)  # the narrower redraws found proposals other than the box itself
+
+
+def test_gmm_densities_are_those_of_the_relative_offsets():
+    from cmd_ray.data.processing import sample_gmm_proposals
+
+    cfg = SamplingConfig(
+        proposal_method="gmm", num_proposals=64, gmm_proposal_sigma=[(0.05, 0.3), (0.4, 0.1)], gmm_gt_sigma=(0.1, 0.2)
+    )
+    box = np.array([30.0, 20.0, 40.0, 16.0])
+    proposals, density, gt_density, iou = sample_gmm_proposals(box, cfg, np.random.default_rng(4))
+    p = proposals.astype(np.float64)
+    # offsets in (cx / w, cy / h, log w, log h) of the box
+    d = np.concatenate(
+        [(p[:, :2] + p[:, 2:] / 2 - (box[:2] + box[2:] / 2)) / box[2:], np.log(p[:, 2:] / box[2:])], axis=1
+    )
+
+    def normal(x, std):
+        return np.exp(-0.5 * (x / std) ** 2) / (math.sqrt(2 * math.pi) * std)
+
+    components = [np.prod(normal(d, np.array([c, c, s, s])), axis=1) for c, s in cfg.gmm_proposal_sigma]
+    np.testing.assert_allclose(density, np.mean(components, axis=0), rtol=1e-3)
+    np.testing.assert_allclose(gt_density, np.prod(normal(d, np.array([0.1, 0.1, 0.2, 0.2])), axis=1), rtol=1e-3)
+    np.testing.assert_allclose(iou, box_iou(proposals, box.astype(np.float32)), rtol=1e-6)
+    assert iou.dtype == np.float32
+
+
+def _replicated(image, x0, y0, side):
+    """The crop with every outside pixel taken from the nearest image pixel (before resizing)."""
+    rows = np.clip(np.arange(y0, y0 + side), 0, image.shape[0] - 1)
+    cols = np.clip(np.arange(x0, x0 + side), 0, image.shape[1] - 1)
+    return image[rows][:, cols]
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+@pytest.mark.parametrize(
+    ("x0", "y0"),
+    [
+        (-40, 5),  # left of the image, rows overlapping
+        (-32, 5),  # the crop's right edge touches the image's left edge
+        (5, -32),  # the crop's bottom edge touches the image's top edge
+        (40, 30),  # beyond the right and bottom edges
+        (-50, -50),  # beyond the top-left corner
+        (10, 4),  # inside
+    ],
+)
+def test_apply_crop_replicates_the_nearest_border_pixel(channels, x0, y0):
+    rng = np.random.default_rng(0)
+    shape = (24, 36) if channels is None else (24, 36, channels)
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    geometry = CropGeometry(x0=x0, y0=y0, side=32, output_sz=32)  # no resize: pixel for pixel
+    np.testing.assert_array_equal(apply_crop(image, geometry), _replicated(image, x0, y0, 32))
+    resized = apply_crop(image, CropGeometry(x0=x0, y0=y0, side=32, output_sz=64))
+    expected = cv2.resize(_replicated(image, x0, y0, 32), (64, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(resized, expected)
+
+
+def test_crop_geometry_edge_cases():
+    tiny = crop_geometry(np.array([5.0, 5.0, 0.1, 0.1]), CFG)  # sqrt(0.01) * 5 = 0.5 px: one pixel
+    assert tiny.side == 1
+    inside = SamplingConfig(crop_mode="inside")
+    assert crop_geometry(np.array([0.0, 0.0, 0.1, 0.1]), inside, (1, 1)).side == 1  # a 1x1 image is fine
+    for bad in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match=r"^image size must be positive \(H, W\), got"):
+            crop_geometry(np.array([1.0, 1.0, 2.0, 2.0]), inside, bad)
+    # a box at the right/bottom edge: the crop is pulled back inside the image
+    g = crop_geometry(np.array([180.0, 90.0, 16.0, 8.0]), inside, (100, 200))  # side ceil(11.3 * 5) = 57
+    assert g.side == 57 and (g.x0, g.y0) == (200 - 57, 100 - 57)
+
+
+def test_box_maps_work_on_batches_and_return_float32():
+    g = CropGeometry(x0=-10, y0=20, side=64, output_sz=128)
+    boxes = np.array([[0, 20, 8, 4], [-10, 52, 64, 2]])  # integers, two boxes
+    crop = g.box_to_crop(boxes)
+    np.testing.assert_allclose(crop, [[20.0, 0.0, 16.0, 8.0], [0.0, 64.0, 128.0, 4.0]])
+    assert crop.dtype == np.float32 and crop.shape == (2, 4)
+    back = g.box_to_image(np.array([[20, 0, 16, 8], [1, 1, 3, 3]]))
+    np.testing.assert_allclose(back, [[0.0, 20.0, 8.0, 4.0], [-9.5, 20.5, 1.5, 1.5]])
+    assert back.dtype == np.float32 and back.shape == (2, 4)
+
+
+def test_a_uint16_image_of_one_value_becomes_uint8_zeros():
+    out = normalize_tir(np.full((6, 5), 4000, dtype=np.uint16))
+    assert out.dtype == np.uint8 and out.shape == (6, 5) and not out.any()
+    # two values: the 1st and 99th percentiles coincide, so the min/max range stretches them to 0 and 255
+    two = np.full((10, 10), 1000, dtype=np.uint16)
+    two[0, 0] = 3000
+    np.testing.assert_array_equal(np.unique(normalize_tir(two)), [0, 255])
+
+
+def test_a_flat_uint16_image_with_single_outliers_stretches_between_its_min_and_max():
+    tir = np.full((10, 20), 1000, dtype=np.uint16)  # the 1st and 99th percentiles are both 1000
+    tir[0, 0], tir[9, 19] = 500, 3000  # the minimum and the maximum occur once each
+    out = normalize_tir(tir)
+    assert (out[0, 0], out[9, 19], out[5, 5]) == (0, 255, round((1000 - 500) * 255 / 2500))
+
+
+def test_gmm_proposals_draw_their_own_offset_per_coordinate():
+    from cmd_ray.data.processing import sample_gmm_proposals
+
+    cfg = SamplingConfig(proposal_method="gmm", num_proposals=64, gmm_proposal_sigma=[(0.1, 0.1)])
+    box = np.array([30.0, 20.0, 40.0, 40.0])
+    proposals = sample_gmm_proposals(box, cfg, np.random.default_rng(5))[0].astype(np.float64)
+    d = np.concatenate([(proposals[:, :2] + proposals[:, 2:] / 2 - 50.0) / 40.0, np.log(proposals[:, 2:] / 40.0)], 1)
+    assert len(np.unique(np.round(d, 6))) == d.size  # no offset shared between proposals or coordinates
+    np.testing.assert_allclose(d.std(axis=0), 0.1, rtol=0.3)

@@ -139,6 +139,7 @@ def test_a_cmd_ray_checkpoint_names_the_run_that_wrote_it(tmp_path):
     assert load_teacher_weights(student, teacher).ok
 
 
+@pytest.mark.e2e
 def test_validation_reports_the_bbe_loss_of_a_constant_prediction(ray_session, random_batch):
     """``val_loss_bbe_chance`` is the variance of the IoU targets ``2·IoU − 1`` over the whole validation pass."""
     import ray

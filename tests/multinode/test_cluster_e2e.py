@@ -228,3 +228,63 @@ def _title(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_evaluation_reads_and_writes_s3_from_the_worker_nodes(multinode, s3_server, tmp_path) -> None:
+    """``jobs/evaluate.py``'s work on the cluster with no shared folder: the benchmark and a checkpoint in S3 only,
+    every sequence task on a data or train node (the head runs none), results, tables and plots written to S3."""
+    import torch
+    from ray.util.state import list_tasks
+
+    from cmd_ray import storage
+    from cmd_ray.config import SynthConfig
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+    from cmd_ray.evaluation.runner import TABLES_FILE, run_evaluation
+    from cmd_ray.models.checkpoint import TRAINING_STATE_FILE, save_training_state
+    from cmd_ray.models.dimpnet import build_model
+
+    write_synthetic_dataset(
+        str(tmp_path / "data"),
+        SynthConfig(num_pairs=1, num_rgb_sequences=0, num_tir_sequences=2, sequence_length=8),
+        progress=False,
+    )
+    root, results, ckpt = (f"s3://{multinode.bucket}/eval/{name}" for name in ("tir_sequences", "results", "ckpt"))
+    for path in sorted((tmp_path / "data" / "tir_sequences").rglob("*")):
+        if path.is_file():
+            relative = path.relative_to(tmp_path / "data" / "tir_sequences").as_posix()
+            storage.write_bytes(storage.join(root, relative), path.read_bytes())
+    net_cfg = load_config(None, ["model.preset=tiny"])
+    torch.manual_seed(0)
+    save_training_state(tmp_path, {"model": build_model(net_cfg).state_dict(), "config": net_cfg.model_dump()})
+    storage.write_bytes(f"{ckpt}/{TRAINING_STATE_FILE}", (tmp_path / TRAINING_STATE_FILE).read_bytes())
+
+    cfg = load_config(
+        None,
+        [
+            f"evaluation.root={root}",
+            f"evaluation.results_dir={results}",
+            f"evaluation.trackers=[{{name: static, kind: static}}, {{name: dimp, kind: dimp, model: '{ckpt}'}}]",
+            "evaluation.num_workers=2",
+            "evaluation.cpus_per_task=0.5",
+            "tracker.preset=tiny",
+            f"mlflow.tracking_uri={multinode.cluster.mlflow_uri}",
+            "mlflow.experiment=multinode-evaluation",
+        ],
+    )
+    outcome = run_evaluation(cfg, progress=False)
+    assert (outcome.tracked, outcome.skipped) == (4, 0)
+    keys = set(s3_server.list_keys(multinode.bucket, "eval/results/"))
+    for tracker in ("static", "dimp"):
+        for sequence in ("synth_tir_000", "synth_tir_001"):
+            assert f"eval/results/{tracker}/{sequence}.txt" in keys
+    assert f"eval/results/{TABLES_FILE}" in keys
+
+    tasks = list_tasks(
+        address=multinode.cluster.address,
+        filters=[("func_or_class_name", "=", "run_sequence")],
+        detail=True,
+        raise_on_missing_output=False,
+    )
+    roles = all_nodes_by_role()
+    assert len({task.task_id for task in tasks}) >= 4
+    assert {task.node_id for task in tasks} <= roles["data"] | roles["train"], "a sequence task ran on the head"

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from cmd_ray.config import ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
-from cmd_ray.distill.variants import VARIANTS, Variant
 from cmd_ray.storage import StorageError
+from cmd_ray.vocabulary import VARIANTS, Variant
 
 if TYPE_CHECKING:
     from cmd_ray.train.trainer import TrainingResult

@@ -22,7 +22,7 @@ With ``data.sampling.proposal_method=gmm`` the batch also holds ``proposal_densi
 The model is a DiMPNet (score maps + IoUs) or an ATOMNet (IoUs only: ``loss_tcl`` is 0).
 
 The variant decides, per sample, whether RGB or TIR feeds each branch (see
-:meth:`cmd_ray.distill.variants.Variant.sample_modalities`). One reference and one test crop per
+:meth:`cmd_ray.vocabulary.Variant.sample_modalities`). One reference and one test crop per
 sample: ``Ntr = Nte = 1``.
 """
 
@@ -36,8 +36,8 @@ from torch import nn
 
 from cmd_ray.distill import losses
 from cmd_ray.distill.losses import HINGE_THRESHOLD
-from cmd_ray.distill.variants import Variant, get_variant
 from cmd_ray.models.dimpnet import ATOMNet, parameter_groups
+from cmd_ray.vocabulary import Variant, get_variant
 
 if TYPE_CHECKING:
     from cmd_ray.config import DistillConfig

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cmd_ray.config import Config, DistillConfig, PretrainConfig
-from cmd_ray.distill.variants import Variant, get_variant, supervised_variant
+from cmd_ray.vocabulary import Variant, get_variant, supervised_variant
 
 Job = Literal["distill", "pretrain"]
 JOBS: tuple[str, ...] = ("distill", "pretrain")

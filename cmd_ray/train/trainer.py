@@ -32,7 +32,6 @@ from cmd_ray import mlflow_runs, registry, resume
 from cmd_ray.config import Config, ConfigError
 from cmd_ray.data import pipeline
 from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequences
-from cmd_ray.distill.variants import get_variant
 from cmd_ray.models.checkpoint import load_training_state
 from cmd_ray.models.dimpnet import build_model
 from cmd_ray.resume import RUN_NAME_KEY
@@ -40,6 +39,7 @@ from cmd_ray.storage import StorageError, is_s3, resolve
 from cmd_ray.train.loop import train_loop_per_worker
 from cmd_ray.train.schedule import Schedule, schedule_for
 from cmd_ray.train.teacher import Teacher, resolve_teacher
+from cmd_ray.vocabulary import get_variant
 
 logger = logging.getLogger(__name__)
 

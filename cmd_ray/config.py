@@ -250,7 +250,9 @@ class DataConfig(_Strict):
         None, description="manifest: URI of a CSV/Parquet file, columns rgb, tir[, boxes] (cmd-ray boxes writes one)"
     )
     boxes: BoxMethodName = Field(
-        "center", description="pseudo targets: centre square, random regions (§4.2), or detector boxes"
+        "center",
+        description="pseudo targets: centre square, random regions (§4.2), detector boxes, or hotspot (a centre-sized "
+        "square around the warmest region of the TIR image)",
     )
     center_box_fraction: float = Field(0.3, gt=0.0, le=1.0, description="box side / min(H, W)")
     random_boxes_per_pair: int = Field(

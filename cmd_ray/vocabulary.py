@@ -38,7 +38,7 @@ from typing import Literal
 
 # --------------------------------------------------------------------------- names of the choices
 
-BOX_METHODS: tuple[str, ...] = ("center", "random", "detection")
+BOX_METHODS: tuple[str, ...] = ("center", "random", "detection", "hotspot")
 """Pseudo-box methods (``data.boxes``); each has an entry in :data:`cmd_ray.data.boxes.BOX_METHODS`."""
 
 TCL_LOSS_FORMS: tuple[str, ...] = ("lbhinge", "squared")

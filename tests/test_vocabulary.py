@@ -16,7 +16,9 @@ from cmd_ray.config import (
     ModelConfig,
     TrackerConfig,
 )
+from cmd_ray.data.boxes import BOX_METHODS
 from cmd_ray.distill import variants
+from cmd_ray.distill.losses import BBE_LOSS_FORMS, TCL_LOSS_FORMS
 from cmd_ray.models.dimpnet import FACTORIES
 
 
@@ -64,3 +66,15 @@ def test_every_variant_uses_a_known_box_method_and_is_accepted_by_the_config():
 def test_distill_variants_are_the_vocabulary_rows():
     assert variants.VARIANTS is vocabulary.VARIANTS
     assert variants.get_variant("D3") is vocabulary.VARIANTS["D3"]
+
+
+@pytest.mark.parametrize(
+    ("registry", "names"),
+    [
+        (BOX_METHODS, vocabulary.BOX_METHODS),
+        (TCL_LOSS_FORMS, vocabulary.TCL_LOSS_FORMS),
+        (BBE_LOSS_FORMS, vocabulary.BBE_LOSS_FORMS),
+    ],
+)
+def test_registries_implement_exactly_the_vocabulary_names(registry, names):
+    assert tuple(registry) == names

@@ -306,7 +306,7 @@ def _boxes(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from cmd_ray.models.checkpoint import merge_branches  # imported here: cli import must never depend on it
+    from cmd_ray.distill.merge import merge_branches  # imported here: cli import must never depend on it
 
     try:
         result = merge_branches(args.reference, args.test, args.out)

@@ -786,7 +786,7 @@ def pretraining_dataset(
 
     Row ``i`` is sample ``i`` of the run (training) or of the validation set; see :class:`SequenceSampleMaker`.
     """
-    from cmd_ray.train.schedule import schedule_for
+    from cmd_ray.schedule import schedule_for
 
     schedule = schedule_for(cfg, "pretrain")
     per_epoch = schedule.samples_per_run_epoch(cfg.scaling.num_workers)

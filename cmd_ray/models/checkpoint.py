@@ -3,7 +3,7 @@
 A cmd-ray training checkpoint is one ``torch.save`` file holding only tensors, numbers,
 strings and plain containers, so ``torch.load(weights_only=True)`` reads it:
 ``{"model", "optimizer", "scheduler", "epoch", "config", "rng"}``. Weights files written here
-(:func:`merge_branches`) are plain state dicts, also ``weights_only`` loadable.
+(:func:`cmd_ray.distill.merge.merge_branches`) are plain state dicts, also ``weights_only`` loadable.
 
 pytracking (``ltr``) checkpoints are ``torch.save({"epoch", "actor_type", "net_type", "net",
 "net_info", "constructor", "optimizer", "stats", "settings"})`` where ``constructor`` is an
@@ -50,8 +50,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-
-from cmd_ray.models.iounet import AtomIoUNet
 
 TRAINING_STATE_FILE = "training_state.pt"
 FC_PREFIX = "feature_extractor.fc."
@@ -828,7 +826,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor] | Pytrack
 
 
 # ---------------------------------------------------------------------------------------------
-# Merging IoU-Net branches (variant B3)
+# Reading weights from any weights file
 # ---------------------------------------------------------------------------------------------
 
 
@@ -850,45 +848,3 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
     return _normalize_weights(loaded, path)[0]
-
-
-def branch_prefixes(branch: str) -> tuple[str, ...]:
-    """State-dict prefixes of an IoU-Net branch (``"reference"`` or ``"test"``)."""
-    modules = {"reference": AtomIoUNet.REFERENCE_MODULES, "test": AtomIoUNet.TEST_MODULES}[branch]
-    return tuple(f"bb_regressor.{m}." for m in modules)
-
-
-def merge_branches(reference: str | Path, test: str | Path, out: str | Path) -> Path:
-    """Variant B3: IoU-Net reference branch and everything else from ``reference``, test branch from ``test``.
-
-    Inputs may be cmd-ray training checkpoints (``training_state.pt`` or its folder), plain state-dict
-    files or pytracking checkpoints. Writes a plain state dict to ``out`` (``torch.load(weights_only=True)``
-    loadable) and returns its path. Raises :class:`CheckpointError` when an input is unreadable, the two
-    key sets or shapes differ, or the weights have no IoU-Net branches.
-    """
-    ref_path, test_path, out_path = Path(reference), Path(test), Path(out)
-    ref_state, test_state = _read_weights(ref_path), _read_weights(test_path)
-    only_ref, only_test = sorted(set(ref_state) - set(test_state)), sorted(set(test_state) - set(ref_state))
-    if only_ref or only_test:
-        raise CheckpointError(
-            f"cannot merge {ref_path} and {test_path}: key sets differ"
-            f" (only in reference: {only_ref[:5]}{' …' if len(only_ref) > 5 else ''};"
-            f" only in test: {only_test[:5]}{' …' if len(only_test) > 5 else ''})"
-        )
-    shapes = [k for k in ref_state if ref_state[k].shape != test_state[k].shape]
-    if shapes:
-        k = shapes[0]
-        raise CheckpointError(
-            f"cannot merge {ref_path} and {test_path}: {len(shapes)} shapes differ, e.g. {k}"
-            f" {list(ref_state[k].shape)} vs {list(test_state[k].shape)}"
-        )
-    test_prefixes = branch_prefixes("test")
-    for branch, prefixes in (("reference", branch_prefixes("reference")), ("test", test_prefixes)):
-        if not any(k.startswith(prefixes) for k in ref_state):
-            raise CheckpointError(f"cannot merge {ref_path} and {test_path}: no IoU-Net {branch}-branch weights")
-    merged = {k: (test_state[k] if k.startswith(test_prefixes) else v).clone() for k, v in ref_state.items()}
-    if out_path.is_dir():
-        raise CheckpointError(f"merge output {out_path} is a folder; give a file path")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(merged, out_path)
-    return out_path

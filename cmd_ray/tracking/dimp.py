@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmd_ray.config import TrackerConfig
-from cmd_ray.distill.step import to_network_input
 from cmd_ray.models.dimpnet import ATOMNet, DiMPNet
+from cmd_ray.models.network_input import to_network_input
 from cmd_ray.tracking.augmentation import augmented_boxes, augmented_patches, init_transforms
 from cmd_ray.tracking.base import Tracker
 from cmd_ray.tracking.geometry import PatchGeometry, check_box, prepare_frame, sample_patch, search_geometry

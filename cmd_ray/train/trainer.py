@@ -35,9 +35,9 @@ from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequen
 from cmd_ray.models.checkpoint import load_training_state
 from cmd_ray.models.dimpnet import build_model
 from cmd_ray.resume import RUN_NAME_KEY
+from cmd_ray.schedule import Schedule, schedule_for
 from cmd_ray.storage import StorageError, is_s3, resolve
 from cmd_ray.train.loop import train_loop_per_worker
-from cmd_ray.train.schedule import Schedule, schedule_for
 from cmd_ray.train.teacher import Teacher, resolve_teacher
 from cmd_ray.vocabulary import get_variant
 

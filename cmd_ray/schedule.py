@@ -2,6 +2,7 @@
 
 Both jobs share the Ray Train loop; they differ in the trained parameters (the Table-1 variant, or every
 head module for supervised training), the learning rates, the epoch plan and the run name. Pure: no Ray.
+It sits beside the config (not in ``train``) because the data pipeline reads the epoch plan too.
 """
 
 from __future__ import annotations

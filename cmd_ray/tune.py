@@ -20,8 +20,6 @@ from ray.tune.schedulers import ASHAScheduler
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config
 from cmd_ray.data import pipeline
-from cmd_ray.models.checkpoint import load_training_state
-from cmd_ray.models.dimpnet import build_model
 from cmd_ray.storage import is_s3, resolve
 from cmd_ray.train.trainer import check_trainable, fit
 
@@ -151,9 +149,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         best_trial = str(best.metrics["trial_id"])
         best_cfg = trial_config(cfg, best.config, best_trial)
         with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
-            state = load_training_state(directory)
-        model = build_model(best_cfg)
-        model.load_state_dict(state["model"])
+            model, _ = registry.load_model(directory, best_cfg)
         registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
         best_params = {name: float(best.config[name]) for name in SEARCHED}
         mlflow_runs.set_tags(

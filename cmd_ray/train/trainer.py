@@ -33,7 +33,6 @@ from cmd_ray.config import Config, ConfigError
 from cmd_ray.data import pipeline
 from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequences
 from cmd_ray.models.checkpoint import load_training_state
-from cmd_ray.models.dimpnet import build_model
 from cmd_ray.resume import RUN_NAME_KEY
 from cmd_ray.schedule import Schedule, schedule_for
 from cmd_ray.storage import StorageError, is_s3, resolve
@@ -313,9 +312,7 @@ def final_model(result: ray.train.Result, cfg: Config) -> Any:
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.storage.run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as directory:
-        state = load_training_state(directory)
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
+        model, _ = registry.load_model(directory, cfg)
     return model
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from cmd_ray.models.checkpoint import CheckpointError, load_state_dict
+from cmd_ray.models.checkpoint import load_state_dict
 from cmd_ray.models.iounet import AtomIoUNet
+from cmd_ray.models.safe_unpickler import CheckpointError
 
 
 def branch_prefixes(branch: str) -> tuple[str, ...]:

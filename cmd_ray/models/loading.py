@@ -21,8 +21,9 @@ from pyarrow import fs as pafs
 
 from cmd_ray import storage
 from cmd_ray.config import Config
-from cmd_ray.models.checkpoint import TRAINING_STATE_FILE, load_into, load_state_dict
+from cmd_ray.models.checkpoint import load_into, load_state_dict
 from cmd_ray.models.dimpnet import TrackerNet, build_model
+from cmd_ray.models.training_state import TRAINING_STATE_FILE
 
 
 class ModelLoadError(ValueError):

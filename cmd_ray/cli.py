@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from cmd_ray.config import ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
-from cmd_ray.distill.variants import VARIANTS, Variant
 from cmd_ray.storage import StorageError
+from cmd_ray.vocabulary import VARIANTS, Variant
 
 if TYPE_CHECKING:
     from cmd_ray.train.trainer import TrainingResult
@@ -316,7 +316,7 @@ def _boxes(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from cmd_ray.models.checkpoint import merge_branches  # imported here: cli import must never depend on it
+    from cmd_ray.distill.merge import merge_branches  # imported here: cli import must never depend on it
 
     try:
         result = merge_branches(args.reference, args.test, args.out)

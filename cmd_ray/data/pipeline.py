@@ -386,27 +386,20 @@ class SampleMaker:
 
     def boxes(self, pair_index: int, rgb: np.ndarray, tir: np.ndarray) -> PseudoBoxes:
         """The pseudo boxes of pair ``pair_index`` (decoded as ``rgb``, ``tir``) for ``data.boxes``."""
-        data = self._data
-        params: dict[str, Any] = {"center_fraction": data.center_box_fraction}
-        if data.boxes == "random":
-            # the k regions are fixed per pair (seeded by its URI), so the set of pseudo targets is finite
-            uri_seed = zlib.crc32(self._pairs.rgb_uri(pair_index).encode())
-            pair_rng = np.random.default_rng([self._seed, BOX_STREAM, uri_seed])
-            params.update(
-                random_count=data.random_boxes_per_pair,
-                random_fraction=data.random_box_fraction,
-                random_scale_range=tuple(data.random_box_scale_range),
-            )
-            return pseudo_boxes_with_fallback("random", rgb, tir, pair_rng, **params)
-        if data.boxes == "detection":
-            detections = self._detections_of(pair_index, rgb, tir)
-            found = pseudo_boxes_with_fallback(
-                "detection", rgb, tir, None, detector=lambda _rgb, _tir: detections, min_box_size=1.0, **params
-            )
-            if found.fallback:
-                self._record("record_fallback", self._pairs.key(pair_index))
-            return found
-        return pseudo_boxes_with_fallback(data.boxes, rgb, tir, None, **params)
+        # the method's randomness is fixed per pair (seeded by its URI), so a pair's pseudo targets are a finite set
+        uri_seed = zlib.crc32(self._pairs.rgb_uri(pair_index).encode())
+        pair_rng = np.random.default_rng([self._seed, BOX_STREAM, uri_seed])
+        found = pseudo_boxes_with_fallback(
+            self._data.boxes,
+            rgb,
+            tir,
+            pair_rng,
+            detector=lambda _rgb, _tir: self._detections_of(pair_index, rgb, tir),  # called by 'detection' only
+            settings=self._data,
+        )
+        if found.fallback:
+            self._record("record_fallback", self._pairs.key(pair_index))
+        return found
 
     def _detections_of(self, pair_index: int, rgb: np.ndarray, tir: np.ndarray) -> np.ndarray:
         height, width = rgb.shape[:2]
@@ -793,7 +786,7 @@ def pretraining_dataset(
 
     Row ``i`` is sample ``i`` of the run (training) or of the validation set; see :class:`SequenceSampleMaker`.
     """
-    from cmd_ray.train.schedule import schedule_for
+    from cmd_ray.schedule import schedule_for
 
     schedule = schedule_for(cfg, "pretrain")
     per_epoch = schedule.samples_per_run_epoch(cfg.scaling.num_workers)

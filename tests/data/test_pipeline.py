@@ -120,7 +120,7 @@ def test_corrupt_and_mismatched_pairs_are_counted_once_and_skipped(pair_root):
     assert maker.local_report.skipped == 2  # each bad pair once, never drawn again
 
 
-@pytest.mark.parametrize("method", ["center", "random"])
+@pytest.mark.parametrize("method", ["center", "random", "hotspot"])
 def test_samples_are_deterministic_per_seed_and_index(pair_root, method):
     cfg = data_config(str(pair_root), f"data.boxes={method}")
     a = maker_for(cfg)({"data": np.array([3, 7, 11])})

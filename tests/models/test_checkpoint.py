@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch import nn
 
+from cmd_ray.distill.merge import merge_branches
 from cmd_ray.models.checkpoint import (
     SAFE_PICKLE,
     CheckpointError,
@@ -35,7 +36,6 @@ from cmd_ray.models.checkpoint import (
     load_pytracking_checkpoint,
     load_state_dict,
     load_training_state,
-    merge_branches,
     rng_state,
     save_training_state,
 )

@@ -19,6 +19,7 @@ from cmd_ray.config import (
 from cmd_ray.data.boxes import BOX_METHODS
 from cmd_ray.distill import variants
 from cmd_ray.distill.losses import BBE_LOSS_FORMS, TCL_LOSS_FORMS
+from cmd_ray.evaluation.benchmarks import BENCHMARK_READERS
 from cmd_ray.models.dimpnet import FACTORIES
 
 
@@ -74,6 +75,7 @@ def test_distill_variants_are_the_vocabulary_rows():
         (BOX_METHODS, vocabulary.BOX_METHODS),
         (TCL_LOSS_FORMS, vocabulary.TCL_LOSS_FORMS),
         (BBE_LOSS_FORMS, vocabulary.BBE_LOSS_FORMS),
+        (BENCHMARK_READERS, vocabulary.BENCHMARKS),
     ],
 )
 def test_registries_implement_exactly_the_vocabulary_names(registry, names):

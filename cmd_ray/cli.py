@@ -8,13 +8,20 @@ so a wrong key or value fails in a second, naming the key.
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from cmd_ray.config import ConfigError, dump_config, load_config
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from cmd_ray.config import Config, ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
 from cmd_ray.storage import StorageError
 from cmd_ray.vocabulary import VARIANTS, Variant
@@ -83,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the resolved config")
     _add_config_args(show)
+
+    commands.add_parser(
+        "config-reference", help="print the Markdown reference of every config key (docs/config.md is its output)"
+    )
 
     commands.add_parser("variants", help="list the paper's Table 1 variants (one line each)")
 
@@ -264,6 +275,125 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+REFERENCE_COMMAND = "cmd-ray config-reference > docs/config.md"
+
+
+def _type_text(annotation: Any) -> tuple[str, list[str]]:
+    """``(type as written in YAML terms, allowed values)`` of a field annotation; Literals become their values."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return type(args[0]).__name__, [str(a) for a in args]
+    if origin in (Union, UnionType):
+        parts = [_type_text(a) for a in args]
+        return " | ".join(t for t, _ in parts), [v for _, values in parts for v in values]
+    if origin in (list, tuple, dict):
+        parts = [_type_text(a) if a is not Ellipsis else ("...", []) for a in args]
+        return f"{origin.__name__}[{', '.join(t for t, _ in parts)}]", [v for _, values in parts for v in values]
+    if annotation is type(None):
+        return "null", []
+    return getattr(annotation, "__name__", str(annotation)), []
+
+
+def _constraints(field: FieldInfo) -> list[str]:
+    """Bounds and patterns of a field: ``>= 1``, ``< 1.0``, ``length >= 1``, ``matches ^…$``."""
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "length >=", "max_length": "length <="}
+    out = []
+    for item in field.metadata:
+        for attr, word in words.items():
+            value = getattr(item, attr, None)
+            if value is not None:
+                out.append(f"{word} {value:g}" if isinstance(value, float) else f"{word} {value}")
+        if getattr(item, "pattern", None):
+            out.append(f"matches `{item.pattern}`")
+    return out
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, str):
+        return f"`{value}`" if value else '`""`'
+    return f"`{json.dumps(value)}`"
+
+
+def _markdown(text: str) -> str:
+    """A docstring's reST markup as Markdown: ``x`` and :role:`x` become `x`."""
+    return re.sub(r"(?::\w+:)?``?([^`]+)``?", r"`\1`", text)
+
+
+def _escape(text: str, table: bool = True) -> str:
+    """Text for Markdown: ``<x`` (an HTML tag to a renderer) and ``*`` (emphasis) escaped outside code spans; in
+    a table cell also every pipe, and the text on one line."""
+    parts = re.split(r"(`[^`]*`)", text)
+    for i, part in enumerate(parts):
+        if not part.startswith("`"):
+            part = re.sub(r"(<(?=[A-Za-z/!?])|\*)", r"\\\1", part)
+        parts[i] = part.replace("|", "\\|").replace("\n", " ") if table else part
+    return "".join(parts)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config section class an annotation holds (itself, or the item of a list of sections)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        return _model_of(item)
+    return None
+
+
+def config_reference() -> str:
+    """The Markdown reference of :class:`cmd_ray.config.Config`: one table per section (nested sections and the
+    items of section lists, e.g. ``evaluation.trackers[]``, get their own), a row per key with its type, default
+    (the resolved defaults: presets applied), allowed values or bounds, and description. ``docs/config.md`` is
+    this text; ``cmd-ray config-reference`` prints it."""
+    defaults = Config().model_dump(mode="json")
+    lines = [
+        "# Configuration reference",
+        "",
+        f"Generated from the schema in `cmd_ray/config.py` by `{REFERENCE_COMMAND}`; do not edit by hand.",
+        "Every key is set in a YAML file (`--config FILE`) or as a dotted override (`distill.lr_tcl=1e-6`);",
+        "cross-field rules (e.g. `distill.bbe_loss=kl` needs `data.sampling.proposal_method=gmm`) are checked when",
+        "the config is loaded and named in the error. Defaults are those of `cmd-ray config` with no file.",
+    ]
+    queue: list[tuple[str, type[BaseModel], Any]] = [
+        (name, _model_of(f.annotation), defaults[name]) for name, f in Config.model_fields.items()
+    ]
+    while queue:
+        key, model, section_defaults = queue.pop(0)
+        lines += ["", f"## `{key}`", ""]
+        doc = _escape(_markdown(inspect.cleandoc(model.__doc__ or "")), table=False)
+        if doc:
+            lines += [doc, ""]
+        lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+        nested = []
+        for name, field in model.model_fields.items():
+            dotted = f"{key}.{name}"
+            sub = _model_of(field.annotation)
+            if isinstance(section_defaults, dict) and name in section_defaults:
+                value = section_defaults[name]
+            else:  # an item of a section list: the field's own default
+                value = None if field.is_required() else field.get_default(call_default_factory=True)
+                value = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            if sub is not None and not isinstance(value, list):
+                nested.append((dotted, sub, value))
+                lines.append(f"| `{dotted}` | section | | | see [`{dotted}`](#{dotted.replace('.', '')}) |")
+                continue
+            type_text, allowed = _type_text(field.annotation)
+            allowed_text = "; ".join(filter(None, [", ".join(f"`{v}`" for v in allowed), *_constraints(field)]))
+            if sub is not None:  # a list of sections: its items are described below
+                nested.append((f"{dotted}[]", sub, None))
+                allowed_text = f"items: see [`{dotted}[]`](#{dotted.replace('.', '')})"
+            default = "required" if field.is_required() else _default_text(value)
+            row = [f"`{dotted}`", type_text, default, allowed_text, field.description or ""]
+            lines.append("| " + " | ".join(_escape(cell) for cell in row) + " |")
+        queue[:0] = nested
+    return "\n".join(lines) + "\n"
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    print(config_reference(), end="")
+    return 0
+
+
 def _trains_text(variant: Variant) -> str:
     if variant.is_merge:
         return "merge " + "+".join(f"{module}:{branch}<-{src}" for module, branch, src in variant.merge_of)
@@ -341,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": _compare,
         "registry": _registry,
         "config": _config,
+        "config-reference": _config_reference,
         "variants": _variants,
         "merge": _merge,
     }

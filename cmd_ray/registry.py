@@ -1,34 +1,73 @@
 """MLflow model registry: log the distilled tracker, register it, set an alias, pull it back; and :func:`load_model`,
 the one way to load a network from any source (registry URI, checkpoint, state dict).
 
-A registered version is an ``mlflow.pytorch`` model whose extra files carry
-what cmd-ray needs to rebuild it without unpickling code: ``config.yaml`` (the
-resolved run config) and ``state_dict.pt`` (weights, loaded with
-``weights_only=True``).
+A registered version is an ``mlflow.pytorch`` model that travels on its own:
+
+- its extra files carry what cmd-ray needs to rebuild it without unpickling code: ``config.yaml`` (the resolved
+  run config) and ``state_dict.pt`` (weights, loaded with ``weights_only=True``);
+- ``code/cmd_ray/`` is the cmd-ray package itself (MLflow's ``code_paths``), so a process without cmd-ray
+  installed loads the model (MLflow puts ``code/`` on ``sys.path``);
+- ``requirements.txt`` pins the third-party packages that code imports (:data:`MODEL_REQUIREMENTS`, at the
+  versions installed where the model was logged), all resolvable from a package index;
+- its signature names the network's inputs and outputs with their shapes (:func:`model_signature`);
+- the version's description and tags name the variant, the teacher and the training data
+  (:func:`version_description`); an evaluation adds its scores as ``eval.*`` tags (:func:`tag_model_version`).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 import yaml
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 from torch import nn
 
 import cmd_ray
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config, dump_config
 from cmd_ray.models.checkpoint import load_state_dict
-from cmd_ray.models.dimpnet import TrackerNet
+from cmd_ray.models.dimpnet import DiMPNet, TrackerNet
 from cmd_ray.models.loading import ModelLoadError, load_checkpoint_model, network_with_weights
+from cmd_ray.vocabulary import get_variant
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "state_dict.pt"
+CODE_DIR = "code"
+"""Folder of a logged model that holds the shipped ``cmd_ray`` package (MLflow's ``code_paths``)."""
+
+MODEL_REQUIREMENTS: tuple[str, ...] = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "opencv-python-headless",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+    "pyarrow",
+    "tqdm",
+)
+"""Distributions the shipped ``cmd_ray`` code imports to load a model, rebuild its network and track with it
+(``cmd_ray.registry``, ``cmd_ray.models``, ``cmd_ray.tracking``, ``cmd_ray.evaluation.loading``). MLflow adds its
+own pin; Ray, boto3 and matplotlib are needed only by the jobs, not by a logged model."""
+
+# Run tags the training jobs set (cmd_ray.train.trainer / cmd_ray.train.teacher); read here, where train is not
+# importable (it imports this module).
+JOB_TAG = "cmd_ray.job"
+DATA_URI_TAG = "cmd_ray.data_uri"
+TEACHER_SOURCE_TAG = "cmd_ray.teacher_source"
+TEACHER_RUN_TAG = "cmd_ray.teacher_run_id"
+TEACHER_VERSION_TAG = "cmd_ray.teacher_model_version"
 
 
 @dataclass(frozen=True)
@@ -43,9 +82,104 @@ class RegisteredModel:
         return f"models:/{self.name}@{self.alias}"
 
 
+def model_requirements(packages: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[str]:
+    """``name==version`` pins of ``packages`` at their installed versions.
+
+    A local version label is dropped (``torch 2.14.1+cu130`` ─▶ ``torch==2.14.1``): no package index serves
+    ``+cu130``, and PEP 440 lets ``==2.14.1`` match the local build.
+
+    Raises:
+        importlib.metadata.PackageNotFoundError: a package is not installed here.
+    """
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in packages]
+
+
+def model_signature(model: nn.Module) -> ModelSignature:
+    """The input/output schema of ``model.forward`` (a DiMPNet or an ATOMNet), ``-1`` marking a free size.
+
+    Inputs (float32): ``train_imgs`` ``[Ntr, B, 3, H, W]`` and ``test_imgs`` ``[Nte, B, 3, H, W]`` (reference and
+    test crops, ImageNet-normalised, H = W = the crop side), ``train_bb`` ``[Ntr, B, 4]`` (reference boxes
+    ``x, y, w, h`` in crop pixels) and ``test_proposals`` ``[Nte, B, P, 4]`` (boxes to score in the test crops).
+
+    Outputs (float32): ``iou_pred`` ``[Nte, B, P]`` (predicted IoU of each proposal, trained against ``2·IoU − 1``)
+    and, for DiMP, ``scores`` ``[I, Nte, B, L, L]``: the target classifier's score map after each of the ``I``
+    filter iterates (``forward`` returns them as a list), ``L = H/16 + (filter_size + 1) % 2``.
+    """
+    f32 = np.dtype(np.float32)
+    inputs = Schema(
+        [
+            TensorSpec(f32, (-1, -1, 3, -1, -1), "train_imgs"),
+            TensorSpec(f32, (-1, -1, 3, -1, -1), "test_imgs"),
+            TensorSpec(f32, (-1, -1, 4), "train_bb"),
+            TensorSpec(f32, (-1, -1, -1, 4), "test_proposals"),
+        ]
+    )
+    outputs = [TensorSpec(f32, (-1, -1, -1), "iou_pred")]
+    if isinstance(getattr(model, "module", model), DiMPNet):
+        outputs.insert(0, TensorSpec(f32, (-1, -1, -1, -1, -1), "scores"))
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+
+
+def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
+    """What a registered version is, read off its config and the training run's record.
+
+    Returns:
+        ``(description, tags)``: a few lines naming the variant (``distill.variant``; teacher pretraining has
+        none), the teacher (source, registry version, producing run), the data (URI, pairs or sequences used,
+        samples per epoch x epochs) and the network; the same facts as ``cmd_ray.*`` model-version tags.
+    """
+    tags, metrics = run.data.tags, run.data.metrics
+    job = tags.get(JOB_TAG, "distill")
+    if job == "pretrain":
+        variant_line = "variant: none (supervised RGB teacher pretraining, pretrain.*)"
+        variant_tag = "supervised"
+        data_uri, kind, section = tags.get(DATA_URI_TAG, cfg.pretrain.sequences_uri), "sequences", cfg.pretrain
+        teacher = tags.get(TEACHER_SOURCE_TAG) or cfg.pretrain.init_checkpoint or "random-init"
+        boxes = ""
+    else:
+        variant = get_variant(cfg.distill.variant)
+        variant_line = f"variant: {variant.name} (distill.variant): {variant.meaning}"
+        variant_tag = variant.name
+        data_uri, kind, section = tags.get(DATA_URI_TAG, cfg.data.uri), "pairs", cfg.distill
+        teacher = tags.get(TEACHER_SOURCE_TAG) or cfg.model.init_checkpoint or "random-init"
+        boxes = f", {cfg.data.boxes} pseudo boxes"
+    teacher_line = f"teacher: {teacher}"
+    if tags.get(TEACHER_VERSION_TAG):
+        teacher_line += f" (version {tags[TEACHER_VERSION_TAG]})"
+    if tags.get(TEACHER_RUN_TAG):
+        teacher_line += f", MLflow run {tags[TEACHER_RUN_TAG]}"
+    counts = {split: int(metrics[f"{split}_{kind}"]) for split in ("train", "val") if f"{split}_{kind}" in metrics}
+    used = f" ({' / '.join(f'{n} {split}' for split, n in counts.items())} {kind})" if counts else ""
+    samples = section.samples_per_epoch * section.epochs
+    lines = [
+        f"cmd-ray {cfg.model.architecture}/{cfg.model.preset} tracker from the {job} run {run.info.run_id}",
+        variant_line,
+        teacher_line,
+        f"data: {data_uri}{used}; {section.samples_per_epoch} samples per epoch x {section.epochs} epochs{boxes}",
+    ]
+    version_tags = {
+        JOB_TAG: job,
+        "cmd_ray.variant": variant_tag,
+        TEACHER_SOURCE_TAG: teacher,
+        DATA_URI_TAG: data_uri,
+        "cmd_ray.network": f"{cfg.model.architecture}/{cfg.model.preset}",
+        "cmd_ray.samples": str(samples),
+        **{key: tags[key] for key in (TEACHER_RUN_TAG, TEACHER_VERSION_TAG) if tags.get(key)},
+        **{f"cmd_ray.{split}_{kind}": str(n) for split, n in counts.items()},
+    }
+    return mlflow_runs.redact("\n".join(lines)), {
+        key: str(mlflow_runs.redact(value)) for key, value in version_tags.items()
+    }
+
+
 def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | None = None) -> RegisteredModel:
     """Log ``model`` to run ``run_id``, register it as ``name`` (default ``cfg.mlflow.registered_model_name``)
-    and point ``cfg.mlflow.alias`` at the new version."""
+    and point ``cfg.mlflow.alias`` at the new version.
+
+    The logged model ships the ``cmd_ray`` package (``code/``), pins :func:`model_requirements`, carries
+    :func:`model_signature`, and its version gets :func:`version_description` (read off run ``run_id``: call
+    this after the run's tags and counts are logged).
+    """
     name, alias = name or cfg.mlflow.registered_model_name, cfg.mlflow.alias
     client = mlflow_runs.client(cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,15 +192,35 @@ def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | Non
                 model.cpu(),
                 name="model",
                 extra_files=[str(config_path), str(weights_path)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"cmd-ray=={cmd_ray.__version__}"],
+                code_paths=[str(Path(cmd_ray.__file__).parent)],
+                pip_requirements=model_requirements(),
+                signature=model_signature(model),
                 registered_model_name=name,
                 # pt2 would trace forward() with an example input; the pickled flavour is for MLflow's own
                 # loaders, while cmd-ray's pull() reads only config.yaml and the weights.
                 serialization_format="pickle",
             )
     version = str(info.registered_model_version)
+    description, version_tags = version_description(cfg, client.get_run(run_id))
+    client.update_model_version(name, version, description=description)
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, alias, version)
     return RegisteredModel(name=name, version=version, alias=alias, run_id=run_id)
+
+
+def tag_model_version(model_uri: str, version: str, tags: dict[str, Any], tracking_uri: str) -> None:
+    """Set ``tags`` on version ``version`` of the model ``model_uri`` names (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``); values are stringified.
+
+    Raises:
+        ValueError: not a ``models:/`` URI.
+        mlflow.exceptions.MlflowException: no such version in the registry at ``tracking_uri``.
+    """
+    name, _ = _parse_model_uri(model_uri)
+    client = mlflow_runs.store_client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(mlflow_runs.redact(value)))
 
 
 def pull(

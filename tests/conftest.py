@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import torch
 # multi-node cluster of tests/multinode runs with this token too).
 _RAY_TOKEN = Path(tempfile.mkdtemp(prefix="cmdray-auth-")) / "auth_token"
 _RAY_TOKEN.write_text(secrets.token_hex(32))
+atexit.register(shutil.rmtree, _RAY_TOKEN.parent, True)  # one folder per session, gone with the session
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(_RAY_TOKEN)
 

@@ -72,3 +72,15 @@ def test_merge_end_to_end_on_tiny_state_dicts(tmp_path, capsys):
     assert torch.equal(merged["bb_regressor.iou_predictor.weight"], b2["bb_regressor.iou_predictor.weight"])
     assert torch.equal(merged["classifier.feature_extractor.0.weight"], b1["classifier.feature_extractor.0.weight"])
     assert str(out) in capsys.readouterr().out
+
+
+def test_config_reference_prints_a_markdown_table_per_section(capsys):
+    assert cli.main(["config-reference"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Configuration reference\n")
+    sections = [line for line in out.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## `data`", "## `data.sampling`"] and "## `evaluation.trackers[]`" in sections
+    assert out.count("| key | type | default | allowed | description |") == len(sections)
+    assert "| `distill.lr_tcl` | float | `2e-08` | > 0 |" in out
+    with pytest.raises(SystemExit):
+        cli.main(["config-reference", "extra"])

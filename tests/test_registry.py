@@ -1,10 +1,25 @@
 """MLflow runs and the model registry on a real sqlite backend store (no Ray needed)."""
 
+import ast
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from cmd_ray import mlflow_runs, registry
-from cmd_ray.config import load_config
+from cmd_ray.config import Config, SynthConfig, load_config
 from cmd_ray.mlflow_runs import store_client
 from cmd_ray.models.dimpnet import build_model
 
@@ -75,3 +90,297 @@ def test_load_model_reads_every_source_the_same_way(cfg, tmp_path):
         assert all(torch.equal(t, model.state_dict()[k]) for k, t in net.state_dict().items()), source
     with pytest.raises(registry.ModelLoadError, match="cannot pull models:/unit-tracker@nobody"):
         registry.load_model("models:/unit-tracker@nobody", cfg)
+
+
+# ------------------------------------------------------------------------------------- a registry entry that travels
+
+REPO = Path(__file__).resolve().parents[1]
+STUDENT, TEACHER = "cmd-ray-demo-tracker", "cmd-ray-demo-teacher"
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A teacher (pretrain job) and a student distilled from it, registered in a sqlite store under ``root``."""
+
+    root: Path
+    uri: str
+    cfg: Config
+    teacher: registry.RegisteredModel
+    student: registry.RegisteredModel
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory) -> Registered:
+    """The two models a demo run registers, logged as the jobs log them (run tags, pair/sequence counts)."""
+    from cmd_ray.train.teacher import resolve_teacher
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    common = [f"mlflow.tracking_uri={uri}", "tracker.preset=tiny", "data.uri=s3://pairs/demo"]
+    teacher_cfg = load_config(None, [*common, f"mlflow.registered_model_name={TEACHER}"])
+    run_id = mlflow_runs.start_run(
+        teacher_cfg, "pretrain", tags={"cmd_ray.job": "pretrain", "cmd_ray.data_uri": "data/demo/rgb_sequences"}
+    )
+    mlflow_runs.log_metrics(teacher_cfg, run_id, {"train_sequences": 3, "val_sequences": 1}, step=0)
+    torch.manual_seed(0)
+    teacher = registry.log_and_register(teacher_cfg, run_id, build_model(teacher_cfg), TEACHER)
+    mlflow_runs.end_run(teacher_cfg, run_id)
+
+    cfg = load_config(
+        None,
+        [*common, f"mlflow.registered_model_name={STUDENT}", f"model.init_checkpoint=models:/{TEACHER}@candidate"],
+    )
+    lineage = resolve_teacher(cfg)  # what the distill job reads and tags its run with
+    run_id = mlflow_runs.start_run(
+        cfg, "distill", tags={"cmd_ray.job": "distill", "cmd_ray.data_uri": cfg.data.uri, **lineage.tags()}
+    )
+    mlflow_runs.log_metrics(cfg, run_id, {"train_pairs": 90, "val_pairs": 10}, step=0)
+    student = registry.log_and_register(cfg, run_id, build_model(cfg))
+    mlflow_runs.end_run(cfg, run_id)
+    return Registered(root, uri, cfg, teacher, student)
+
+
+def _download(reg: Registered, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(reg.student.uri, dst_path=str(dst), tracking_uri=reg.uri))
+
+
+def test_logged_model_pins_installed_packages_ships_its_code_and_has_a_signature(registered, tmp_path):
+    local = _download(registered, tmp_path / "model")
+    lines = [line.strip() for line in (local / "requirements.txt").read_text().splitlines() if line.strip()]
+    requirements = [Requirement(line) for line in lines]
+    names = {canonicalize_name(r.name) for r in requirements}
+    assert "cmd-ray" not in names and not any("cmd" in line for line in lines), lines
+    assert {canonicalize_name(n) for n in registry.MODEL_REQUIREMENTS} | {"mlflow"} == names
+    for req in requirements:  # pinned exactly, at the version installed here (PEP 440: 2.14.1 matches 2.14.1+cu130)
+        assert str(req.specifier).startswith("=="), req
+        installed = importlib.metadata.version(req.name)
+        assert req.specifier.contains(installed, prereleases=True), f"{req} but {installed} is installed"
+
+    shipped = local / registry.CODE_DIR / "cmd_ray"
+    for source in (REPO / "cmd_ray").rglob("*.py"):
+        assert (shipped / source.relative_to(REPO / "cmd_ray")).read_bytes() == source.read_bytes(), source
+    assert not list(shipped.rglob("__pycache__"))
+
+    signature = mlflow.models.get_model_info(registered.student.uri).signature
+    assert signature is not None
+    inputs = {spec.name: spec.shape for spec in signature.inputs.inputs}
+    assert inputs == {
+        "train_imgs": (-1, -1, 3, -1, -1),
+        "test_imgs": (-1, -1, 3, -1, -1),
+        "train_bb": (-1, -1, 4),
+        "test_proposals": (-1, -1, -1, 4),
+    }
+    assert [spec.name for spec in signature.outputs.inputs] == ["scores", "iou_pred"]
+
+
+def test_version_description_names_variant_teacher_and_data(registered):
+    client = store_client(registered.uri)
+    student = client.get_model_version(STUDENT, registered.student.version)
+    teacher_run = registered.teacher.run_id
+    for fact in ("D3 (distill.variant)", f"models:/{TEACHER}@candidate (version 1)", teacher_run, "s3://pairs/demo"):
+        assert fact in student.description, (fact, student.description)
+    assert (
+        "90 train / 10 val pairs" in student.description
+        and "26000 samples per epoch x 50 epochs" in student.description
+    )
+    assert student.tags["cmd_ray.variant"] == "D3"
+    assert student.tags["cmd_ray.teacher_run_id"] == teacher_run
+    assert student.tags["cmd_ray.teacher_model_version"] == registered.teacher.version
+    assert student.tags["cmd_ray.data_uri"] == "s3://pairs/demo"
+    assert student.tags["cmd_ray.train_pairs"] == "90"
+
+    teacher = client.get_model_version(TEACHER, registered.teacher.version)
+    assert "variant: none (supervised" in teacher.description
+    assert "teacher: random-init" in teacher.description
+    assert "data: data/demo/rgb_sequences (3 train / 1 val sequences)" in teacher.description
+
+
+FRESH_PROCESS = """
+import importlib.util, json, sys
+
+site_packages, model_uri, tracking_uri, dst = sys.argv[1:5]
+sys.path.append(site_packages)  # added by hand, so its .pth files (the editable cmd-ray install) never run
+assert importlib.util.find_spec("cmd_ray") is None, "cmd_ray is importable without the model's code"
+import mlflow.pytorch
+import torch
+
+mlflow.set_tracking_uri(tracking_uri)
+net = mlflow.pytorch.load_model(model_uri, dst_path=dst)  # puts the model's code/ on sys.path, then unpickles
+import cmd_ray.evaluation.loading, cmd_ray.registry, cmd_ray.tracking  # what a user of the model imports
+
+g = torch.Generator().manual_seed(0)
+imgs = {k: torch.rand(1, 2, 3, 128, 128, generator=g) for k in ("train_imgs", "test_imgs")}
+train_bb = torch.tensor([[[40.0, 40.0, 48.0, 48.0]] * 2])
+proposals = torch.tensor([[[[40.0, 40.0, 48.0, 48.0], [30.0, 50.0, 40.0, 40.0], [60.0, 60.0, 30.0, 30.0]]] * 2])
+with torch.no_grad():
+    scores, iou = net(**imgs, train_bb=train_bb, test_proposals=proposals)
+print(json.dumps({
+    "cmd_ray": cmd_ray.__file__,
+    "network": type(net).__module__ + "." + type(net).__name__,
+    "scores": [list(s.shape) for s in scores],
+    "iou": list(iou.shape),
+    "modules": sorted(m.__file__ for name, m in list(sys.modules.items()) if name.partition(".")[0] == "cmd_ray"),
+}))
+"""
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """``names`` and everything they require, transitively (installed distributions, markers evaluated here)."""
+    seen: set[str] = set()
+    todo = [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            required = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in required:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def test_model_loads_in_a_fresh_process_from_the_shipped_code_alone(registered, tmp_path):
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS)
+    dst = tmp_path / "downloaded"
+    dst.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_"))}
+    # -I: no PYTHONPATH, no user site, no script or working folder on sys.path; -S: no site-packages .pth files
+    cmd = [sys.executable, "-I", "-S", str(script), sysconfig.get_paths()["purelib"], registered.student.uri]
+    proc = subprocess.run(
+        [*cmd, registered.uri, str(dst)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(report["cmd_ray"]).is_relative_to(dst / registry.CODE_DIR / "cmd_ray"), report["cmd_ray"]
+    assert report["network"] == "cmd_ray.models.dimpnet.DiMPNet"
+    assert report["iou"] == [1, 2, 3] and all(shape[:2] == [1, 2] for shape in report["scores"])
+
+    # Every distribution the loaded cmd_ray modules import at module level is pinned, or required by a pin.
+    # (Imports inside functions are the jobs' optional parts: boto3 for s3://, matplotlib for plots, Ray.)
+    requirements = (_download(registered, tmp_path / "model") / "requirements.txt").read_text()
+    pinned = {Requirement(line).name for line in requirements.split()}
+    modules = [Path(f) for f in report["modules"]]
+    assert {"registry.py", "dimp.py", "dimpnet.py", "loading.py"} <= {m.name for m in modules}
+    owners = importlib.metadata.packages_distributions()
+    imported = set().union(*(_module_level_imports(m) for m in modules)) - set(sys.stdlib_module_names) - {"cmd_ray"}
+    dists = {canonicalize_name(d) for name in imported for d in owners.get(name, [name])}
+    assert dists >= {"torch", "torchvision", "numpy", "opencv-python-headless", "pydantic", "pyyaml", "mlflow"}
+    unpinned = dists - _with_dependencies(pinned)
+    assert not unpinned, f"imported by the shipped code but neither pinned nor required by a pin: {unpinned}"
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level package names a module imports when it is imported (its module-level import statements)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names
+
+
+# ------------------------------------------------------------------------------ evaluation scores on the version
+
+
+def _synthetic_demo(root: Path) -> Path:
+    """``root/data/demo/tir_sequences`` with two labeled 6-frame TIR sequences (what ``cmd-ray synth`` writes)."""
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+
+    folder = root / "data" / "demo"
+    if not (folder / "tir_sequences").is_dir():
+        cfg = SynthConfig(num_pairs=1, num_rgb_sequences=0, num_tir_sequences=2, sequence_length=6)
+        write_synthetic_dataset(str(folder), cfg, progress=False)
+    return folder / "tir_sequences"
+
+
+def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for info in client.list_artifacts(run_id, path):
+        found |= _artifact_paths(client, run_id, info.path) if info.is_dir else {info.path}
+    return found
+
+
+def test_evaluation_tags_the_version_it_scored_and_logs_the_same_artifact_tree(registered, tmp_path):
+    from cmd_ray.evaluation.benchmarks import read_benchmark
+    from cmd_ray.evaluation.results import write_result
+    from cmd_ray.evaluation.runner import run_evaluation
+
+    root = _synthetic_demo(registered.root)
+    results = tmp_path / "results"
+    trackers = f"[{{name: static, kind: static}}, {{name: distilled, kind: dimp, model: '{registered.student.uri}'}}]"
+    cfg = load_config(
+        None,
+        [
+            f"mlflow.tracking_uri={registered.uri}",
+            f"mlflow.experiment=eval-{tmp_path.name}",
+            f"evaluation.root={root}",
+            f"evaluation.results_dir={results}",
+            f"evaluation.trackers={trackers}",
+        ],
+    )
+    # Complete result files for every (tracker, sequence), so the job only scores and logs (no Ray task runs):
+    # the ground truth for the model, frame 1's box throughout for the static box.
+    for seq in read_benchmark("synthetic", str(root), None):
+        gt = np.asarray(seq.ground_truth, dtype=np.float64)
+        write_result(results / "distilled", seq.name, gt, np.full(len(gt), 0.02))
+        write_result(results / "static", seq.name, np.repeat(gt[:1], len(gt), axis=0), np.zeros(len(gt)))
+    result = run_evaluation(cfg, progress=False)
+    assert (result.tracked, result.skipped) == (0, 4)
+
+    client = store_client(registered.uri)
+    tags = client.get_model_version(STUDENT, registered.student.version).tags
+    scores = result.scores["distilled"]
+    assert float(tags["eval.synthetic.lsotb.success"]) == pytest.approx(scores.success, abs=1e-6)
+    assert float(tags["eval.synthetic.lsotb.precision"]) == pytest.approx(scores.precision, abs=1e-6)
+    assert float(tags["eval.synthetic.lsotb.norm_precision"]) == pytest.approx(scores.norm_precision, abs=1e-6)
+    assert float(tags["eval.synthetic.lsotb.fps"]) == pytest.approx(50.0, rel=1e-3)
+    assert tags["eval.synthetic.lsotb.run_id"] == result.run_id
+    assert tags["eval.synthetic.lsotb.tracker"] == "distilled" and tags["eval.synthetic.lsotb.sequences"] == "2"
+    assert scores.success > result.scores["static"].success  # the ground truth beats the static box
+    teacher_tags = client.get_model_version(TEACHER, registered.teacher.version).tags
+    assert not any(key.startswith("eval.") for key in teacher_tags)  # only the versions scored are tagged
+
+    # The run's artifacts: the tables and per-sequence files, the plots and each tracker's folder, as before.
+    expected = {"ope_tables.txt", "per_sequence.csv", "per_sequence.json"}
+    expected |= {f"plots/{Path(p).name}" for p in result.plots}
+    for name in ("static", "distilled"):
+        expected |= {f"results/{name}/{f.name}" for f in (results / name).iterdir() if f.is_file()}
+    assert len(result.plots) >= 2 and {"results/distilled/meta.json", "results/static/synth_tir_001.txt"} <= expected
+    logged = _artifact_paths(client, result.run_id)
+    assert logged == expected
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=result.run_id, dst_path=str(tmp_path / "logged"), tracking_uri=registered.uri
+        )
+    )
+    for path in expected:
+        source = results / path.removeprefix("results/")
+        assert (local / path).read_bytes() == source.read_bytes(), path
+
+
+# ------------------------------------------------------------------------------------------- docs/python-api.md
+
+
+def test_python_api_doc_runs_as_written(registered, monkeypatch, capsys):
+    """The code blocks of docs/python-api.md, run in order against the registered demo model in ``root``."""
+    _synthetic_demo(registered.root)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "python-api.md").read_text(), flags=re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(registered.root)  # the demo's working folder: mlflow.db and data/demo
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.boxes.shape == (6, 4) and np.isfinite(result.boxes).all()
+    gt = np.loadtxt(registered.root / "data/demo/tir_sequences/synth_tir_000/groundtruth_rect.txt", delimiter=",")
+    np.testing.assert_allclose(result.boxes[0], gt[0])
+    assert str(namespace["version"].version) == registered.student.version
+    assert "D3 (distill.variant)" in capsys.readouterr().out

@@ -13,7 +13,10 @@
    sequence's files atomically, so a killed job loses only the sequences in flight;
 4. score every tracker from its files (:func:`results.score_trackers`, by the protocol's rule), print/write the
    tables, draw the plots, and log params, metrics (``<tracker>/success``, ``/precision``, ``/norm_precision``,
-   ``/fps``), the plots, the tables and the result files to one MLflow run.
+   ``/fps``), the plots, the tables and the result files to one MLflow run (one artifact upload of one folder:
+   ``ope_tables.txt``, ``per_sequence.*``, ``plots/``, ``results/<tracker>/``);
+5. tag each registry version it scored (a tracker whose model is ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``)
+   with ``eval.<benchmark>.<protocol>.*`` (:func:`model_version_tags`), so the scores are seen on the version itself.
 
 ``evaluation.root`` and ``evaluation.results_dir`` are local folders or ``s3://`` prefixes (``storage.s3_endpoint_url``
 or ``AWS_ENDPOINT_URL`` name the endpoint). With ``s3://`` nothing needs a shared disk: the driver lists the benchmark
@@ -25,6 +28,7 @@ Local folders work as before; on a multi-node cluster they must be mounted by ev
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -34,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
-from cmd_ray import mlflow_runs, storage
+from cmd_ray import mlflow_runs, registry, storage
 from cmd_ray.config import Config, EvaluatedTracker
 from cmd_ray.evaluation.benchmarks import Sequence, benchmark_options, read_benchmark
 from cmd_ray.evaluation.loading import LoadedNetwork, load_network, registry_version, run_sequence
@@ -257,6 +262,45 @@ def _stage_results(cfg: Config, tracker_dirs: dict[str, str], staging: Path) -> 
     return staged
 
 
+def model_version_tags(meta: ResultMeta, scores: DatasetScores, fps: float, run_id: str) -> dict[str, str | float]:
+    """Tags that put one tracker's scores on the registry version it ran (``meta.model_version``).
+
+    Keys are ``eval.<benchmark>.<protocol>.<what>``: ``success``, ``precision``, ``norm_precision`` (OPE scores in
+    [0, 1]), ``fps`` (frames per second, when measured), ``sequences`` (number averaged), ``tracker`` (its name in
+    the evaluation), ``root`` (the benchmark's location), ``lsotb_subset`` (LSOTB-TIR only) and ``run_id`` (the
+    evaluation's MLflow run). A later evaluation on the same benchmark and protocol replaces them.
+    """
+    prefix = f"eval.{meta.benchmark}.{meta.protocol}"
+    tags: dict[str, str | float] = {
+        f"{prefix}.success": round(scores.success, 6),
+        f"{prefix}.precision": round(scores.precision, 6),
+        f"{prefix}.norm_precision": round(scores.norm_precision, 6),
+        f"{prefix}.sequences": scores.num_sequences_averaged,
+        f"{prefix}.tracker": meta.tracker,
+        f"{prefix}.root": meta.root,
+        f"{prefix}.run_id": run_id,
+    }
+    if fps == fps:  # NaN when no time was measured
+        tags[f"{prefix}.fps"] = round(fps, 3)
+    if meta.lsotb_subset:
+        tags[f"{prefix}.lsotb_subset"] = meta.lsotb_subset
+    return tags
+
+
+def _artifact_tree(
+    root: Path, tables_paths: list[Path], plots: list[Path], result_files: dict[str, list[Path]]
+) -> Path:
+    """Copy what the run logs into ``root`` in its artifact layout (``ope_tables.txt``, ``per_sequence.*``,
+    ``plots/``, ``results/<tracker>/``), for one ``log_artifacts`` call; returns ``root``."""
+    placed = [(root, tables_paths), (root / PLOTS_DIR, plots)]
+    placed += [(root / "results" / name, files) for name, files in result_files.items()]
+    for folder, files in placed:
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copyfile(f, folder / f.name)
+    return root
+
+
 def _log_to_mlflow(
     cfg: Config,
     run_id: str,
@@ -266,6 +310,8 @@ def _log_to_mlflow(
     counts: dict[str, float],
     tables_paths: list[Path],
     plots: list[Path],
+    staging: Path,
+    metas: dict[str, ResultMeta],
 ) -> None:
     metrics: dict[str, float] = dict(counts)
     for name, s in scores.items():
@@ -277,13 +323,17 @@ def _log_to_mlflow(
             metrics[f"{name}/fps"] = fps[name]
     mlflow_runs.log_metrics(cfg, run_id, metrics, step=0)
     client = mlflow_runs.client(cfg)
-    for path in tables_paths:
-        client.log_artifact(run_id, str(path))
-    for p in plots:
-        client.log_artifact(run_id, str(p), PLOTS_DIR)
-    for name, files in result_files.items():
-        for f in files:
-            client.log_artifact(run_id, str(f), f"results/{name}")
+    tree = _artifact_tree(staging / "mlflow-artifacts", tables_paths, plots, result_files)
+    client.log_artifacts(run_id, str(tree))
+    uri = mlflow_runs.tracking_uri(cfg)
+    for name, meta in metas.items():
+        if not (meta.model and meta.model.startswith("models:/") and meta.model_version and name in scores):
+            continue
+        tags = model_version_tags(meta, scores[name], fps[name], run_id)
+        try:
+            registry.tag_model_version(meta.model, meta.model_version, tags, uri)
+        except MlflowException as exc:  # e.g. the version was deleted meanwhile: the run keeps the scores
+            logger.warning("cannot tag %s version %s with its scores: %s", meta.model, meta.model_version, exc)
 
 
 def _write_outputs(
@@ -339,8 +389,12 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
     sequences = load_sequences(cfg)
     results_dir = location(ev.results_dir)
     tracker_dirs = {t.name: storage.join(results_dir, t.name) for t in ev.trackers}
-    for i, tracker in enumerate(ev.trackers):
-        prepare_tracker_dir(tracker_dirs[tracker.name], _meta(cfg, tracker, i, sequences), ev.overwrite, endpoint)
+    metas = {
+        tracker.name: prepare_tracker_dir(
+            tracker_dirs[tracker.name], _meta(cfg, tracker, i, sequences), ev.overwrite, endpoint
+        )
+        for i, tracker in enumerate(ev.trackers)
+    }
     todo, skipped = plan(cfg, sequences, dict(tracker_dirs))
     pending = {t.name for t, _ in todo}
     networks = {
@@ -395,7 +449,7 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
             "tracking_wall_s": tracking_wall,
         }
         result_files = _stage_results(cfg, tracker_dirs, staging)
-        _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_paths, local_plots)
+        _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_paths, local_plots, staging, metas)
     return EvaluationResult(
         run_id=run_id,
         run_location=mlflow_runs.run_url(cfg, run_id),

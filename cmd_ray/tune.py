@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config
-from cmd_ray.data import pipeline
+from cmd_ray.data.distill_stream import list_pairs
 from cmd_ray.storage import ray_storage
 from cmd_ray.train.trainer import check_trainable, fit
 
@@ -91,7 +91,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     """Run the sweep of ``cfg.tune``; returns the best trial and its registered model."""
     check_trainable(cfg)
     if pairs is None:
-        pairs = pipeline.list_pairs(cfg)
+        pairs = list_pairs(cfg)
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     if not ray.is_initialized():
         ray.init()

@@ -331,7 +331,7 @@ def s3_pairs(s3_server, flaky_bucket) -> list[tuple[str, str]]:
 
 def _maker(pairs: list[tuple[str, str]], endpoint_url: str) -> Any:
     from cmd_ray.config import load_config
-    from cmd_ray.data.pipeline import SampleMaker
+    from cmd_ray.data.distill_stream import SampleMaker
 
     cfg = load_config(None, [f"data.uri=s3://{pairs[0][0].split('/')[2]}/synthetic/pairs", "data.progress=false"])
     return SampleMaker(pairs, cfg.data.model_dump(mode="json"), 0, 0, endpoint_url, skip_counter=None)

@@ -26,7 +26,7 @@ from torch import nn
 
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config
-from cmd_ray.data.pipeline import SAMPLE_INDEX
+from cmd_ray.data.streams import SAMPLE_INDEX
 from cmd_ray.distill.step import distill_step, loss_options
 from cmd_ray.models.backbone import freeze_batchnorm_stats
 from cmd_ray.models.checkpoint import load_training_state, restore_rng_state, rng_state, save_training_state

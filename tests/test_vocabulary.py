@@ -17,7 +17,6 @@ from cmd_ray.config import (
     TrackerConfig,
 )
 from cmd_ray.data.boxes import BOX_METHODS
-from cmd_ray.distill import variants
 from cmd_ray.distill.losses import BBE_LOSS_FORMS, TCL_LOSS_FORMS
 from cmd_ray.evaluation.benchmarks import BENCHMARK_READERS
 from cmd_ray.models.dimpnet import FACTORIES
@@ -62,11 +61,6 @@ def test_every_variant_uses_a_known_box_method_and_is_accepted_by_the_config():
     for name, variant in vocabulary.VARIANTS.items():
         assert variant.box_method in vocabulary.BOX_METHODS
         assert Config(distill={"variant": name}).distill.variant == name
-
-
-def test_distill_variants_are_the_vocabulary_rows():
-    assert variants.VARIANTS is vocabulary.VARIANTS
-    assert variants.get_variant("D3") is vocabulary.VARIANTS["D3"]
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,6 @@
 through the restricted unpickler of :mod:`cmd_ray.models.safe_unpickler`): no pickled code runs.
 :func:`load_into` loads what fits and reports the rest. Weights files written by cmd-ray
 (:func:`cmd_ray.distill.merge.merge_branches`) are plain state dicts, ``weights_only`` loadable.
-
-The names of those three modules are re-exported here for existing callers.
 """
 
 from __future__ import annotations
@@ -19,25 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cmd_ray.models.pytracking_checkpoint import DATAPARALLEL_PREFIX as DATAPARALLEL_PREFIX
-from cmd_ray.models.pytracking_checkpoint import FC_PREFIX as FC_PREFIX
-from cmd_ray.models.pytracking_checkpoint import PytrackingCheckpoint as PytrackingCheckpoint
-from cmd_ray.models.pytracking_checkpoint import choose_backbone as choose_backbone
-from cmd_ray.models.pytracking_checkpoint import factory_kwargs as factory_kwargs
-from cmd_ray.models.pytracking_checkpoint import load_pytracking_checkpoint as load_pytracking_checkpoint
-from cmd_ray.models.pytracking_checkpoint import normalize_weights
-from cmd_ray.models.safe_unpickler import SAFE_PICKLE as SAFE_PICKLE
-from cmd_ray.models.safe_unpickler import CheckpointError as CheckpointError
-from cmd_ray.models.safe_unpickler import PickledObject as PickledObject
-from cmd_ray.models.safe_unpickler import SafeUnpickler as SafeUnpickler
-from cmd_ray.models.safe_unpickler import safe_torch_load as safe_torch_load
-from cmd_ray.models.safe_unpickler import to_plain as to_plain
-from cmd_ray.models.training_state import TRAINING_STATE_FILE as TRAINING_STATE_FILE
-from cmd_ray.models.training_state import load_training_state as load_training_state
-from cmd_ray.models.training_state import load_weights_only
-from cmd_ray.models.training_state import restore_rng_state as restore_rng_state
-from cmd_ray.models.training_state import rng_state as rng_state
-from cmd_ray.models.training_state import save_training_state as save_training_state
+from cmd_ray.models.pytracking_checkpoint import PytrackingCheckpoint, load_pytracking_checkpoint, normalize_weights
+from cmd_ray.models.safe_unpickler import CheckpointError as CheckpointError  # re-export: remove after merging (1)
+from cmd_ray.models.training_state import TRAINING_STATE_FILE, load_weights_only
+from cmd_ray.models.training_state import load_training_state as load_training_state  # re-export: (1)
+from cmd_ray.models.training_state import save_training_state as save_training_state  # re-export: (1)
+
+# (1) cmd_ray/train/trainer.py, tests/train/test_loop.py and tests/test_registry.py still import these three from
+# here; they come from cmd_ray.models.safe_unpickler / cmd_ray.models.training_state once those files are merged.
 
 log = logging.getLogger(__name__)
 

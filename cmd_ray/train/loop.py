@@ -29,8 +29,8 @@ from cmd_ray.config import Config
 from cmd_ray.data.streams import SAMPLE_INDEX
 from cmd_ray.distill.step import distill_step, loss_options
 from cmd_ray.models.backbone import freeze_batchnorm_stats
-from cmd_ray.models.checkpoint import load_training_state, restore_rng_state, rng_state, save_training_state
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model, parameter_groups
+from cmd_ray.models.training_state import load_training_state, restore_rng_state, rng_state, save_training_state
 from cmd_ray.schedule import Job, Schedule, schedule_for
 from cmd_ray.train.teacher import Teacher, load_teacher_weights
 

@@ -18,13 +18,9 @@ from torch import nn
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config, ConfigError
-from cmd_ray.models.checkpoint import (
-    CheckpointError,
-    LoadReport,
-    load_into,
-    load_state_dict,
-)
+from cmd_ray.models.checkpoint import LoadReport, load_into, load_state_dict
 from cmd_ray.models.loading import checkpoint_file
+from cmd_ray.models.safe_unpickler import CheckpointError
 from cmd_ray.storage import StorageError, is_s3, read_bytes
 
 logger = logging.getLogger(__name__)

@@ -25,21 +25,16 @@ import torch
 from torch import nn
 
 from cmd_ray.distill.merge import merge_branches
-from cmd_ray.models.checkpoint import (
-    SAFE_PICKLE,
-    CheckpointError,
-    PickledObject,
+from cmd_ray.models.checkpoint import load_into, load_state_dict
+from cmd_ray.models.dimpnet import build_dimpnet
+from cmd_ray.models.pytracking_checkpoint import (
     PytrackingCheckpoint,
     choose_backbone,
     factory_kwargs,
-    load_into,
     load_pytracking_checkpoint,
-    load_state_dict,
-    load_training_state,
-    rng_state,
-    save_training_state,
 )
-from cmd_ray.models.dimpnet import build_dimpnet
+from cmd_ray.models.safe_unpickler import SAFE_PICKLE, CheckpointError, PickledObject
+from cmd_ray.models.training_state import load_training_state, rng_state, save_training_state
 
 LTR = "ltr.admin"
 LEGACY = "dlframework.common.utils"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cmd_ray.config import load_config
-from cmd_ray.models.checkpoint import save_training_state
 from cmd_ray.models.dimpnet import build_model
 from cmd_ray.models.loading import ModelLoadError, checkpoint_file, load_checkpoint_model, network_with_weights
+from cmd_ray.models.training_state import save_training_state
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ from cmd_ray import storage
 from cmd_ray.config import Config, TrackerConfig
 from cmd_ray.data.images import decode_tir
 from cmd_ray.evaluation.results import write_result
-from cmd_ray.models.checkpoint import load_into
-from cmd_ray.models.dimpnet import build_model
+from cmd_ray.models.loading import ModelLoadError as SourceError
+from cmd_ray.models.loading import network_with_weights
 
 if TYPE_CHECKING:
     from cmd_ray.tracking.base import Tracker
@@ -75,18 +75,6 @@ def registry_version(uri: str, cfg: Config) -> str:
         raise ModelLoadError(f"cannot resolve {uri} in the registry: {exc}") from exc
 
 
-def build_network(model_config: Config, state_dict: Mapping[str, torch.Tensor], source: str = "") -> nn.Module:
-    """The network of ``model_config`` with ``state_dict`` loaded, in eval mode; every key must fit."""
-    net = build_model(model_config)
-    report = load_into(net, state_dict)
-    if not report.ok:
-        raise ModelLoadError(
-            f"weights of {source or 'the model'} do not fit the {model_config.model.architecture}/"
-            f"{model_config.model.preset} network:\n{report}"
-        )
-    return net.eval()
-
-
 def load_network(uri: str, cfg: Config) -> LoadedNetwork:
     """Load a tracker's network on the driver (see the module docstring for the URIs).
 
@@ -95,7 +83,6 @@ def load_network(uri: str, cfg: Config) -> LoadedNetwork:
     """
     version = registry_version(uri, cfg) if uri.startswith("models:/") else None
     from cmd_ray import registry
-    from cmd_ray.models.loading import ModelLoadError as SourceError
 
     try:
         net, model_cfg = registry.load_model(uri, cfg)  # fails on the driver, before any task starts
@@ -172,7 +159,10 @@ def run_sequence(
     if kind == "dimp":
         if state_dict is None or model_config is None:
             raise ValueError(f"tracker {tracker_name!r}: a dimp tracker needs weights and their config")
-        net = build_network(Config.model_validate(model_config), state_dict, tracker_name).to(device)
+        try:
+            net = network_with_weights(Config.model_validate(model_config), state_dict, tracker_name).to(device)
+        except SourceError as exc:  # its message names the tracker and the keys that do not fit
+            raise ModelLoadError(str(exc)) from exc
     params = TrackerConfig.model_validate(tracker_params or {})
     tracker = make_tracker(kind, net, params, device)
     from cmd_ray.tracking import track_sequence

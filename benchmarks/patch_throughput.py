@@ -1,7 +1,7 @@
 """Patch throughput: decode + DiMP sampling of 640x512 JPEG pairs three ways, side by side.
 
-(a) the Ray Data pipeline (``cmd_ray.data.pipeline.training_dataset`` on ``data.num_actors = N`` actors of one CPU,
-    on a local Ray cluster of N CPUs, consumed with ``iter_batches``);
+(a) the Ray Data pipeline (``cmd_ray.data.distill_stream.training_dataset`` on ``data.num_actors = N`` actors of one
+    CPU, on a local Ray cluster of N CPUs, consumed with ``iter_batches``);
 (b) a ``torch.utils.data.DataLoader`` with N worker processes whose dataset calls the same per-batch work
     (``SampleMaker``, without Ray);
 (c) one plain process calling ``SampleMaker`` in a loop.
@@ -60,8 +60,9 @@ import torch
 
 from cmd_ray import storage
 from cmd_ray.config import SAMPLING_PRESETS, Config, SynthConfig
+from cmd_ray.data.distill_stream import SampleMaker
 from cmd_ray.data.pairs import list_two_folder_pairs
-from cmd_ray.data.pipeline import TRAIN_STREAM, SampleMaker
+from cmd_ray.data.streams import TRAIN_STREAM
 from cmd_ray.data.synthetic import write_synthetic_dataset
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 512
@@ -331,7 +332,8 @@ def run_ray(
     """
     import ray
 
-    from cmd_ray.data.pipeline import SkipCounter, training_dataset
+    from cmd_ray.data.distill_stream import training_dataset
+    from cmd_ray.data.skips import SkipCounter
 
     result = Result(f"(a) Ray Data x{workers}" + (f" {source}" if source else ""))
     cluster_start = time.perf_counter()

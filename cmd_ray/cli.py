@@ -23,8 +23,8 @@ from pydantic.fields import FieldInfo
 
 from cmd_ray.config import Config, ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
-from cmd_ray.distill.variants import VARIANTS, Variant
 from cmd_ray.storage import StorageError
+from cmd_ray.vocabulary import VARIANTS, Variant
 
 if TYPE_CHECKING:
     from cmd_ray.train.trainer import TrainingResult
@@ -136,7 +136,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    from cmd_ray.data.pipeline import list_pairs
+    from cmd_ray.data.distill_stream import list_pairs
     from cmd_ray.train.trainer import check_trainable, run_distillation
 
     check_trainable(cfg)
@@ -185,7 +185,7 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
 
 def _tune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    from cmd_ray.data.pipeline import list_pairs
+    from cmd_ray.data.distill_stream import list_pairs
     from cmd_ray.train.trainer import check_trainable
     from cmd_ray.tune import run_sweep
 
@@ -421,9 +421,10 @@ def _variants(args: argparse.Namespace) -> int:
 
 def _boxes(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    from cmd_ray.data.box_precompute import precompute_boxes
     from cmd_ray.data.detect import DetectorUnavailableError, DetectorWeightsError, build_detector
+    from cmd_ray.data.distill_stream import list_pairs
     from cmd_ray.data.pairs import manifest_format
-    from cmd_ray.data.pipeline import list_pairs, precompute_boxes
 
     manifest_format(args.out)
     try:
@@ -446,7 +447,7 @@ def _boxes(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from cmd_ray.models.checkpoint import merge_branches  # imported here: cli import must never depend on it
+    from cmd_ray.distill.merge import merge_branches  # imported here: cli import must never depend on it
 
     try:
         result = merge_branches(args.reference, args.test, args.out)

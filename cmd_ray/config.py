@@ -16,24 +16,22 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-VARIANTS = ("A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5")
-VariantName = Literal["A1", "B1", "B2", "B3", "C1", "D1", "D2", "D3", "D4", "D5"]
+from cmd_ray import vocabulary
+from cmd_ray.vocabulary import MODEL_PRESETS as PRESETS
+from cmd_ray.vocabulary import PRESET_BACKBONE, get_variant
+
+# The allowed values of the choices below are the names of cmd_ray.vocabulary (Literal of a tuple: its members).
+VariantName = Literal[vocabulary.VARIANT_NAMES]
+PresetName = Literal[vocabulary.MODEL_PRESET_NAMES]
+ArchitectureName = Literal[vocabulary.ARCHITECTURES]
+BoxMethodName = Literal[vocabulary.BOX_METHODS]
+TclLossForm = Literal[vocabulary.TCL_LOSS_FORMS]
+BbeLossForm = Literal[vocabulary.BBE_LOSS_FORMS]
+BenchmarkName = Literal[vocabulary.BENCHMARKS]
+SamplingPresetName = Literal[("custom", *vocabulary.SAMPLING_PRESETS)]
+TrackerPresetName = Literal[vocabulary.TRACKER_PRESETS]
 
 BackboneStage = Literal["conv1", "layer1", "layer2", "layer3"]
-PresetName = Literal["tiny", "dimp18", "dimp50", "superdimp", "atom18", "atom50"]
-PRESETS: dict[str, tuple[str, ...]] = {
-    "dimp": ("tiny", "dimp18", "dimp50", "superdimp"),
-    "atom": ("tiny", "atom18", "atom50"),
-}
-"""Network presets allowed per ``model.architecture`` (see :mod:`cmd_ray.models.dimpnet`)."""
-PRESET_BACKBONE = {
-    "tiny": "tiny",
-    "dimp18": "resnet18",
-    "dimp50": "resnet50",
-    "superdimp": "resnet50",
-    "atom18": "resnet18",
-    "atom50": "resnet50",
-}
 
 
 class ConfigError(ValueError):
@@ -136,7 +134,7 @@ class SamplingConfig(_Strict):
     ``center_jitter_factor`` / ``scale_jitter_factor`` are still read and set both frames alike.
     """
 
-    preset: Literal["custom", "dimp50", "superdimp"] = Field(
+    preset: SamplingPresetName = Field(
         "custom", description="fill unset fields from a named preset (dimp50: 5/288/18; superdimp: 6/352/22)"
     )
     search_area_factor: float = Field(5.0, gt=1.0, description="crop side / sqrt(box area)")
@@ -251,8 +249,10 @@ class DataConfig(_Strict):
     manifest: str | None = Field(
         None, description="manifest: URI of a CSV/Parquet file, columns rgb, tir[, boxes] (cmd-ray boxes writes one)"
     )
-    boxes: Literal["center", "random", "detection"] = Field(
-        "center", description="pseudo targets: centre square, random regions (§4.2), or detector boxes"
+    boxes: BoxMethodName = Field(
+        "center",
+        description="pseudo targets: centre square, random regions (§4.2), detector boxes, or hotspot (a centre-sized "
+        "square around the warmest region of the TIR image)",
     )
     center_box_fraction: float = Field(0.3, gt=0.0, le=1.0, description="box side / min(H, W)")
     random_boxes_per_pair: int = Field(
@@ -373,7 +373,7 @@ class ModelConfig(_Strict):
     preset (:attr:`backbone`).
     """
 
-    architecture: Literal["dimp", "atom"] = "dimp"
+    architecture: ArchitectureName = "dimp"
     preset: PresetName = Field("tiny", description="layer sizes and classifier settings; implies the backbone")
     init_checkpoint: str | None = Field(None, description="teacher weights (URI of a cmd-ray or pytracking file)")
     trainable_backbone_layers: list[BackboneStage] = Field(
@@ -422,7 +422,7 @@ class DistillConfig(_Strict):
     lr_bbe: float = Field(1e-7, gt=0.0)
     lr_backbone: float = Field(1e-7, gt=0.0, description="for model.trainable_backbone_layers, if any")
     loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1 (SuperDiMP's KL box weight: 0.01)")
-    tcl_loss: Literal["lbhinge", "squared"] = Field(
+    tcl_loss: TclLossForm = Field(
         "lbhinge",
         description="data term of L_TCL: 'lbhinge' (DiMP: squared error, hinged on the background) or 'squared' "
         "(Eq. 2 as written: plain squared error against the Gaussian label)",
@@ -430,7 +430,7 @@ class DistillConfig(_Strict):
     tcl_weights: TclWeights = Field(default_factory=TclWeights)
     hinge_threshold: float = Field(0.05, description="'lbhinge': label value below which a cell is background")
     filter_reg_mu: float = Field(0.0, ge=0.0, description="mu of Eq. 2: adds mu * |final filter|^2 to L_TCL")
-    bbe_loss: Literal["mse", "kl"] = Field(
+    bbe_loss: BbeLossForm = Field(
         "mse",
         description="data term of L_BBE: 'mse' (Eq. 3: squared error against 2*IoU-1) or 'kl' (SuperDiMP's KL "
         "box regression; needs data.sampling.proposal_method=gmm)",
@@ -633,7 +633,7 @@ class TrackerConfig(_Strict):
     }
     """Values a preset gives the fields a config leaves unset (``dimp50``: the field defaults)."""
 
-    preset: Literal["dimp50", "superdimp", "tiny"] = Field(
+    preset: TrackerPresetName = Field(
         "dimp50", description="fills the fields not set explicitly (see TrackerConfig.PRESETS)"
     )
     # search region
@@ -751,7 +751,7 @@ class EvaluationConfig(_Strict):
     ``results_dir/<tracker>/<sequence>.txt`` (local folder or ``s3://`` prefix) and are reused on a rerun.
     """
 
-    benchmark: Literal["synthetic", "lsotb", "ptb"] = "synthetic"
+    benchmark: BenchmarkName = "synthetic"
     root: str = Field(
         "data/demo/tir_sequences",
         min_length=1,
@@ -829,8 +829,6 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _losses_fit_model_and_data(self) -> Config:
-        from cmd_ray.distill.variants import get_variant
-
         if self.model.architecture == "atom":
             variant = get_variant(self.distill.variant)
             if variant.train_tcl is not None:

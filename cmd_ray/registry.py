@@ -1,4 +1,5 @@
-"""MLflow model registry: log the distilled tracker, register it, set an alias, pull it back.
+"""MLflow model registry: log the distilled tracker, register it, set an alias, pull it back; and :func:`load_model`,
+the one way to load a network from any source (registry URI, checkpoint, state dict).
 
 A registered version is an ``mlflow.pytorch`` model that travels on its own:
 
@@ -35,9 +36,10 @@ from torch import nn
 import cmd_ray
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config, dump_config
-from cmd_ray.distill.variants import get_variant
 from cmd_ray.models.checkpoint import load_state_dict
-from cmd_ray.models.dimpnet import DiMPNet, build_model
+from cmd_ray.models.dimpnet import DiMPNet, TrackerNet
+from cmd_ray.models.loading import ModelLoadError, load_checkpoint_model, network_with_weights
+from cmd_ray.vocabulary import get_variant
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "state_dict.pt"
@@ -242,14 +244,39 @@ def pull(
         config_path = _find(local, CONFIG_FILE, model_uri)
         weights_path = _find(local, WEIGHTS_FILE, model_uri)
         cfg = Config.model_validate(yaml.safe_load(config_path.read_text()))
-        model = build_model(cfg)
-        model.load_state_dict(load_state_dict(weights_path))
+        model = network_with_weights(cfg, load_state_dict(weights_path), model_uri)
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(config_path, out / CONFIG_FILE)
             shutil.copy(weights_path, out / WEIGHTS_FILE)
-    return model.eval(), cfg
+    return model, cfg
+
+
+def load_model(source: str | Path, cfg: Config | None = None) -> tuple[TrackerNet, Config]:
+    """A network and its config from wherever it is kept: the one way to load a model.
+
+    Args:
+        source: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the MLflow registry at
+            :func:`cmd_ray.mlflow_runs.tracking_uri` of ``cfg``); a cmd-ray checkpoint folder or its
+            ``training_state.pt`` (rebuilt from the config stored with it); or a state-dict or pytracking weights
+            file (built from ``cfg``). Files may be local paths, ``file://`` or ``s3://`` URIs.
+        cfg: the config for sources that store none, and where the registry and S3 are (default: ``Config()``).
+
+    Returns:
+        ``(network in eval mode on CPU, the config it was built from)``.
+
+    Raises:
+        ModelLoadError: naming ``source``, when it cannot be read or its weights do not fit the network.
+    """
+    cfg = Config() if cfg is None else cfg
+    uri = str(source)
+    if uri.startswith("models:/"):
+        try:
+            return pull(uri, tracking_uri=mlflow_runs.tracking_uri(cfg))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot pull {uri}: {exc}") from exc
+    return load_checkpoint_model(uri, cfg)
 
 
 @dataclass(frozen=True)

@@ -437,6 +437,19 @@ def resolve(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem,
     return _local_filesystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def ray_storage(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem | None, str]:
+    """Where Ray Train and Tune keep runs under ``uri`` (``storage.storage_path``): ``(storage_filesystem, path)``.
+
+    The one resolution of the storage path for ``RunConfig(storage_path=…, storage_filesystem=…)``,
+    ``ray.train.Result.from_path`` and ``ray.train.Checkpoint``: ``s3://bucket/prefix`` gives this process's S3
+    filesystem (``endpoint_url`` honoured) and ``bucket/prefix``; a local path or ``file://`` URI gives ``None``
+    (Ray's local filesystem) and the absolute path.
+    """
+    if is_s3(uri):
+        return resolve(uri, endpoint_url)
+    return None, resolve(uri)[1]
+
+
 def _local_filesystem() -> pafs.LocalFileSystem:
     return _cached(("local",), pafs.LocalFileSystem, None)
 

@@ -19,10 +19,8 @@ from ray.tune.schedulers import ASHAScheduler
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config
-from cmd_ray.data import pipeline
-from cmd_ray.models.checkpoint import load_training_state
-from cmd_ray.models.dimpnet import build_model
-from cmd_ray.storage import is_s3, resolve
+from cmd_ray.data.distill_stream import list_pairs
+from cmd_ray.storage import ray_storage
 from cmd_ray.train.trainer import check_trainable, fit
 
 SEARCHED = ("lr_tcl", "lr_bbe", "loss_weight_bbe")
@@ -85,9 +83,7 @@ def _run_trial(params: dict[str, float], base: dict[str, Any], pairs: list[tuple
 
 
 def _checkpoint(cfg: Config, path: str) -> ray.train.Checkpoint:
-    filesystem = (
-        resolve(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)[0] if is_s3(cfg.storage.storage_path) else None
-    )
+    filesystem, _ = ray_storage(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
     return ray.train.Checkpoint(path, filesystem=filesystem)
 
 
@@ -95,16 +91,12 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     """Run the sweep of ``cfg.tune``; returns the best trial and its registered model."""
     check_trainable(cfg)
     if pairs is None:
-        pairs = pipeline.list_pairs(cfg)
+        pairs = list_pairs(cfg)
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     if not ray.is_initialized():
         ray.init()
     sweep_run = mlflow_runs.start_run(cfg, f"{cfg.storage.run_name}-sweep", tags={"cmd_ray.job": "tune"})
-    filesystem, storage_path = (
-        resolve(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
-        if is_s3(cfg.storage.storage_path)
-        else (None, resolve(cfg.storage.storage_path)[1])
-    )
+    filesystem, storage_path = ray_storage(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), pairs=pairs, parent=sweep_run),
         {"cpu": cfg.tune.trial_cpus},
@@ -151,9 +143,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         best_trial = str(best.metrics["trial_id"])
         best_cfg = trial_config(cfg, best.config, best_trial)
         with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
-            state = load_training_state(directory)
-        model = build_model(best_cfg)
-        model.load_state_dict(state["model"])
+            model, _ = registry.load_model(directory, best_cfg)
         registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
         best_params = {name: float(best.config[name]) for name in SEARCHED}
         mlflow_runs.set_tags(

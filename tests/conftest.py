@@ -189,3 +189,19 @@ def make_random_batch(batch_size: int = 4, crop: int = 64, num_proposals: int = 
 def random_batch():
     """Factory of random training batches: ``random_batch(batch_size=…, crop=…, num_proposals=…, seed=…)``."""
     return make_random_batch
+
+
+@pytest.fixture(scope="module")
+def state_a() -> dict[str, torch.Tensor]:
+    """A ``tiny`` DiMP state dict (seed 0) for the checkpoint tests (see ``checkpoint_fakes.tiny_state``)."""
+    from checkpoint_fakes import tiny_state
+
+    return tiny_state(0)
+
+
+@pytest.fixture(scope="module")
+def state_b() -> dict[str, torch.Tensor]:
+    """Another ``tiny`` DiMP state dict (seed 1): every tensor differs from :func:`state_a`'s."""
+    from checkpoint_fakes import tiny_state
+
+    return tiny_state(1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cmd_ray import cli
+from cmd_ray.distill import merge
 from cmd_ray.distill.variants import VARIANTS
-from cmd_ray.models import checkpoint
 
 
 def test_variants_prints_one_line_per_table_row(capsys):
@@ -30,7 +30,7 @@ def test_merge_calls_merge_branches_with_the_three_paths(monkeypatch, capsys, tm
         calls.append((reference, test, out))
         return tmp_path / "merged.pt"
 
-    monkeypatch.setattr(checkpoint, "merge_branches", fake, raising=False)
+    monkeypatch.setattr(merge, "merge_branches", fake)
     assert cli.main(["merge", "--reference", "b1.pt", "--test", "b2.pt", "--out", "b3.pt"]) == 0
     assert calls == [("b1.pt", "b2.pt", "b3.pt")]
     assert str(tmp_path / "merged.pt") in capsys.readouterr().out
@@ -40,7 +40,7 @@ def test_merge_reports_a_bad_checkpoint(monkeypatch, capsys):
     def fake(reference, test, out):
         raise ValueError(f"checkpoint {reference} does not exist")
 
-    monkeypatch.setattr(checkpoint, "merge_branches", fake, raising=False)
+    monkeypatch.setattr(merge, "merge_branches", fake)
     assert cli.main(["merge", "--reference", "nope.pt", "--test", "b2.pt", "--out", "b3.pt"]) == 2
     assert "nope.pt does not exist" in capsys.readouterr().err
 

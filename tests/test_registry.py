@@ -72,6 +72,26 @@ def test_relative_sqlite_store_is_pinned_to_an_absolute_path(tmp_path, monkeypat
     assert pinned.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
 
 
+def test_load_model_reads_every_source_the_same_way(cfg, tmp_path):
+    """Registry URI, checkpoint folder, its training_state.pt and a plain state dict give the same network."""
+    from cmd_ray.models.checkpoint import save_training_state
+
+    torch.manual_seed(4)
+    model = build_model(cfg)
+    run_id = mlflow_runs.start_run(cfg, "unit")
+    registered = registry.log_and_register(cfg, run_id, model)
+    mlflow_runs.end_run(cfg, run_id)
+    save_training_state(tmp_path, {"model": model.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1})
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    sources = [registered.uri, str(tmp_path), str(tmp_path / "training_state.pt"), str(tmp_path / "weights.pt")]
+    for source in sources:
+        net, net_cfg = registry.load_model(source, cfg)
+        assert net_cfg == cfg and not net.training, source
+        assert all(torch.equal(t, model.state_dict()[k]) for k, t in net.state_dict().items()), source
+    with pytest.raises(registry.ModelLoadError, match="cannot pull models:/unit-tracker@nobody"):
+        registry.load_model("models:/unit-tracker@nobody", cfg)
+
+
 # ------------------------------------------------------------------------------------- a registry entry that travels
 
 REPO = Path(__file__).resolve().parents[1]

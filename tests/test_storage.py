@@ -331,7 +331,7 @@ def s3_pairs(s3_server, flaky_bucket) -> list[tuple[str, str]]:
 
 def _maker(pairs: list[tuple[str, str]], endpoint_url: str) -> Any:
     from cmd_ray.config import load_config
-    from cmd_ray.data.pipeline import SampleMaker
+    from cmd_ray.data.distill_stream import SampleMaker
 
     cfg = load_config(None, [f"data.uri=s3://{pairs[0][0].split('/')[2]}/synthetic/pairs", "data.progress=false"])
     return SampleMaker(pairs, cfg.data.model_dump(mode="json"), 0, 0, endpoint_url, skip_counter=None)
@@ -383,3 +383,12 @@ def test_a_redirected_presigned_read_is_left_to_boto3(flaky, flaky_bucket):
     before = storage.retry_count()
     assert storage.read_bytes(f"s3://{flaky_bucket}/ok/moved.bin", flaky.endpoint_url) == b"m"
     assert flaky.seen[f"/{flaky_bucket}/ok/moved.bin"] == 2 and storage.retry_count() == before
+
+
+def test_ray_storage_is_the_one_resolution_of_the_storage_path(tmp_path, monkeypatch, s3_server):
+    monkeypatch.chdir(tmp_path)
+    assert storage.ray_storage("runs") == (None, str(tmp_path / "runs"))
+    assert storage.ray_storage(f"file://{tmp_path}/runs") == (None, str(tmp_path / "runs"))
+    filesystem, path = storage.ray_storage("s3://bucket/prefix/", s3_server.endpoint_url)
+    assert path == "bucket/prefix"
+    assert filesystem is storage.s3_filesystem(s3_server.endpoint_url)  # this process's one S3 filesystem

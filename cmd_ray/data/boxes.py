@@ -19,6 +19,11 @@ Methods (paper §3.2, §4.2):
 - ``'detection'``: boxes of a detector (:mod:`cmd_ray.data.detect`) run on the RGB image (optionally
   merged with TIR detections); a pair where nothing is found falls back to the ``'center'`` box, and
   :class:`PseudoBoxes` says so (the pipeline counts it).
+- ``'hotspot'``: a square of the ``'center'`` box's size around the warmest region of the TIR image
+  (:func:`hotspot_pair_boxes`; not in the paper).
+
+Every method is an entry of :data:`BOX_METHODS` (a function and its options model); the pipeline and
+``cmd-ray boxes`` dispatch through it. README.md, "Extending cmd-ray", shows how to add one.
 """
 
 from __future__ import annotations
@@ -29,9 +34,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-BoxMethod = Callable[..., np.ndarray]
-"""``fn(rgb, tir, rng, **params) -> float32 [K, 4]``: pseudo boxes of one aligned pair (K may be 0)."""
+from pydantic import BaseModel, ConfigDict, Field
 
 PairDetector = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``fn(rgb uint8 [H, W, 3], tir [H, W]) -> float32 [K, 4]`` boxes in pixels (K >= 0), e.g. a closure over
@@ -190,58 +193,168 @@ class PseudoBoxes:
     fallback: bool = False
 
 
-def _center_boxes(
-    rgb: np.ndarray, tir: np.ndarray, rng: np.random.Generator, *, center_fraction: float = 0.3, **_: Any
-) -> np.ndarray:
-    height, width = rgb.shape[:2]
-    return center_box(height, width, center_fraction)[None, :]
+# --------------------------------------------------------------------------- the box-method registry
 
 
-def _random_boxes(
-    rgb: np.ndarray,
-    tir: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    random_count: int = 4,
-    random_fraction: float = 1 / 6,
-    random_scale_range: tuple[float, float] = (0.8, 1.25),
-    **_: Any,
-) -> np.ndarray:
-    height, width = rgb.shape[:2]
-    return random_boxes(height, width, rng, random_count, random_fraction, random_scale_range)
+@dataclass(frozen=True)
+class AlignedPair:
+    """What a pseudo-box method may look at: one pixel-aligned pair.
+
+    Attributes:
+        rgb: ``uint8 [H, W, 3]``.
+        tir: ``[H, W]`` (uint8 or uint16), the same ``H, W``.
+        rng: randomness fixed per pair (the pipeline seeds it by the pair's URI), or ``None``.
+        detector: the configured detector (``data.boxes=detection``), or ``None``.
+    """
+
+    rgb: np.ndarray
+    tir: np.ndarray
+    rng: np.random.Generator | None = None
+    detector: PairDetector | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
 
 
-def _detection_boxes(
-    rgb: np.ndarray,
-    tir: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    detector: PairDetector | None = None,
-    min_box_size: float = 1.0,
-    **_: Any,
-) -> np.ndarray:
-    if detector is None:
+class BoxOptions(BaseModel):
+    """Options of a pseudo-box method, named as the ``data.*`` config keys they come from.
+
+    Every method gets ``center_box_fraction`` (a method that may find nothing falls back to that centre box).
+    A method that needs more subclasses this; its fields are read off ``cfg.data`` by name (:func:`box_options`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    center_box_fraction: float = Field(0.3, gt=0.0, le=1.0, description="box side / min(H, W)")
+
+
+class RandomBoxOptions(BoxOptions):
+    random_boxes_per_pair: int = Field(4, ge=1)
+    random_box_fraction: float = Field(1 / 6, gt=0.0, le=1.0)
+    random_box_scale_range: tuple[float, float] = (0.8, 1.25)
+
+
+class DetectionBoxOptions(BoxOptions):
+    min_box_size: float = Field(1.0, ge=0.0, description="boxes narrower or lower (pixels, after clipping) go")
+
+
+BoxFinder = Callable[[AlignedPair, Any], np.ndarray]
+"""``find(pair, options) -> float32 [K, 4]``: the pseudo boxes of one aligned pair (``K`` may be 0)."""
+
+
+@dataclass(frozen=True)
+class BoxMethod:
+    """One entry of :data:`BOX_METHODS`.
+
+    Attributes:
+        find: the method (:data:`BoxFinder`).
+        options: its options model (:class:`BoxOptions` or a subclass).
+        may_find_nothing: True: a pair without boxes falls back to the centre box (counted by the pipeline);
+            False: finding no box is an error.
+    """
+
+    find: BoxFinder
+    options: type[BoxOptions] = BoxOptions
+    may_find_nothing: bool = False
+
+
+def center_pair_boxes(pair: AlignedPair, options: BoxOptions) -> np.ndarray:
+    """'center': the centred square (:func:`center_box`)."""
+    return center_box(pair.height, pair.width, options.center_box_fraction)[None, :]
+
+
+def random_pair_boxes(pair: AlignedPair, options: RandomBoxOptions) -> np.ndarray:
+    """'random': regions of about 1/6 of the image (:func:`random_boxes`), drawn with the pair's ``rng``."""
+    if pair.rng is None:
+        raise ValueError("pseudo-box method 'random' needs a random generator")
+    return random_boxes(
+        pair.height,
+        pair.width,
+        pair.rng,
+        options.random_boxes_per_pair,
+        options.random_box_fraction,
+        options.random_box_scale_range,
+    )
+
+
+def detection_pair_boxes(pair: AlignedPair, options: DetectionBoxOptions) -> np.ndarray:
+    """'detection': the detector's boxes, clipped to the image, without those under ``min_box_size``."""
+    if pair.detector is None:
         raise ValueError("pseudo-box method 'detection' needs a detector (see cmd_ray.data.detect.build_detector)")
-    height, width = rgb.shape[:2]
-    return usable_boxes(detector(rgb, tir), height, width, min_box_size)
+    return usable_boxes(pair.detector(pair.rgb, pair.tir), pair.height, pair.width, options.min_box_size)
 
 
-METHODS: dict[str, BoxMethod] = {"center": _center_boxes, "random": _random_boxes, "detection": _detection_boxes}
+def hotspot_pair_boxes(pair: AlignedPair, options: BoxOptions) -> np.ndarray:
+    """'hotspot': a square of the centre box's size around the warmest region of the TIR image.
+
+    Warm objects (people, animals, engines) are bright in TIR. The TIR image is averaged over windows of the
+    box's side, so the warmest *region* wins, not one hot pixel. An object smaller than the window gives a
+    plateau of equally warm windows around it: the box is centred on the middle of the plateau that holds the
+    first warmest window, then shifted to lie inside the image.
+    """
+    side = options.center_box_fraction * min(pair.height, pair.width)
+    window = max(1, round(side))
+    heat = cv2.blur(pair.tir.astype(np.float32), (window, window), borderType=cv2.BORDER_REPLICATE)
+    warmest = np.isclose(heat, heat.max(), rtol=1e-5, atol=0.0).astype(np.uint8)
+    _, plateaus = cv2.connectedComponents(warmest)
+    first = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    rows, cols = np.nonzero(plateaus == plateaus[first])
+    # the window at pixel (r, c) covers pixels c - window // 2 ... c - window // 2 + window - 1
+    centre_x = cols.mean() - window // 2 + window / 2.0
+    centre_y = rows.mean() - window // 2 + window / 2.0
+    x = min(max(centre_x - side / 2.0, 0.0), pair.width - side)
+    y = min(max(centre_y - side / 2.0, 0.0), pair.height - side)
+    return np.array([[x, y, side, side]], dtype=np.float32)
+
+
+BOX_METHODS: dict[str, BoxMethod] = {
+    "center": BoxMethod(center_pair_boxes),
+    "random": BoxMethod(random_pair_boxes, RandomBoxOptions),
+    "detection": BoxMethod(detection_pair_boxes, DetectionBoxOptions, may_find_nothing=True),
+    "hotspot": BoxMethod(hotspot_pair_boxes),
+}
+"""``data.boxes`` name -> method; the names are :data:`cmd_ray.vocabulary.BOX_METHODS` (a unit test checks)."""
+
+
+def box_method(method: str) -> BoxMethod:
+    """The registered method called ``method``; ``ValueError`` names the supported ones."""
+    entry = BOX_METHODS.get(method)
+    if entry is None:
+        raise ValueError(f"unknown pseudo-box method {method!r}; supported: {', '.join(BOX_METHODS)}")
+    return entry
+
+
+def box_options(method: str, settings: Any = None, **options: Any) -> BoxOptions:
+    """The options of ``method``: its fields read off ``settings`` by name (e.g. ``cfg.data``), then ``options``."""
+    model = box_method(method).options
+    values = {} if settings is None else {k: getattr(settings, k) for k in model.model_fields if hasattr(settings, k)}
+    return model.model_validate({**values, **options})
 
 
 def pseudo_boxes_with_fallback(
-    method: str, rgb: np.ndarray, tir: np.ndarray, rng: np.random.Generator, **params: Any
+    method: str,
+    rgb: np.ndarray,
+    tir: np.ndarray,
+    rng: np.random.Generator | None,
+    detector: PairDetector | None = None,
+    settings: Any = None,
+    **options: Any,
 ) -> PseudoBoxes:
     """Pseudo-target boxes of one aligned pair, and whether the ``'center'`` fallback was used.
 
     Args:
-        method: ``'center'``, ``'random'`` or ``'detection'``.
+        method: a name of :data:`BOX_METHODS` (``'center'``, ``'random'``, ``'detection'``, …).
         rgb: ``uint8 [H, W, 3]``; tir: ``[H, W]`` — already aligned (same ``H, W``).
-        rng: randomness of ``'random'`` (seed it per pair for regions fixed per pair).
-        params: ``center_fraction`` (box side / ``min(H, W)``, also the fallback's);
-            ``random_count``, ``random_fraction``, ``random_scale_range`` (see :func:`random_boxes`);
-            ``detector`` (a :data:`PairDetector`) and ``min_box_size`` (pixels) for ``'detection'``.
-            Options of other methods are ignored.
+        rng: the pair's randomness (seed it per pair for regions fixed per pair).
+        detector: a :data:`PairDetector`, for ``'detection'``.
+        settings: an object whose attributes named like the method's options are used (``cfg.data``).
+        options: the method's options by name (see :class:`BoxOptions` and its subclasses), over ``settings``;
+            options of other methods are ignored.
 
     Returns:
         :class:`PseudoBoxes`: ``K >= 1`` boxes valid in both modalities.
@@ -254,17 +367,25 @@ def pseudo_boxes_with_fallback(
             f"pseudo boxes need an aligned pair: RGB is {rgb.shape[1]}x{rgb.shape[0]}, "
             f"TIR is {tir.shape[1]}x{tir.shape[0]} (align_pair first)"
         )
-    fn = METHODS.get(method)
-    if fn is None:
-        raise ValueError(f"unknown pseudo-box method {method!r}; supported: {', '.join(METHODS)}")
-    boxes = np.asarray(fn(rgb, tir, rng, **params), dtype=np.float32).reshape(-1, 4)
+    entry = box_method(method)
+    chosen = box_options(method, settings, **options)
+    pair = AlignedPair(rgb, tir, rng, detector)
+    boxes = np.asarray(entry.find(pair, chosen), dtype=np.float32).reshape(-1, 4)
     if len(boxes):
         return PseudoBoxes(boxes)
-    if method != "detection":
+    if not entry.may_find_nothing:
         raise ValueError(f"pseudo-box method {method!r} found no box")
-    return PseudoBoxes(_center_boxes(rgb, tir, rng, **params), fallback=True)
+    return PseudoBoxes(center_pair_boxes(pair, chosen), fallback=True)
 
 
-def pseudo_boxes(method: str, rgb: np.ndarray, tir: np.ndarray, rng: np.random.Generator, **params: Any) -> np.ndarray:
+def pseudo_boxes(
+    method: str,
+    rgb: np.ndarray,
+    tir: np.ndarray,
+    rng: np.random.Generator | None,
+    detector: PairDetector | None = None,
+    settings: Any = None,
+    **options: Any,
+) -> np.ndarray:
     """The boxes of :func:`pseudo_boxes_with_fallback`: ``float32 [K, 4]``, ``K >= 1``."""
-    return pseudo_boxes_with_fallback(method, rgb, tir, rng, **params).boxes
+    return pseudo_boxes_with_fallback(method, rgb, tir, rng, detector, settings, **options).boxes

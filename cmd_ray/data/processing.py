@@ -155,17 +155,24 @@ def align_pair(rgb: np.ndarray, tir: np.ndarray, key: str) -> tuple[np.ndarray, 
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """A square crop of an image, resized to ``output_sz``.
+    """A square image region resampled to ``output_sz x output_sz``: the one crop geometry of training and tracking.
+
+    It maps an image point ``u`` to the crop point ``(u - (x0, y0)) * output_sz / side`` (continuous coordinates,
+    see the module docstring). Training crops (:func:`crop_geometry`) have whole-pixel ``x0, y0, side`` (as
+    pytracking's ``sample_target``) and are cut by :func:`apply_crop` (a slice and ``cv2.resize``); the tracker's
+    search regions (:func:`cmd_ray.tracking.geometry.search_geometry`) are continuous and are cut by
+    :func:`cmd_ray.tracking.geometry.sample_patch` (``cv2.warpAffine`` under :meth:`matrix`). Both cutters sample
+    each crop pixel centre where this map sends it, so the same geometry gives the same crop either way.
 
     Attributes:
-        x0, y0: top-left corner of the crop in image pixels (integers; may lie outside the image).
-        side: crop side in image pixels (integer >= 1).
-        output_sz: side of the resized crop in pixels.
+        x0, y0: top-left corner of the crop in image pixels (may lie outside the image).
+        side: crop side in image pixels (> 0).
+        output_sz: side of the resampled crop in pixels.
     """
 
-    x0: int
-    y0: int
-    side: int
+    x0: float
+    y0: float
+    side: float
     output_sz: int
 
     @property
@@ -173,17 +180,38 @@ class CropGeometry:
         """Crop pixels per image pixel."""
         return self.output_sz / self.side
 
+    @property
+    def center(self) -> np.ndarray:
+        """``float64 [2]`` centre ``(x, y)`` in image pixels."""
+        return np.array([self.x0 + self.side / 2, self.y0 + self.side / 2])
+
+    @property
+    def is_whole_pixel(self) -> bool:
+        """True when ``x0``, ``y0`` and ``side`` are whole pixels (what :func:`apply_crop` cuts)."""
+        return all(float(v).is_integer() for v in (self.x0, self.y0, self.side))
+
+    def points_to_crop(self, points: np.ndarray) -> np.ndarray:
+        """Image points ``[..., 2]`` ``(x, y)`` -> crop points ``float64 [..., 2]``."""
+        return (np.asarray(points, dtype=np.float64) - (self.x0, self.y0)) * self.scale
+
+    def points_to_image(self, points: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`points_to_crop`."""
+        return np.asarray(points, dtype=np.float64) / self.scale + (self.x0, self.y0)
+
     def box_to_crop(self, box: np.ndarray) -> np.ndarray:
-        """``(x, y, w, h)`` image box(es) ``[..., 4]`` ─▶ the same box(es) in crop pixels, ``float32 [..., 4]``."""
+        """``(x, y, w, h)`` image box(es) ``[..., 4]`` ─▶ the same box(es) in crop pixels, ``float64 [..., 4]``."""
         box = np.asarray(box, dtype=np.float64)
-        out = np.concatenate([(box[..., :2] - (self.x0, self.y0)) * self.scale, box[..., 2:] * self.scale], axis=-1)
-        return out.astype(np.float32)
+        return np.concatenate([self.points_to_crop(box[..., :2]), box[..., 2:] * self.scale], axis=-1)
 
     def box_to_image(self, box: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`box_to_crop`: crop box(es) ``[..., 4]`` ─▶ image pixels, ``float32 [..., 4]``."""
+        """Inverse of :meth:`box_to_crop`: crop box(es) ``[..., 4]`` ─▶ image pixels, ``float64 [..., 4]``."""
         box = np.asarray(box, dtype=np.float64)
-        out = np.concatenate([box[..., :2] / self.scale + (self.x0, self.y0), box[..., 2:] / self.scale], axis=-1)
-        return out.astype(np.float32)
+        return np.concatenate([self.points_to_image(box[..., :2]), box[..., 2:] / self.scale], axis=-1)
+
+    def matrix(self) -> np.ndarray:
+        """``float64 [2, 3]`` affine map image -> crop in continuous coordinates."""
+        s = self.scale
+        return np.array([[s, 0.0, -self.x0 * s], [0.0, s, -self.y0 * s]])
 
 
 def _check_box(box: np.ndarray) -> np.ndarray:
@@ -279,8 +307,10 @@ def apply_crop(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
     Returns:
         ``[S, S]`` or ``[S, S, C]`` of the image's dtype, ``S = geometry.output_sz``.
     """
+    if not geometry.is_whole_pixel:
+        raise ValueError(f"apply_crop cuts whole-pixel crops, got {geometry} (sample_patch resamples any crop)")
     height, width = image.shape[:2]
-    x0, y0, side = geometry.x0, geometry.y0, geometry.side
+    x0, y0, side = int(geometry.x0), int(geometry.y0), int(geometry.side)
     x1, y1 = x0 + side, y0 + side
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if ix0 < ix1 and iy0 < iy1:
@@ -323,7 +353,7 @@ def sample_crop(
     """
     size = image.shape[:2]
     geometry = jittered_crop_geometry(box, cfg, rng, frame, size) if jitter else crop_geometry(box, cfg, size)
-    return apply_crop(image, geometry), geometry.box_to_crop(_check_box(box)), geometry
+    return apply_crop(image, geometry), geometry.box_to_crop(_check_box(box)).astype(np.float32), geometry
 
 
 # --------------------------------------------------------------------------- labels and proposals
@@ -504,8 +534,8 @@ def make_sample(
         "tir_ref": apply_crop(tir, ref),
         "rgb_test": apply_crop(rgb, test),
         "tir_test": apply_crop(tir, test),
-        "ref_box": ref.box_to_crop(box),
-        **search_targets(test.box_to_crop(box), cfg, rng),
+        "ref_box": ref.box_to_crop(box).astype(np.float32),
+        **search_targets(test.box_to_crop(box).astype(np.float32), cfg, rng),
     }
 
 

@@ -179,8 +179,8 @@ def make_frame_pair_sample(
     sample = {
         "rgb_ref": apply_crop(ref_image, ref),
         "rgb_test": apply_crop(test_image, test),
-        "ref_box": ref.box_to_crop(ref_box),
-        **search_targets(test.box_to_crop(test_box), cfg, rng),
+        "ref_box": ref.box_to_crop(ref_box).astype(np.float32),
+        **search_targets(test.box_to_crop(test_box).astype(np.float32), cfg, rng),
     }
     if grayscale_probability > 0 or brightness_jitter > 0:
         grey = bool(rng.random() < grayscale_probability)

@@ -20,15 +20,22 @@ Either form adds Eq. 2's ``μ‖φ‖²`` on the final filter ``φ`` when ``μ >
   Monte Carlo over proposals drawn from a known proposal density;
 
 plus ``ν‖θ‖²`` over the trained BBE parameters ``θ`` when ``ν > 0`` (:func:`parameters_l2`).
+
+Each form is an entry of :data:`TCL_LOSS_FORMS` or :data:`BBE_LOSS_FORMS` (a function and its options
+model); :func:`cmd_ray.distill.step.distill_step` dispatches through them. Their names are
+:data:`cmd_ray.vocabulary.TCL_LOSS_FORMS` and :data:`cmd_ray.vocabulary.BBE_LOSS_FORMS` (a unit test checks).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 HINGE_THRESHOLD = 0.05
@@ -202,3 +209,103 @@ def kl_regression_loss(
 def total_loss(l_tcl: torch.Tensor, l_bbe: torch.Tensor, lam: float) -> torch.Tensor:
     """Eq. 1: ``l_tcl + lam * l_bbe``."""
     return l_tcl + lam * l_bbe
+
+
+# --------------------------------------------------------------------------- the loss-form registries
+
+
+class TclLossOptions(BaseModel):
+    """Options of a TCL loss form: the weights of the initial, intermediate and final filter iterates."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    clf_loss_weights: tuple[float, float, float] = (100.0, 400.0, 100.0)
+
+
+class LBHingeOptions(TclLossOptions):
+    hinge_threshold: float = Field(HINGE_THRESHOLD, description="label value below which a cell is background")
+
+
+class BbeLossOptions(BaseModel):
+    """Options of a BBE loss form (the built-in forms have none)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+TclLossFn = Callable[[Sequence[torch.Tensor], torch.Tensor, Any], torch.Tensor]
+"""``fn(scores, label, options) -> scalar``: score maps ``[Nte, B, L, L]`` of the filter iterates vs. the label."""
+
+BbeLossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor], Any], torch.Tensor]
+"""``fn(iou_pred, batch, options) -> scalar``: IoU-Net outputs ``[1, B, P]`` vs. the batch's proposal targets."""
+
+
+@dataclass(frozen=True)
+class TclLossForm:
+    """One entry of :data:`TCL_LOSS_FORMS`: the data term of L_TCL and its options model."""
+
+    loss: TclLossFn
+    options: type[TclLossOptions] = TclLossOptions
+
+
+@dataclass(frozen=True)
+class BbeLossForm:
+    """One entry of :data:`BBE_LOSS_FORMS`: the data term of L_BBE and its options model.
+
+    Attributes:
+        batch_keys: what the batch must hold besides the usual keys (checked before the forward pass).
+        batch_hint: how to get them (ends the error message when they are missing).
+    """
+
+    loss: BbeLossFn
+    options: type[BbeLossOptions] = BbeLossOptions
+    batch_keys: tuple[str, ...] = ()
+    batch_hint: str = ""
+
+
+def _lbhinge_form(scores: Sequence[torch.Tensor], label: torch.Tensor, options: LBHingeOptions) -> torch.Tensor:
+    return tcl_loss(scores, label, options.hinge_threshold, *options.clf_loss_weights)
+
+
+def _squared_form(scores: Sequence[torch.Tensor], label: torch.Tensor, options: TclLossOptions) -> torch.Tensor:
+    weight_init, weight_iter, weight_final = options.clf_loss_weights
+    return squared_tcl_loss(scores, label, weight_init=weight_init, weight_iter=weight_iter, weight_final=weight_final)
+
+
+def _mse_form(iou_pred: torch.Tensor, batch: Mapping[str, torch.Tensor], options: BbeLossOptions) -> torch.Tensor:
+    return bbe_loss(iou_pred, batch["proposal_iou"].unsqueeze(0))
+
+
+def _kl_form(iou_pred: torch.Tensor, batch: Mapping[str, torch.Tensor], options: BbeLossOptions) -> torch.Tensor:
+    density, gt_density = batch["proposal_density"].unsqueeze(0), batch["gt_density"].unsqueeze(0)
+    return kl_regression_loss(iou_pred, density, gt_density, mc_dim=-1)
+
+
+TCL_LOSS_FORMS: dict[str, TclLossForm] = {
+    "lbhinge": TclLossForm(_lbhinge_form, LBHingeOptions),
+    "squared": TclLossForm(_squared_form),
+}
+"""``distill.tcl_loss`` name -> form."""
+
+BBE_LOSS_FORMS: dict[str, BbeLossForm] = {
+    "mse": BbeLossForm(_mse_form),
+    "kl": BbeLossForm(
+        _kl_form,
+        batch_keys=("proposal_density", "gt_density"),
+        batch_hint="sample with data.sampling.proposal_method=gmm",
+    ),
+}
+"""``distill.bbe_loss`` name -> form."""
+
+
+def tcl_loss_form(name: str) -> TclLossForm:
+    """The registered TCL form ``name``; ``ValueError`` names the allowed ones."""
+    if name not in TCL_LOSS_FORMS:
+        raise ValueError(f"unknown tcl_loss {name!r}; allowed: {', '.join(TCL_LOSS_FORMS)}")
+    return TCL_LOSS_FORMS[name]
+
+
+def bbe_loss_form(name: str) -> BbeLossForm:
+    """The registered BBE form ``name``; ``ValueError`` names the allowed ones."""
+    if name not in BBE_LOSS_FORMS:
+        raise ValueError(f"unknown bbe_loss {name!r}; allowed: {', '.join(BBE_LOSS_FORMS)}")
+    return BBE_LOSS_FORMS[name]

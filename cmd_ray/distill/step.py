@@ -22,7 +22,7 @@ With ``data.sampling.proposal_method=gmm`` the batch also holds ``proposal_densi
 The model is a DiMPNet (score maps + IoUs) or an ATOMNet (IoUs only: ``loss_tcl`` is 0).
 
 The variant decides, per sample, whether RGB or TIR feeds each branch (see
-:meth:`cmd_ray.distill.variants.Variant.sample_modalities`). One reference and one test crop per
+:meth:`cmd_ray.vocabulary.Variant.sample_modalities`). One reference and one test crop per
 sample: ``Ntr = Nte = 1``.
 """
 
@@ -36,44 +36,17 @@ from torch import nn
 
 from cmd_ray.distill import losses
 from cmd_ray.distill.losses import HINGE_THRESHOLD
-from cmd_ray.distill.variants import Variant, get_variant
 from cmd_ray.models.dimpnet import ATOMNet, parameter_groups
+from cmd_ray.models.network_input import IMAGENET_MEAN as IMAGENET_MEAN
+from cmd_ray.models.network_input import IMAGENET_STD as IMAGENET_STD
+from cmd_ray.models.network_input import to_network_input
+from cmd_ray.vocabulary import Variant, get_variant
 
 if TYPE_CHECKING:
     from cmd_ray.config import DistillConfig
 
-TCL_LOSSES = ("lbhinge", "squared")
-BBE_LOSSES = ("mse", "kl")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def to_network_input(images: torch.Tensor) -> torch.Tensor:
-    """Decoded images -> ImageNet-normalised float network input ``[B, 3, H, W]``.
-
-    Args:
-        images: RGB ``[B, H, W, 3]`` or TIR ``[B, H, W]``, uint8 (0–255) or uint16 (0–65535, scaled
-            linearly). TIR is replicated to three channels here, and only here.
-
-    Returns:
-        float32 ``[B, 3, H, W]`` on the input's device.
-    """
-    if images.dtype == torch.uint8:
-        scale = 255.0
-    elif images.dtype == torch.uint16:
-        scale = 65535.0
-    else:
-        raise TypeError(f"expected uint8 or uint16 images, got {images.dtype}")
-    if images.dim() == 3:
-        x = images.float().unsqueeze(1).expand(-1, 3, -1, -1)
-    elif images.dim() == 4 and images.shape[-1] == 3:
-        x = images.float().permute(0, 3, 1, 2)
-    else:
-        raise ValueError(f"expected [B, H, W, 3] RGB or [B, H, W] TIR images, got shape {tuple(images.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).reshape(1, 3, 1, 1)
-    return ((x / scale - mean) / std).contiguous()
+TCL_LOSSES = tuple(losses.TCL_LOSS_FORMS)
+BBE_LOSSES = tuple(losses.BBE_LOSS_FORMS)
 
 
 def _branch_input(rgb: torch.Tensor, tir: torch.Tensor | None, modalities: Sequence[str]) -> torch.Tensor:
@@ -113,6 +86,7 @@ def distill_step(
     filter_reg_mu: float = 0.0,
     bbe_loss: str = "mse",
     bbe_reg_nu: float = 0.0,
+    **form_options: Any,
 ) -> dict[str, torch.Tensor]:
     """Forward one mini-batch through ``model`` (a DiMPNet or ATOMNet, possibly DDP-wrapped) and compute Eq. 1.
 
@@ -123,25 +97,28 @@ def distill_step(
         loss_weight_bbe: λ of Eq. 1.
         hinge_threshold: label value below which a cell is background in the TCL hinge.
         clf_loss_weights: weights of the initial, intermediate and final filter iterates.
-        tcl_loss: ``"lbhinge"`` (DiMP's hinge) or ``"squared"`` (plain squared error, Eq. 2).
+        tcl_loss: a name of :data:`~cmd_ray.distill.losses.TCL_LOSS_FORMS`: ``"lbhinge"`` (DiMP's hinge) or
+            ``"squared"`` (plain squared error, Eq. 2).
         filter_reg_mu: μ of Eq. 2, times ``‖φ‖²`` of the final filter (0: no term, no filter requested).
-        bbe_loss: ``"mse"`` (against ``2·IoU − 1``) or ``"kl"`` (KL regression; needs the batch's
-            ``proposal_density`` and ``gt_density``).
+        bbe_loss: a name of :data:`~cmd_ray.distill.losses.BBE_LOSS_FORMS`: ``"mse"`` (against ``2·IoU − 1``)
+            or ``"kl"`` (KL regression; needs the batch's ``proposal_density`` and ``gt_density``).
         bbe_reg_nu: ν of Eq. 3, times ``‖θ‖²`` of the variant's BBE parameters (its ``bbe`` group).
+        form_options: options of a registered loss form beyond the ones above (each form's options model
+            takes the fields it names; see :data:`cmd_ray.distill.losses.TCL_LOSS_FORMS`).
 
     Returns:
         ``{"loss", "loss_tcl", "loss_bbe"}`` scalars (the regularisers are inside ``loss_tcl`` and
         ``loss_bbe``); ``loss`` carries the graph whenever some parameter requires grad.
     """
-    if tcl_loss not in TCL_LOSSES:
-        raise ValueError(f"unknown tcl_loss {tcl_loss!r}; allowed: {', '.join(TCL_LOSSES)}")
-    if bbe_loss not in BBE_LOSSES:
-        raise ValueError(f"unknown bbe_loss {bbe_loss!r}; allowed: {', '.join(BBE_LOSSES)}")
-    if bbe_loss == "kl" and not {"proposal_density", "gt_density"} <= batch.keys():
+    tcl_form = losses.tcl_loss_form(tcl_loss)
+    bbe_form = losses.bbe_loss_form(bbe_loss)
+    missing = [key for key in bbe_form.batch_keys if key not in batch]
+    if missing:
         raise ValueError(
-            "bbe_loss='kl' needs 'proposal_density' and 'gt_density' in the batch: "
-            "sample with data.sampling.proposal_method=gmm"
+            f"bbe_loss={bbe_loss!r} needs {' and '.join(repr(k) for k in bbe_form.batch_keys)} in the batch: "
+            f"{bbe_form.batch_hint}"
         )
+    form_options = {**form_options, "hinge_threshold": hinge_threshold, "clf_loss_weights": clf_loss_weights}
     variant = get_variant(variant)
     batch_size = batch["rgb_ref"].shape[0]
     ref_modalities, test_modalities = variant.sample_modalities(batch_size)
@@ -161,22 +138,11 @@ def distill_step(
         else:
             scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
         label = batch["test_label"].unsqueeze(0)
-        weight_init, weight_iter, weight_final = clf_loss_weights
-        if tcl_loss == "squared":
-            l_tcl = losses.squared_tcl_loss(
-                scores, label, weight_init=weight_init, weight_iter=weight_iter, weight_final=weight_final
-            )
-        else:
-            l_tcl = losses.tcl_loss(scores, label, hinge_threshold, weight_init, weight_iter, weight_final)
+        l_tcl = tcl_form.loss(scores, label, tcl_form.options.model_validate(form_options))
         if final_filter is not None:
             l_tcl = l_tcl + filter_reg_mu * losses.filter_l2(final_filter)
 
-    if bbe_loss == "kl":
-        l_bbe = losses.kl_regression_loss(
-            iou_pred, batch["proposal_density"].unsqueeze(0), batch["gt_density"].unsqueeze(0), mc_dim=-1
-        )
-    else:
-        l_bbe = losses.bbe_loss(iou_pred, batch["proposal_iou"].unsqueeze(0))
+    l_bbe = bbe_form.loss(iou_pred, batch, bbe_form.options.model_validate(form_options))
     if bbe_reg_nu > 0:
         params = parameter_groups(model, variant)["bbe"]
         if params:

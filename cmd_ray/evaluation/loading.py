@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,8 @@ from cmd_ray import storage
 from cmd_ray.config import Config, TrackerConfig
 from cmd_ray.data.images import decode_tir
 from cmd_ray.evaluation.results import write_result
-from cmd_ray.models.checkpoint import TRAINING_STATE_FILE, load_into, load_state_dict
-from cmd_ray.models.dimpnet import build_model
+from cmd_ray.models.loading import ModelLoadError as SourceError
+from cmd_ray.models.loading import network_with_weights
 
 if TYPE_CHECKING:
     from cmd_ray.tracking.base import Tracker
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".pth.tar", ".ckpt", ".bin")
 
 
 class ModelLoadError(ValueError):
@@ -77,78 +75,21 @@ def registry_version(uri: str, cfg: Config) -> str:
         raise ModelLoadError(f"cannot resolve {uri} in the registry: {exc}") from exc
 
 
-def build_network(model_config: Config, state_dict: Mapping[str, torch.Tensor], source: str = "") -> nn.Module:
-    """The network of ``model_config`` with ``state_dict`` loaded, in eval mode; every key must fit."""
-    net = build_model(model_config)
-    report = load_into(net, state_dict)
-    if not report.ok:
-        raise ModelLoadError(
-            f"weights of {source or 'the model'} do not fit the {model_config.model.architecture}/"
-            f"{model_config.model.preset} network:\n{report}"
-        )
-    return net.eval()
-
-
-def _is_file_uri(uri: str) -> bool:
-    return uri.rstrip("/").lower().endswith(_WEIGHT_SUFFIXES)
-
-
-def _fetch_local(uri: str, cfg: Config, tmp: Path) -> Path:
-    """A local path for ``uri``: itself, or an s3:// file (a folder's ``training_state.pt``) copied into ``tmp``."""
-    if not storage.is_s3(uri):
-        _, path = storage.resolve(uri)
-        return Path(path)
-    remote = uri.rstrip("/") if _is_file_uri(uri) else storage.join(uri.rstrip("/"), TRAINING_STATE_FILE)
-    local = tmp / Path(remote).name
-    local.write_bytes(storage.read_bytes(remote, cfg.storage.s3_endpoint_url))
-    return local
-
-
-def _stored_config(path: Path) -> Config | None:
-    """The run config a cmd-ray training checkpoint holds (None for a plain state dict or a pytracking file)."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not weights-only loadable: a pytracking file, read by load_state_dict
-        return None
-    if isinstance(raw, Mapping) and isinstance(raw.get("config"), Mapping) and "model" in raw:
-        try:
-            return Config.model_validate(raw["config"])
-        except ValueError as exc:
-            raise ModelLoadError(f"{path}: the config stored with the checkpoint is not valid: {exc}") from exc
-    return None
-
-
 def load_network(uri: str, cfg: Config) -> LoadedNetwork:
     """Load a tracker's network on the driver (see the module docstring for the URIs).
 
     Raises:
         ModelLoadError: naming the URI, when it cannot be read or its weights do not fit.
     """
-    if uri.startswith("models:/"):
-        from cmd_ray import mlflow_runs, registry
+    version = registry_version(uri, cfg) if uri.startswith("models:/") else None
+    from cmd_ray import registry
 
-        version = registry_version(uri, cfg)
-        try:
-            net, model_cfg = registry.pull(uri, tracking_uri=mlflow_runs.tracking_uri(cfg))
-        except Exception as exc:
-            raise ModelLoadError(f"cannot pull {uri}: {exc}") from exc
-        weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        return LoadedNetwork(weights, model_cfg, uri, version)
-    with tempfile.TemporaryDirectory(prefix="cmd-ray-model-") as tmp:
-        try:
-            path = _fetch_local(uri, cfg, Path(tmp))
-            if path.is_dir():
-                path = path / TRAINING_STATE_FILE
-            if not path.is_file():
-                raise ModelLoadError(f"model {uri}: no such file (a checkpoint folder must hold {TRAINING_STATE_FILE})")
-            model_cfg = _stored_config(path) or cfg
-            weights = load_state_dict(path)
-        except ModelLoadError:
-            raise
-        except (OSError, ValueError) as exc:  # StorageError, CheckpointError
-            raise ModelLoadError(f"cannot load model {uri}: {exc}") from exc
-    build_network(model_cfg, weights, uri)  # fail on the driver, before any task starts
-    return LoadedNetwork(weights, model_cfg, uri, None)
+    try:
+        net, model_cfg = registry.load_model(uri, cfg)  # fails on the driver, before any task starts
+    except SourceError as exc:  # its message names the URI
+        raise ModelLoadError(str(exc)) from exc
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return LoadedNetwork(weights, model_cfg, uri, version)
 
 
 def make_tracker(
@@ -218,7 +159,10 @@ def run_sequence(
     if kind == "dimp":
         if state_dict is None or model_config is None:
             raise ValueError(f"tracker {tracker_name!r}: a dimp tracker needs weights and their config")
-        net = build_network(Config.model_validate(model_config), state_dict, tracker_name).to(device)
+        try:
+            net = network_with_weights(Config.model_validate(model_config), state_dict, tracker_name).to(device)
+        except SourceError as exc:  # its message names the tracker and the keys that do not fit
+            raise ModelLoadError(str(exc)) from exc
     params = TrackerConfig.model_validate(tracker_params or {})
     tracker = make_tracker(kind, net, params, device)
     from cmd_ray.tracking import track_sequence

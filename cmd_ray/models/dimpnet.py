@@ -33,7 +33,7 @@ and proposals ``[N, B, P, 4]`` are ``x, y, w, h`` in crop pixels. Backbone featu
 the image-major flattening ``[N*B, …]`` (row ``n*B + b``).
 
 Trainability (:func:`apply_variant_trainability`): the backbone is always frozen; the variant's TCL
-and BBE branches (see :mod:`cmd_ray.distill.variants`) are the only parameters with
+and BBE branches (see :mod:`cmd_ray.vocabulary`) are the only parameters with
 ``requires_grad``; BatchNorm layers of frozen parts stay in eval mode even after ``model.train()``.
 ATOM has no TCL: a variant that trains it raises ``ValueError``.
 """
@@ -47,10 +47,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cmd_ray.distill.variants import Variant, get_variant
 from cmd_ray.models.backbone import ResNetBackbone, freeze_batchnorm_stats
 from cmd_ray.models.classifier import LinearFilterClassifier
 from cmd_ray.models.iounet import AtomIoUNet
+from cmd_ray.vocabulary import Variant, get_variant
 
 if TYPE_CHECKING:
     from cmd_ray.config import Config

@@ -6,23 +6,13 @@ sequence's frames from the first box. Parameters: :class:`cmd_ray.config.Tracker
 
 from cmd_ray.tracking.base import Tracker
 from cmd_ray.tracking.dimp import DiMPTracker, build_tracker
-from cmd_ray.tracking.run import (
-    SequenceComparison,
-    TrackResult,
-    compare_with_static_box,
-    static_box_auc,
-    synthetic_tir_sequences,
-    track_sequence,
-)
+from cmd_ray.tracking.run import TrackResult, synthetic_tir_sequences, track_sequence
 
 __all__ = [
     "DiMPTracker",
-    "SequenceComparison",
     "TrackResult",
     "Tracker",
     "build_tracker",
-    "compare_with_static_box",
-    "static_box_auc",
     "synthetic_tir_sequences",
     "track_sequence",
 ]

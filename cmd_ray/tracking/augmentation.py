@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from cmd_ray.config import TrackerConfig
-from cmd_ray.tracking.geometry import PatchGeometry, warp_patch
+from cmd_ray.data.processing import CropGeometry
+from cmd_ray.tracking.geometry import warp_patch
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _compose(transform: np.ndarray, base: np.ndarray) -> np.ndarray:
     return transform[:, :2] @ base + np.concatenate([np.zeros((2, 2)), transform[:, 2:]], axis=1)
 
 
-def augmented_patches(image: np.ndarray, geometry: PatchGeometry, transforms: list[InitTransform]) -> np.ndarray:
+def augmented_patches(image: np.ndarray, geometry: CropGeometry, transforms: list[InitTransform]) -> np.ndarray:
     """The samples of ``image`` (``[H, W]`` or ``[H, W, 3]``): ``[N, S, S]`` or ``[N, S, S, 3]``, image dtype.
 
     Sample ``n`` is the crop ``geometry`` seen through ``transforms[n]`` (one warp from the frame, then the blur,

@@ -43,11 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmd_ray.config import TrackerConfig
-from cmd_ray.distill.step import to_network_input
+from cmd_ray.data.processing import CropGeometry
 from cmd_ray.models.dimpnet import ATOMNet, DiMPNet
+from cmd_ray.models.network_input import to_network_input
 from cmd_ray.tracking.augmentation import augmented_boxes, augmented_patches, init_transforms
 from cmd_ray.tracking.base import Tracker
-from cmd_ray.tracking.geometry import PatchGeometry, check_box, prepare_frame, sample_patch, search_geometry
+from cmd_ray.tracking.geometry import check_box, prepare_frame, sample_patch, search_geometry
 from cmd_ray.tracking.localization import cell_to_crop, localize_target
 from cmd_ray.tracking.memory import SampleMemory
 from cmd_ray.tracking.refinement import jittered_boxes, optimize_boxes, select_box
@@ -178,7 +179,7 @@ class DiMPTracker:
 
     # ------------------------------------------------------------------ steps
 
-    def _geometry(self) -> PatchGeometry:
+    def _geometry(self) -> CropGeometry:
         p = self.params
         return search_geometry(
             self._center,
@@ -209,7 +210,7 @@ class DiMPTracker:
         self._scale = min(max(scale, self._min_scale), self._max_scale)
         self._size = self._base_size * self._scale
 
-    def _refine(self, backbone: dict[str, torch.Tensor], geometry: PatchGeometry, update_scale: bool) -> None:
+    def _refine(self, backbone: dict[str, torch.Tensor], geometry: CropGeometry, update_scale: bool) -> None:
         p = self.params
         init_box = torch.from_numpy(geometry.box_to_crop(self.current_box())).float().to(self.device)
         boxes = jittered_boxes(init_box, p.num_init_random_boxes, p.box_jitter_pos, p.box_jitter_sz, self._generator)
@@ -241,7 +242,7 @@ class DiMPTracker:
             self._size = self._size * (clamped / scale)
             self._scale = clamped
 
-    def _update_classifier(self, feat: torch.Tensor, geometry: PatchGeometry, hard_negative: bool) -> None:
+    def _update_classifier(self, feat: torch.Tensor, geometry: CropGeometry, hard_negative: bool) -> None:
         p = self.params
         assert self._memory is not None
         box = torch.from_numpy(geometry.box_to_crop(self.current_box())).float().to(self.device)

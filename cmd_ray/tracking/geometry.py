@@ -2,68 +2,29 @@
 
 Coordinates are continuous, as in :mod:`cmd_ray.data.processing` (what the networks were trained on): pixel
 ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, boxes are ``(x, y, w, h)`` with centre ``(x + w/2, y + h/2)``.
-A :class:`PatchGeometry` is a square of ``side`` image pixels with top-left ``(x0, y0)`` (floats; it may reach
-beyond the image) resampled to ``output_sz x output_sz``; it maps an image point ``u`` to the crop point
-``(u - (x0, y0)) * output_sz / side``. Crops are cut with ``cv2.warpAffine`` (bilinear, border pixels
-replicated), which samples each crop pixel centre exactly where this map sends it, like the ``cv2.resize`` of
-the training crops.
+A search region is a :class:`~cmd_ray.data.processing.CropGeometry` (the training crops' geometry): a square of
+``side`` image pixels with top-left ``(x0, y0)`` (floats here; it may reach beyond the image) resampled to
+``output_sz x output_sz``; it maps an image point ``u`` to the crop point ``(u - (x0, y0)) * output_sz / side``.
+Crops are cut with ``cv2.warpAffine`` (bilinear, border pixels replicated), which samples each crop pixel centre
+exactly where this map sends it, like the ``cv2.resize`` of the training crops.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from cmd_ray.data.processing import normalize_tir
+from cmd_ray.data.processing import CropGeometry, normalize_tir
 
 BORDER_MODES = ("replicate", "inside", "inside_major")
 
 
-@dataclass(frozen=True)
-class PatchGeometry:
-    """A square image region resampled to ``output_sz``: ``x0, y0, side`` in image pixels (floats)."""
-
-    x0: float
-    y0: float
-    side: float
-    output_sz: int
-
-    @property
-    def scale(self) -> float:
-        """Crop pixels per image pixel."""
-        return self.output_sz / self.side
-
-    @property
-    def center(self) -> np.ndarray:
-        """``float64 [2]`` centre ``(x, y)`` in image pixels."""
-        return np.array([self.x0 + self.side / 2, self.y0 + self.side / 2])
-
-    def points_to_crop(self, points: np.ndarray) -> np.ndarray:
-        """Image points ``[..., 2]`` ``(x, y)`` -> crop points ``float64 [..., 2]``."""
-        return (np.asarray(points, dtype=np.float64) - (self.x0, self.y0)) * self.scale
-
-    def points_to_image(self, points: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`points_to_crop`."""
-        return np.asarray(points, dtype=np.float64) / self.scale + (self.x0, self.y0)
-
-    def box_to_crop(self, box: np.ndarray) -> np.ndarray:
-        """Image box(es) ``[..., 4]`` ``x, y, w, h`` -> crop pixels, ``float64 [..., 4]``."""
-        box = np.asarray(box, dtype=np.float64)
-        return np.concatenate([self.points_to_crop(box[..., :2]), box[..., 2:] * self.scale], axis=-1)
-
-    def box_to_image(self, box: np.ndarray) -> np.ndarray:
-        """Crop box(es) ``[..., 4]`` -> image pixels, ``float64 [..., 4]`` (inverse of :meth:`box_to_crop`)."""
-        box = np.asarray(box, dtype=np.float64)
-        return np.concatenate([self.points_to_image(box[..., :2]), box[..., 2:] / self.scale], axis=-1)
-
-    def matrix(self) -> np.ndarray:
-        """``float64 [2, 3]`` affine map image -> crop in continuous coordinates."""
-        s = self.scale
-        return np.array([[s, 0.0, -self.x0 * s], [0.0, s, -self.y0 * s]])
+# re-export: remove after merging tests/tracking/test_geometry.py (it imports CropGeometry from cmd_ray.data.processing)
+PatchGeometry = CropGeometry
+"""The name this module used for :class:`cmd_ray.data.processing.CropGeometry`."""
 
 
 def search_geometry(
@@ -73,7 +34,7 @@ def search_geometry(
     output_sz: int,
     border_mode: str = "replicate",
     max_scale_change: float | None = None,
-) -> PatchGeometry:
+) -> CropGeometry:
     """The crop of ``side`` image pixels centred on ``center`` ``(x, y)``, for an image ``(width, height)``.
 
     ``border_mode="replicate"`` keeps the crop as asked (beyond the image, border pixels are replicated).
@@ -89,7 +50,7 @@ def search_geometry(
     cx, cy = float(center[0]), float(center[1])
     width, height = float(image_size[0]), float(image_size[1])
     if border_mode == "replicate":
-        return PatchGeometry(cx - side / 2, cy - side / 2, float(side), int(output_sz))
+        return CropGeometry(cx - side / 2, cy - side / 2, float(side), int(output_sz))
     ratios = (side / width, side / height)
     shrink = max(ratios) if border_mode == "inside" else min(ratios)
     shrink = max(shrink, 1.0)
@@ -100,7 +61,7 @@ def search_geometry(
     for c, extent in ((cx, width), (cy, height)):
         start = c - side / 2
         corner.append(min(max(start, 0.0), extent - side) if side <= extent else (extent - side) / 2)
-    return PatchGeometry(corner[0], corner[1], float(side), int(output_sz))
+    return CropGeometry(corner[0], corner[1], float(side), int(output_sz))
 
 
 def cv2_affine(matrix: np.ndarray) -> np.ndarray:
@@ -128,7 +89,7 @@ def warp_patch(image: np.ndarray, matrix: np.ndarray, output_sz: int) -> np.ndar
     )
 
 
-def sample_patch(image: np.ndarray, geometry: PatchGeometry) -> np.ndarray:
+def sample_patch(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
     """Cut ``geometry`` out of ``image``: ``[S, S]`` or ``[S, S, 3]`` of the image's dtype."""
     return warp_patch(image, geometry.matrix(), geometry.output_sz)
 

@@ -1,7 +1,7 @@
 """``train_loop_per_worker``: one Ray Train worker's loop, for distillation and for teacher pretraining.
 
 Each worker builds the network, loads the teacher, trains exactly the parameters of the job's
-:class:`~cmd_ray.train.schedule.Schedule` (Adam with one group per module, StepLR), reads its shard of the
+:class:`~cmd_ray.schedule.Schedule` (Adam with one group per module, StepLR), reads its shard of the
 sample stream, and at the end of every epoch reports the global mean losses with a checkpoint (rank 0 writes
 it and logs the metrics to MLflow). A restarted worker group resumes from the latest checkpoint: model,
 optimizer, scheduler, RNG states and the position in the sample stream (the :class:`EpochCursor`).
@@ -26,12 +26,12 @@ from torch import nn
 
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config
-from cmd_ray.data.pipeline import SAMPLE_INDEX
+from cmd_ray.data.streams import SAMPLE_INDEX
 from cmd_ray.distill.step import distill_step, loss_options
 from cmd_ray.models.backbone import freeze_batchnorm_stats
-from cmd_ray.models.checkpoint import load_training_state, restore_rng_state, rng_state, save_training_state
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model, parameter_groups
-from cmd_ray.train.schedule import Job, Schedule, schedule_for
+from cmd_ray.models.training_state import load_training_state, restore_rng_state, rng_state, save_training_state
+from cmd_ray.schedule import Job, Schedule, schedule_for
 from cmd_ray.train.teacher import Teacher, load_teacher_weights
 
 LOSS_KEYS = ("loss", "loss_tcl", "loss_bbe")

@@ -18,14 +18,10 @@ from torch import nn
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config, ConfigError
-from cmd_ray.models.checkpoint import (
-    TRAINING_STATE_FILE,
-    CheckpointError,
-    LoadReport,
-    load_into,
-    load_state_dict,
-)
-from cmd_ray.storage import StorageError, is_s3, join, read_bytes, resolve
+from cmd_ray.models.checkpoint import LoadReport, load_into, load_state_dict
+from cmd_ray.models.loading import checkpoint_file
+from cmd_ray.models.safe_unpickler import CheckpointError
+from cmd_ray.storage import StorageError, is_s3, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +57,6 @@ class Teacher:
         return tags
 
 
-def _checkpoint_file(uri: str, endpoint_url: str | None) -> str:
-    """A cmd-ray checkpoint folder ─▶ its ``training_state.pt``; a file URI passes through."""
-    filesystem, path = resolve(uri, endpoint_url)
-    from pyarrow import fs as pafs
-
-    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
-        return join(uri, TRAINING_STATE_FILE)
-    return uri
-
-
 def resolve_teacher(cfg: Config, job: str = "distill") -> Teacher:
     """Read the starting weights of ``job`` on the driver.
 
@@ -97,7 +83,7 @@ def resolve_teacher(cfg: Config, job: str = "distill") -> Teacher:
             )
         return Teacher(uri, files.weights, files.run_id, files.version)
     try:
-        weights = read_bytes(_checkpoint_file(uri, cfg.storage.s3_endpoint_url), cfg.storage.s3_endpoint_url)
+        weights = read_bytes(checkpoint_file(uri, cfg.storage.s3_endpoint_url), cfg.storage.s3_endpoint_url)
     except (StorageError, OSError) as exc:
         where = "on S3" if is_s3(uri) else "on this machine"
         raise ConfigError(f"{key} {uri} cannot be read {where}: {exc}") from None

@@ -32,14 +32,13 @@ from cmd_ray import mlflow_runs, registry, resume
 from cmd_ray.config import Config, ConfigError
 from cmd_ray.data import pipeline
 from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequences
-from cmd_ray.distill.variants import get_variant
 from cmd_ray.models.checkpoint import load_training_state
-from cmd_ray.models.dimpnet import build_model
 from cmd_ray.resume import RUN_NAME_KEY
-from cmd_ray.storage import StorageError, is_s3, resolve
+from cmd_ray.schedule import Schedule, schedule_for
+from cmd_ray.storage import StorageError, ray_storage
 from cmd_ray.train.loop import train_loop_per_worker
-from cmd_ray.train.schedule import Schedule, schedule_for
 from cmd_ray.train.teacher import Teacher, resolve_teacher
+from cmd_ray.vocabulary import get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +73,7 @@ class TrainingResult:
 
 def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None = None) -> RunConfig:
     """RunConfig with checkpoints under ``storage.storage_path`` (local or s3://, endpoint honoured)."""
-    filesystem = None
-    storage_path = cfg.storage.storage_path
-    if is_s3(storage_path):
-        filesystem, storage_path = resolve(storage_path, cfg.storage.s3_endpoint_url)
-    else:
-        _, storage_path = resolve(storage_path)
+    filesystem, storage_path = ray_storage(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
     return RunConfig(
         name=run_name or cfg.storage.run_name,
         storage_path=storage_path,
@@ -92,8 +86,7 @@ def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None 
 
 def _run_folder(cfg: Config, run_name: str) -> tuple[Any, str]:
     """``(pyarrow filesystem, path in it)`` of the run's folder ``storage.storage_path/run_name``."""
-    endpoint = cfg.storage.s3_endpoint_url if is_s3(cfg.storage.storage_path) else None
-    filesystem, storage_path = resolve(cfg.storage.storage_path, endpoint)
+    filesystem, storage_path = ray_storage(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
     return filesystem, f"{storage_path.rstrip('/')}/{run_name}"
 
 
@@ -313,9 +306,7 @@ def final_model(result: ray.train.Result, cfg: Config) -> Any:
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.storage.run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as directory:
-        state = load_training_state(directory)
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
+        model, _ = registry.load_model(directory, cfg)
     return model
 
 

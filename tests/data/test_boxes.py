@@ -1,9 +1,14 @@
 import numpy as np
 import pytest
 
+from cmd_ray.config import DataConfig
 from cmd_ray.data.boxes import (
+    BOX_METHODS,
+    BoxMethod,
+    BoxOptions,
     PseudoBoxes,
     box_iou,
+    box_options,
     center_box,
     clip_box,
     pseudo_boxes,
@@ -36,7 +41,7 @@ def test_center_pseudo_box_is_the_same_for_both_modalities():
     rgb = np.zeros((120, 160, 3), np.uint8)
     tir_small = np.zeros((60, 80), np.uint16)  # same aspect, half resolution
     rgb, tir = align_pair(rgb, tir_small, key="pair-0")
-    boxes = pseudo_boxes("center", rgb, tir, np.random.default_rng(0), center_fraction=0.25)
+    boxes = pseudo_boxes("center", rgb, tir, np.random.default_rng(0), center_box_fraction=0.25)
     assert boxes.shape == (1, 4) and boxes.dtype == np.float32
     np.testing.assert_array_equal(boxes[0], center_box(*rgb.shape[:2], 0.25))
     np.testing.assert_array_equal(boxes[0], center_box(*tir.shape, 0.25))
@@ -52,7 +57,7 @@ def test_pseudo_boxes_need_an_aligned_pair():
 
 def test_pseudo_boxes_unknown_method_is_a_clear_error():
     rgb, tir = np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8)
-    with pytest.raises(ValueError, match=r"unknown pseudo-box method 'yolo'.*center, random, detection"):
+    with pytest.raises(ValueError, match=r"unknown pseudo-box method 'yolo'.*center, random, detection, hotspot"):
         pseudo_boxes("yolo", rgb, tir, None)
     with pytest.raises(ValueError, match="needs a detector"):
         pseudo_boxes("detection", rgb, tir, None)
@@ -89,7 +94,13 @@ def test_random_boxes_are_reproducible_per_generator_and_validate_arguments():
 def test_random_pseudo_boxes_count_and_identical_in_both_modalities():
     rgb, tir = np.zeros((128, 160, 3), np.uint8), np.zeros((128, 160), np.uint16)
     found = pseudo_boxes_with_fallback(
-        "random", rgb, tir, np.random.default_rng(1), random_count=3, random_fraction=0.25, random_scale_range=(1, 1)
+        "random",
+        rgb,
+        tir,
+        np.random.default_rng(1),
+        random_boxes_per_pair=3,
+        random_box_fraction=0.25,
+        random_box_scale_range=(1, 1),
     )
     assert not found.fallback and found.boxes.shape == (3, 4)
     np.testing.assert_allclose(found.boxes[:, 2:], [[40, 32]] * 3)
@@ -143,7 +154,7 @@ def test_detection_boxes_are_clipped_filtered_and_fall_back_to_the_centre():
     np.testing.assert_allclose(found.boxes, [[190, 10, 10, 40], [0, 0, 30, 30]])  # clipped; the 2px one dropped
 
     nothing = pseudo_boxes_with_fallback(
-        "detection", rgb, tir, rng, detector=lambda *_: np.zeros((0, 4)), center_fraction=0.5
+        "detection", rgb, tir, rng, detector=lambda *_: np.zeros((0, 4)), center_box_fraction=0.5
     )
     assert nothing.fallback
     np.testing.assert_array_equal(nothing.boxes, center_box(100, 200, 0.5)[None])
@@ -172,3 +183,55 @@ def test_clip_box():
     clipped = clip_box(boxes, height=50, width=100)
     np.testing.assert_allclose(clipped, [[0, 0, 5, 5], [90, 40, 10, 10], [100, 10, 0, 5], [10, 10, 5, 5]])
     assert clipped.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_method_takes_its_options_from_the_data_config_by_name():
+    data = DataConfig(center_box_fraction=0.4, random_boxes_per_pair=2, min_box_size=12)
+    for name, method in BOX_METHODS.items():
+        assert issubclass(method.options, BoxOptions)
+        assert set(method.options.model_fields) <= set(DataConfig.model_fields), name
+        options = box_options(name, data)
+        for field in method.options.model_fields:
+            assert getattr(options, field) == getattr(data, field)
+
+
+def test_options_given_by_name_override_the_settings_and_bad_ones_fail():
+    options = box_options("random", DataConfig(random_boxes_per_pair=2), random_boxes_per_pair=5)
+    assert options.random_boxes_per_pair == 5
+    with pytest.raises(ValueError, match="center_box_fraction"):
+        box_options("center", center_box_fraction=2.0)
+
+
+def test_a_method_that_may_not_find_nothing_fails_when_it_does(monkeypatch):
+    rgb, tir = np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8)
+    monkeypatch.setitem(BOX_METHODS, "nothing", BoxMethod(lambda pair, options: np.zeros((0, 4))))
+    with pytest.raises(ValueError, match="'nothing' found no box"):
+        pseudo_boxes("nothing", rgb, tir, None)
+
+
+# --------------------------------------------------------------------------- 'hotspot' (README: Extending cmd-ray)
+
+
+def test_hotspot_box_is_centred_on_the_warmest_region_in_both_modalities():
+    rgb = np.zeros((128, 160, 3), np.uint8)
+    tir = np.full((128, 160), 20000, np.uint16)
+    tir[70:90, 100:120] = 40000  # a warm 20 x 20 object centred at (110, 80)
+    tir[10, 10] = 65535  # one hot pixel (noise) must not win over the warm region
+    found = pseudo_boxes_with_fallback("hotspot", rgb, tir, np.random.default_rng(0), center_box_fraction=0.25)
+    assert not found.fallback and found.boxes.shape == (1, 4) and found.boxes.dtype == np.float32
+    x, y, w, h = found.boxes[0]
+    assert w == h == pytest.approx(0.25 * 128)
+    assert x + w / 2 == pytest.approx(110, abs=1) and y + h / 2 == pytest.approx(80, abs=1)
+    # one box for both modalities: it lies inside the (aligned) RGB image too
+    assert x >= 0 and y >= 0 and x + w <= rgb.shape[1] and y + h <= rgb.shape[0]
+
+
+def test_hotspot_box_at_the_border_is_shifted_inside_the_image():
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    tir = np.zeros((100, 200), np.uint8)
+    tir[0:6, 194:200] = 255  # warmest in the top-right corner
+    box = pseudo_boxes("hotspot", rgb, tir, None, settings=DataConfig(center_box_fraction=0.3))[0]
+    np.testing.assert_allclose(box, [170, 0, 30, 30])

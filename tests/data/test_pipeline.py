@@ -12,17 +12,11 @@ import torchvision
 from cmd_ray import cli
 from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.detect import DetectorWeightsError, hog_available
+from cmd_ray.data.distill_stream import SampleMaker, list_pairs, split_pairs, training_dataset
 from cmd_ray.data.images import encode_rgb, encode_tir
 from cmd_ray.data.pairs import PairTable, write_manifest
-from cmd_ray.data.pipeline import (
-    TRAIN_STREAM,
-    SampleMaker,
-    SkipCounter,
-    index_blocks,
-    list_pairs,
-    split_pairs,
-    training_dataset,
-)
+from cmd_ray.data.skips import SkipCounter
+from cmd_ray.data.streams import TRAIN_STREAM, index_blocks
 from cmd_ray.data.synthetic import generate_pair, write_synthetic_dataset
 
 TINY_ARCH = "ssdlite320_mobilenet_v3_large"
@@ -120,7 +114,7 @@ def test_corrupt_and_mismatched_pairs_are_counted_once_and_skipped(pair_root):
     assert maker.local_report.skipped == 2  # each bad pair once, never drawn again
 
 
-@pytest.mark.parametrize("method", ["center", "random"])
+@pytest.mark.parametrize("method", ["center", "random", "hotspot"])
 def test_samples_are_deterministic_per_seed_and_index(pair_root, method):
     cfg = data_config(str(pair_root), f"data.boxes={method}")
     a = maker_for(cfg)({"data": np.array([3, 7, 11])})

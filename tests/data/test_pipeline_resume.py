@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import ray
 
-from cmd_ray.data.pipeline import EpochCursor, resume_from
+from cmd_ray.data.epochs import EpochCursor, resume_from
 
 pytestmark = pytest.mark.e2e
 

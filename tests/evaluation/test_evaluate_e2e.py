@@ -13,8 +13,8 @@ from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.evaluation.results import read_meta, read_result
 from cmd_ray.mlflow_runs import store_client
-from cmd_ray.models.checkpoint import save_training_state
 from cmd_ray.models.dimpnet import build_model
+from cmd_ray.models.training_state import save_training_state
 
 SEQUENCES = [f"synth_tir_{i:03d}" for i in range(4)]
 

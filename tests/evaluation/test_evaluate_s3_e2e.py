@@ -18,8 +18,8 @@ from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.evaluation.plots import PLOT_FILES
 from cmd_ray.evaluation.runner import TABLES_FILE, run_evaluation
-from cmd_ray.models.checkpoint import TRAINING_STATE_FILE, save_training_state
 from cmd_ray.models.dimpnet import build_model
+from cmd_ray.models.training_state import TRAINING_STATE_FILE, save_training_state
 
 SEQUENCES = [f"synth_tir_{i:03d}" for i in range(3)]
 

@@ -12,8 +12,8 @@ from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.evaluation.benchmarks import read_synthetic
 from cmd_ray.evaluation.loading import ModelLoadError, load_network, registry_version, run_sequence
 from cmd_ray.evaluation.results import read_result
-from cmd_ray.models.checkpoint import save_training_state
 from cmd_ray.models.dimpnet import build_model
+from cmd_ray.models.training_state import save_training_state
 
 
 @pytest.fixture(scope="module")

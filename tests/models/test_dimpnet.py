@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from cmd_ray.distill.step import distill_step
-from cmd_ray.distill.variants import VARIANTS
 from cmd_ray.models.dimpnet import DiMPNet, apply_variant_trainability, build_dimpnet, parameter_groups
+from cmd_ray.vocabulary import VARIANTS
 
 # What each (module, branch) must train, written out independently of the implementation.
 TCL_PREFIXES = {

@@ -17,7 +17,6 @@ import torch
 
 from cmd_ray.config import load_config
 from cmd_ray.distill.step import distill_step
-from cmd_ray.distill.variants import VARIANTS
 from cmd_ray.models import dimpnet
 from cmd_ray.models.classifier import bent_ident_par, bent_ident_par_deriv, leaky_relu_par
 from cmd_ray.models.dimpnet import (
@@ -34,6 +33,7 @@ from cmd_ray.models.dimpnet import (
     parameter_groups,
     superdimp,
 )
+from cmd_ray.vocabulary import VARIANTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

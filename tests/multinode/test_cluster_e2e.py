@@ -176,8 +176,9 @@ def test_lost_train_node_resumes_with_the_same_samples(multinode, s3_server) -> 
 def test_lost_data_node_loses_no_sample(multinode) -> None:
     import ray
 
-    from cmd_ray.data import pipeline
-    from cmd_ray.data.pipeline import SAMPLE_INDEX, TRAIN_STREAM, SampleMaker
+    from cmd_ray.data.distill_stream import SampleMaker, list_pairs, training_dataset
+    from cmd_ray.data.skips import SkipCounter
+    from cmd_ray.data.streams import SAMPLE_INDEX, TRAIN_STREAM, on_driver_node, stack_samples
 
     cfg = load_config(
         "configs/demo.yaml",
@@ -187,9 +188,9 @@ def test_lost_data_node_loses_no_sample(multinode) -> None:
             "distill.samples_per_epoch=160",
         ],
     )
-    pairs = pipeline.list_pairs(cfg)
-    counter = pipeline.SkipCounter.options(**pipeline.on_driver_node()).remote()
-    stream = pipeline.training_dataset(cfg, pairs, counter)
+    pairs = list_pairs(cfg)
+    counter = SkipCounter.options(**on_driver_node()).remote()
+    stream = training_dataset(cfg, pairs, counter)
     cluster = multinode.cluster
 
     def checksum(batch: dict, row: int) -> int:
@@ -217,7 +218,7 @@ def test_lost_data_node_loses_no_sample(multinode) -> None:
     assert sorted(i for i, _ in seen) == list(range(total)), "samples lost or delivered twice"
     maker = SampleMaker(pairs, cfg.data, cfg.distill.seed, TRAIN_STREAM, cfg.storage.s3_endpoint_url)
     for index, crc in seen:
-        batch = pipeline.stack_samples([maker.sample(index)], np.array([index]))
+        batch = stack_samples([maker.sample(index)], np.array([index]))
         assert crc == checksum(batch, 0), f"sample {index} differs from the one a single process cuts"
     assert ray.get(counter.report.remote()).skipped == 0
     assert_placed_by_role(multinode.cluster.address)

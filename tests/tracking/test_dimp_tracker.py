@@ -8,16 +8,9 @@ import torch
 
 from cmd_ray.config import TrackerConfig, load_config
 from cmd_ray.evaluation.metrics import sequence_curves
+from cmd_ray.evaluation.static_box import compare_with_static_box, static_box_auc
 from cmd_ray.models.dimpnet import DiMPNet, build_atomnet, build_model
-from cmd_ray.tracking import (
-    DiMPTracker,
-    Tracker,
-    build_tracker,
-    compare_with_static_box,
-    static_box_auc,
-    synthetic_tir_sequences,
-    track_sequence,
-)
+from cmd_ray.tracking import DiMPTracker, Tracker, build_tracker, synthetic_tir_sequences, track_sequence
 from cmd_ray.tracking.localization import FLAGS
 
 WIDTH, HEIGHT, LENGTH = 160, 128, 30

@@ -9,7 +9,7 @@ from cmd_ray import registry
 from cmd_ray.config import SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.mlflow_runs import store_client
-from cmd_ray.models.checkpoint import load_training_state
+from cmd_ray.models.training_state import load_training_state
 from cmd_ray.storage import resolve, write_bytes
 from cmd_ray.train.trainer import run_distillation
 

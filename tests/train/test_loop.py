@@ -7,8 +7,8 @@ import torch
 from cmd_ray.config import load_config
 from cmd_ray.models.checkpoint import CheckpointError
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model
+from cmd_ray.schedule import schedule_for
 from cmd_ray.train.loop import build_optimizer
-from cmd_ray.train.schedule import schedule_for
 from cmd_ray.train.teacher import load_teacher_weights, resolve_teacher
 
 
@@ -85,7 +85,7 @@ def test_trainable_backbone_stages_get_their_own_group_and_keep_other_stats_froz
 
 
 def test_pretraining_trains_every_head_module_and_the_listed_backbone_stages():
-    from cmd_ray.train.schedule import schedule_for
+    from cmd_ray.schedule import schedule_for
 
     cfg = load_config(
         None,

@@ -4,8 +4,8 @@
 import pytest
 
 from cmd_ray.config import load_config
+from cmd_ray.schedule import schedule_for
 from cmd_ray.train import trainer
-from cmd_ray.train.schedule import schedule_for
 from cmd_ray.train.trainer import PreviousRun, committed_result, latest_checkpoint_epoch, run_pretraining
 
 

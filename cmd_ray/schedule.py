@@ -2,6 +2,7 @@
 
 Both jobs share the Ray Train loop; they differ in the trained parameters (the Table-1 variant, or every
 head module for supervised training), the learning rates, the epoch plan and the run name. Pure: no Ray.
+It sits beside the config (not in ``train``) because the data pipeline reads the epoch plan too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cmd_ray.config import Config, DistillConfig, PretrainConfig
-from cmd_ray.distill.variants import Variant, get_variant, supervised_variant
+from cmd_ray.vocabulary import Variant, get_variant, supervised_variant
 
 Job = Literal["distill", "pretrain"]
 JOBS: tuple[str, ...] = ("distill", "pretrain")

@@ -1,0 +1,235 @@
+"""The names everything else agrees on: the paper's Table 1 rows and the names of the choices a config makes.
+
+The bottom of the layer stack (see ``[tool.importlinter]`` in ``pyproject.toml``): this module imports nothing
+from ``cmd_ray`` (the standard library only), so :mod:`cmd_ray.config` derives its allowed values from it, and
+``data``, ``models``, ``distill`` and ``train`` read the Table 1 rows from it, without any of them importing a
+higher layer.
+
+Table 1 rows (A1, B1–B3, C1, D1–D5): a :class:`Variant` says which modality feeds the reference (train) and
+the test branch, which module (``tcl``: target classifier, ``bbe``: IoU-Net box estimator) is fine-tuned on
+which branch, how the pseudo boxes are made, and the paper's learning rates (§4.2: 1e-6 when one module is
+trained; 1e-7 for BBE and 2e-8 for TCL when both are). A module that is not trained has rate 0.
+
+Modality ``"mix"`` (D3–D5) splits each mini-batch: the first ``ceil(B/2)`` samples feed RGB to the
+reference branch and TIR to the test branch, the rest TIR to the reference and RGB to the test
+branch (the paper's "RGB-TIR" / "TIR-RGB"); both branches are trained.
+
+Branch meaning per module (what :func:`cmd_ray.models.dimpnet.parameter_groups` trains):
+
+- ``bbe``: ``"reference"`` = ``bb_regressor.*r``; ``"test"`` = ``bb_regressor.*t`` + ``iou_predictor``.
+- ``tcl``: ``"reference"`` = classifier features + filter initializer + filter optimizer (the filter is
+  learnt from the reference frame); ``"test"`` = classifier features only (the one TCL part that
+  processes the test frame); ``"both"`` = all of them.
+
+B3 is not trained: it merges B1's reference branch with B2's test branch of the IoU-Net
+(``merge_of``, :mod:`cmd_ray.distill.merge`); asking to train it raises ``ValueError``.
+
+The other names: pseudo-box methods (:data:`BOX_METHODS`, implemented in :mod:`cmd_ray.data.boxes`), loss
+forms (:data:`TCL_LOSS_FORMS`, :data:`BBE_LOSS_FORMS`, implemented in :mod:`cmd_ray.distill.losses`),
+benchmarks, network architectures and presets, sampling and tracker presets. A unit test
+(``tests/test_vocabulary.py``) checks that the config and the registries agree with these names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+# --------------------------------------------------------------------------- names of the choices
+
+BOX_METHODS: tuple[str, ...] = ("center", "random", "detection", "hotspot")
+"""Pseudo-box methods (``data.boxes``); each has an entry in :data:`cmd_ray.data.boxes.BOX_METHODS`."""
+
+TCL_LOSS_FORMS: tuple[str, ...] = ("lbhinge", "squared")
+"""Data terms of L_TCL (``distill.tcl_loss``); each has an entry in :data:`cmd_ray.distill.losses.TCL_LOSS_FORMS`."""
+
+BBE_LOSS_FORMS: tuple[str, ...] = ("mse", "kl")
+"""Data terms of L_BBE (``distill.bbe_loss``); each has an entry in :data:`cmd_ray.distill.losses.BBE_LOSS_FORMS`."""
+
+BENCHMARKS: tuple[str, ...] = ("synthetic", "lsotb", "ptb")
+"""Evaluation benchmarks (``evaluation.benchmark``), read by :mod:`cmd_ray.evaluation.benchmarks`."""
+
+ARCHITECTURES: tuple[str, ...] = ("dimp", "atom")
+"""Network architectures (``model.architecture``)."""
+
+MODEL_PRESETS: dict[str, tuple[str, ...]] = {
+    "dimp": ("tiny", "dimp18", "dimp50", "superdimp"),
+    "atom": ("tiny", "atom18", "atom50"),
+}
+"""Network presets allowed per ``model.architecture`` (see :mod:`cmd_ray.models.dimpnet`)."""
+
+MODEL_PRESET_NAMES: tuple[str, ...] = tuple(dict.fromkeys(p for names in MODEL_PRESETS.values() for p in names))
+"""Every network preset (``model.preset``), in the order of :data:`MODEL_PRESETS`."""
+
+PRESET_BACKBONE: dict[str, str] = {
+    "tiny": "tiny",
+    "dimp18": "resnet18",
+    "dimp50": "resnet50",
+    "superdimp": "resnet50",
+    "atom18": "resnet18",
+    "atom50": "resnet50",
+}
+"""The backbone each network preset uses."""
+
+SAMPLING_PRESETS: tuple[str, ...] = ("dimp50", "superdimp")
+"""Named training-crop geometries (``data.sampling.preset``; ``custom`` sets every field itself)."""
+
+TRACKER_PRESETS: tuple[str, ...] = ("dimp50", "superdimp", "tiny")
+"""Online tracker parameter sets (``tracker.preset``)."""
+
+# --------------------------------------------------------------------------- Table 1
+
+Modality = Literal["rgb", "tir", "mix"]
+Branch = Literal["reference", "test", "both"]
+
+LR_SINGLE = 1e-6
+LR_JOINT_BBE = 1e-7
+LR_JOINT_TCL = 2e-8
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One Table 1 row.
+
+    Attributes:
+        name: row id, e.g. ``"D3"``.
+        meaning: one line of what the row does.
+        reference_modality: modality on the reference branch (``"mix"``: see module docstring).
+        test_modality: modality on the test branch.
+        train_tcl: branch of the target classifier that is fine-tuned, or ``None``.
+        train_bbe: branch of the IoU-Net that is fine-tuned, or ``None``.
+        box_method: pseudo-box generation, one of :data:`BOX_METHODS`.
+        lr_tcl: the paper's learning rate for the TCL parameters (0 when not trained).
+        lr_bbe: the paper's learning rate for the BBE parameters (0 when not trained).
+        merge_of: for merge rows, ``(module, branch, source variant)`` triples to combine.
+        init_from: rows whose weights the paper starts from (D rows: the B3 + C1 combination).
+    """
+
+    name: str
+    meaning: str
+    reference_modality: Modality
+    test_modality: Modality
+    train_tcl: Branch | None
+    train_bbe: Branch | None
+    box_method: str
+    lr_tcl: float
+    lr_bbe: float
+    merge_of: tuple[tuple[str, Branch, str], ...] = ()
+    init_from: tuple[str, ...] = ()
+
+    @property
+    def trains(self) -> dict[str, Branch | None]:
+        """``{"tcl": branch | None, "bbe": branch | None}``."""
+        return {"tcl": self.train_tcl, "bbe": self.train_bbe}
+
+    @property
+    def is_merge(self) -> bool:
+        """True for rows made by merging other rows' weights (B3), which are not trained directly."""
+        return bool(self.merge_of)
+
+    @property
+    def trains_anything(self) -> bool:
+        return self.train_tcl is not None or self.train_bbe is not None
+
+    def sample_modalities(self, batch_size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Per-sample modality (``"rgb"``/``"tir"``) of the reference and of the test image in a mini-batch."""
+        if self.reference_modality == "mix" or self.test_modality == "mix":
+            first = math.ceil(batch_size / 2)
+            ref = ("rgb",) * first + ("tir",) * (batch_size - first)
+            test = ("tir",) * first + ("rgb",) * (batch_size - first)
+            return ref, test
+        return (self.reference_modality,) * batch_size, (self.test_modality,) * batch_size
+
+
+def _bbe(name: str, meaning: str, ref: Modality, test: Modality, branch: Branch) -> Variant:
+    return Variant(name, meaning, ref, test, None, branch, "center", lr_tcl=0.0, lr_bbe=LR_SINGLE)
+
+
+def _joint(name: str, meaning: str, ref: Modality, test: Modality, branch: Branch, boxes: str) -> Variant:
+    return Variant(name, meaning, ref, test, branch, branch, boxes, LR_JOINT_TCL, LR_JOINT_BBE, init_from=("B3", "C1"))
+
+
+_MIX = "mix, half RGB->TIR / half TIR->RGB"
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("A1", "baseline: the RGB tracker as is, nothing trained", "rgb", "rgb", None, None, "center", 0.0, 0.0),
+        _bbe("B1", "BBE learnt on the reference branch (TIR there)", "tir", "rgb", "reference"),
+        _bbe("B2", "BBE learnt on the test branch (TIR there)", "rgb", "tir", "test"),
+        Variant(
+            "B3",
+            "BBE merge: B1's reference branch with B2's test branch",
+            "tir",
+            "tir",
+            None,
+            None,
+            "center",
+            lr_tcl=0.0,
+            lr_bbe=LR_SINGLE,
+            merge_of=(("bbe", "reference", "B1"), ("bbe", "test", "B2")),
+        ),
+        Variant(
+            "C1",
+            "TCL learnt on the reference branch (TIR there)",
+            "tir",
+            "rgb",
+            "reference",
+            None,
+            "center",
+            lr_tcl=LR_SINGLE,
+            lr_bbe=0.0,
+        ),
+        _joint("D1", "TCL+BBE jointly learnt on the test branch (TIR there)", "rgb", "tir", "test", "center"),
+        _joint("D2", "TCL+BBE jointly learnt on the reference branch (TIR there)", "tir", "rgb", "reference", "center"),
+        _joint("D3", f"TCL+BBE jointly learnt on both branches, {_MIX} (best row)", "mix", "mix", "both", "center"),
+        _joint("D4", "D3 with 'random sampling' pseudo boxes", "mix", "mix", "both", "random"),
+        _joint("D5", "D3 with detector pseudo boxes", "mix", "mix", "both", "detection"),
+    )
+}
+
+VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
+"""The Table 1 row names (``distill.variant``)."""
+
+
+def get_variant(name: str | Variant) -> Variant:
+    """The :class:`Variant` called ``name`` (a ``Variant`` passes through); ``ValueError`` lists allowed names."""
+    if isinstance(name, Variant):
+        return name
+    try:
+        return VARIANTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown variant {name!r}; allowed: {', '.join(VARIANTS)}") from None
+
+
+SUPERVISED_DIMP = Variant(
+    "PT",
+    "supervised teacher training on labeled RGB sequences: classifier and IoU-Net, both branches",
+    "rgb",
+    "rgb",
+    "both",
+    "both",
+    "center",
+    lr_tcl=0.0,
+    lr_bbe=0.0,
+)
+"""Not a Table 1 row: ``jobs/pretrain.py`` trains every head module on RGB, as ordinary DiMP training does."""
+
+SUPERVISED_ATOM = Variant(
+    "PT",
+    "supervised teacher training on labeled RGB sequences: IoU-Net, both branches",
+    "rgb",
+    "rgb",
+    None,
+    "both",
+    "center",
+    lr_tcl=0.0,
+    lr_bbe=0.0,
+)
+"""ATOM's supervised training: the IoU-Net only (ATOM has no target classifier to learn offline)."""
+
+
+def supervised_variant(architecture: str) -> Variant:
+    """The training plan of ``jobs/pretrain.py`` for ``model.architecture`` (``dimp`` or ``atom``)."""
+    return SUPERVISED_ATOM if architecture == "atom" else SUPERVISED_DIMP

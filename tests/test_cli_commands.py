@@ -6,7 +6,7 @@ import pytest
 
 from cmd_ray import cli
 from cmd_ray.distill import merge
-from cmd_ray.distill.variants import VARIANTS
+from cmd_ray.vocabulary import VARIANTS
 
 
 def test_variants_prints_one_line_per_table_row(capsys):

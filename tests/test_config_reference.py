@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmd_ray import cli
-from cmd_ray.config import VARIANTS, Config
+from cmd_ray.config import Config
+from cmd_ray.vocabulary import VARIANTS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

@@ -74,7 +74,7 @@ def test_relative_sqlite_store_is_pinned_to_an_absolute_path(tmp_path, monkeypat
 
 def test_load_model_reads_every_source_the_same_way(cfg, tmp_path):
     """Registry URI, checkpoint folder, its training_state.pt and a plain state dict give the same network."""
-    from cmd_ray.models.checkpoint import save_training_state
+    from cmd_ray.models.training_state import save_training_state
 
     torch.manual_seed(4)
     model = build_model(cfg)

@@ -18,13 +18,8 @@ import torch
 from torch import nn
 
 from cmd_ray.models.pytracking_checkpoint import PytrackingCheckpoint, load_pytracking_checkpoint, normalize_weights
-from cmd_ray.models.safe_unpickler import CheckpointError as CheckpointError  # re-export: remove after merging (1)
+from cmd_ray.models.safe_unpickler import CheckpointError
 from cmd_ray.models.training_state import TRAINING_STATE_FILE, load_weights_only
-from cmd_ray.models.training_state import load_training_state as load_training_state  # re-export: (1)
-from cmd_ray.models.training_state import save_training_state as save_training_state  # re-export: (1)
-
-# (1) cmd_ray/train/trainer.py, tests/train/test_loop.py and tests/test_registry.py still import these three from
-# here; they come from cmd_ray.models.safe_unpickler / cmd_ray.models.training_state once those files are merged.
 
 log = logging.getLogger(__name__)
 

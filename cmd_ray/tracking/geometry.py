@@ -22,11 +22,6 @@ from cmd_ray.data.processing import CropGeometry, normalize_tir
 BORDER_MODES = ("replicate", "inside", "inside_major")
 
 
-# re-export: remove after merging tests/tracking/test_geometry.py (it imports CropGeometry from cmd_ray.data.processing)
-PatchGeometry = CropGeometry
-"""The name this module used for :class:`cmd_ray.data.processing.CropGeometry`."""
-
-
 def search_geometry(
     center: Sequence[float],
     side: float,

@@ -30,9 +30,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from cmd_ray import mlflow_runs, registry, resume
 from cmd_ray.config import Config, ConfigError
-from cmd_ray.data import pipeline
+from cmd_ray.data.distill_stream import list_pairs, split_pairs, training_dataset, validation_dataset
+from cmd_ray.data.epochs import EpochCursor
+from cmd_ray.data.pretrain_stream import pretraining_dataset
 from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequences
-from cmd_ray.models.checkpoint import load_training_state
+from cmd_ray.data.skips import SkipCounter, SkipReport
+from cmd_ray.data.streams import ingest_config, on_driver_node
+from cmd_ray.models.training_state import load_training_state
 from cmd_ray.resume import RUN_NAME_KEY
 from cmd_ray.schedule import Schedule, schedule_for
 from cmd_ray.storage import StorageError, ray_storage
@@ -235,7 +239,7 @@ def build_trainer(
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         # Ray Train replaces the datasets' execution options with these: carry the object-store cap over
-        dataset_config=pipeline.ingest_config(cfg),
+        dataset_config=ingest_config(cfg),
         run_config=run_config(cfg, callbacks, run_name),
         datasets=datasets,
     )
@@ -270,19 +274,19 @@ def fit(
     run_id: str,
     callbacks: Sequence[Any] = (),
     teacher: Teacher | None = None,
-) -> tuple[ray.train.Result, pipeline.SkipReport]:
+) -> tuple[ray.train.Result, SkipReport]:
     """Fit one distillation run on ``pairs``; metrics go to MLflow run ``run_id`` every epoch.
 
     Returns the Ray Train result and the pairs skipped as unreadable.
     """
     schedule = schedule_for(cfg, "distill")
     teacher = teacher or resolve_teacher(cfg)
-    skip_counter = pipeline.SkipCounter.options(**pipeline.on_driver_node()).remote()
-    cursor = pipeline.EpochCursor.options(**pipeline.on_driver_node()).remote()
-    train_pairs, val_pairs = pipeline.split_pairs(pairs, cfg.data.val_fraction)
-    datasets = {"train": pipeline.training_dataset(cfg, train_pairs, skip_counter, epoch_cursor=cursor)}
+    skip_counter = SkipCounter.options(**on_driver_node()).remote()
+    cursor = EpochCursor.options(**on_driver_node()).remote()
+    train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction)
+    datasets = {"train": training_dataset(cfg, train_pairs, skip_counter, epoch_cursor=cursor)}
     if val_pairs and cfg.distill.val_samples:
-        datasets["val"] = pipeline.validation_dataset(cfg, val_pairs, skip_counter)
+        datasets["val"] = validation_dataset(cfg, val_pairs, skip_counter)
     mlflow_runs.log_metrics(cfg, run_id, {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs)}, step=0)
     result = _fit(cfg, schedule, datasets, run_id, teacher, skip_counter, cursor, callbacks)
     report = ray.get(skip_counter.report.remote())
@@ -445,14 +449,14 @@ def run_distillation(cfg: Config, pairs: list[Any] | None = None) -> TrainingRes
     if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
         return _nothing_to_train(cfg, schedule, previous)
     if pairs is None:
-        pairs = pipeline.list_pairs(cfg)  # fails on an empty prefix before any cluster work
+        pairs = list_pairs(cfg)  # fails on an empty prefix before any cluster work
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     teacher = resolve_teacher(cfg)  # a bad init_checkpoint fails here, before the cluster starts
     if not ray.is_initialized():
         ray.init()
     run_id, resumed = open_run(cfg, schedule, {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags()}, previous)
 
-    def train() -> tuple[ray.train.Result, pipeline.SkipReport]:
+    def train() -> tuple[ray.train.Result, SkipReport]:
         return fit(cfg, pairs, run_id, teacher=teacher)
 
     return _finish(cfg, schedule, run_id, resumed, teacher, train)
@@ -486,13 +490,13 @@ def run_pretraining(cfg: Config, sequences: list[LabeledSequence] | None = None)
     tags = {"cmd_ray.data_uri": cfg.pretrain.sequences_uri, **teacher.tags()}
     run_id, resumed = open_run(cfg, schedule, tags, previous)
 
-    def train() -> tuple[ray.train.Result, pipeline.SkipReport]:
-        skip_counter = pipeline.SkipCounter.options(**pipeline.on_driver_node()).remote()
-        cursor = pipeline.EpochCursor.options(**pipeline.on_driver_node()).remote()
+    def train() -> tuple[ray.train.Result, SkipReport]:
+        skip_counter = SkipCounter.options(**on_driver_node()).remote()
+        cursor = EpochCursor.options(**on_driver_node()).remote()
         train_seqs, val_seqs = split_sequences(sequences, cfg.pretrain.val_fraction)
-        datasets = {"train": pipeline.pretraining_dataset(cfg, train_seqs, skip_counter, cursor, validation=False)}
+        datasets = {"train": pretraining_dataset(cfg, train_seqs, skip_counter, cursor, validation=False)}
         if val_seqs and cfg.pretrain.val_samples:
-            datasets["val"] = pipeline.pretraining_dataset(cfg, val_seqs, skip_counter, None, validation=True)
+            datasets["val"] = pretraining_dataset(cfg, val_seqs, skip_counter, None, validation=True)
         mlflow_runs.log_metrics(
             cfg, run_id, {"train_sequences": len(train_seqs), "val_sequences": len(val_seqs)}, step=0
         )

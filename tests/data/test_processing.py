@@ -575,15 +575,15 @@ def test_crop_geometry_edge_cases():
     assert g.side == 57 and (g.x0, g.y0) == (200 - 57, 100 - 57)
 
 
-def test_box_maps_work_on_batches_and_return_float32():
+def test_box_maps_work_on_batches_and_return_float64():
     g = CropGeometry(x0=-10, y0=20, side=64, output_sz=128)
     boxes = np.array([[0, 20, 8, 4], [-10, 52, 64, 2]])  # integers, two boxes
     crop = g.box_to_crop(boxes)
     np.testing.assert_allclose(crop, [[20.0, 0.0, 16.0, 8.0], [0.0, 64.0, 128.0, 4.0]])
-    assert crop.dtype == np.float32 and crop.shape == (2, 4)
+    assert crop.dtype == np.float64 and crop.shape == (2, 4)
     back = g.box_to_image(np.array([[20, 0, 16, 8], [1, 1, 3, 3]]))
     np.testing.assert_allclose(back, [[0.0, 20.0, 8.0, 4.0], [-9.5, 20.5, 1.5, 1.5]])
-    assert back.dtype == np.float32 and back.shape == (2, 4)
+    assert back.dtype == np.float64 and back.shape == (2, 4)
 
 
 def test_a_uint16_image_of_one_value_becomes_uint8_zeros():

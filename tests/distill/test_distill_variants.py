@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from cmd_ray.distill.variants import VARIANTS, Variant, get_variant
+from cmd_ray.vocabulary import VARIANTS, Variant, get_variant
 
 
 def test_all_table_rows_present():

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from cmd_ray.distill.step import IMAGENET_MEAN, IMAGENET_STD, distill_step, to_network_input
-from cmd_ray.distill.variants import VARIANTS
 from cmd_ray.models.classifier import DiMPSteepestDescentGN, FilterInitializerLinear
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_dimpnet
+from cmd_ray.vocabulary import VARIANTS
 
 
 def test_to_network_input_rgb_and_tir():

@@ -241,8 +241,8 @@ def test_evaluation_reads_and_writes_s3_from_the_worker_nodes(multinode, s3_serv
     from cmd_ray.config import SynthConfig
     from cmd_ray.data.synthetic import write_synthetic_dataset
     from cmd_ray.evaluation.runner import TABLES_FILE, run_evaluation
-    from cmd_ray.models.checkpoint import TRAINING_STATE_FILE, save_training_state
     from cmd_ray.models.dimpnet import build_model
+    from cmd_ray.models.training_state import TRAINING_STATE_FILE, save_training_state
 
     write_synthetic_dataset(
         str(tmp_path / "data"),

@@ -7,12 +7,12 @@ import pytest
 
 from cmd_ray.config import SamplingConfig
 from cmd_ray.data.processing import CropGeometry, apply_crop, crop_geometry
-from cmd_ray.tracking.geometry import PatchGeometry, prepare_frame, sample_patch, search_geometry
+from cmd_ray.tracking.geometry import prepare_frame, sample_patch, search_geometry
 
 
 def test_box_round_trip() -> None:
     rng = np.random.default_rng(0)
-    geometry = PatchGeometry(x0=-12.3, y0=40.7, side=173.9, output_sz=128)
+    geometry = CropGeometry(x0=-12.3, y0=40.7, side=173.9, output_sz=128)
     boxes = np.column_stack([rng.uniform(-50, 300, (20, 2)), rng.uniform(1, 90, (20, 2))])
     np.testing.assert_allclose(geometry.box_to_image(geometry.box_to_crop(boxes)), boxes, atol=1e-9)
     # the crop's own square maps to the full crop
@@ -49,7 +49,7 @@ def test_sampled_crop_matches_the_training_crop() -> None:
     rows, cols = np.mgrid[0:128, 0:160]
     image = np.rint(127 + 100 * np.sin(cols / 7.0) * np.cos(rows / 9.0)).astype(np.uint8)
     train = crop_geometry(np.array([50.0, 30.0, 20.0, 30.0]), SamplingConfig(search_area_factor=5.0, output_sz=128))
-    ours = PatchGeometry(float(train.x0), float(train.y0), float(train.side), train.output_sz)
+    ours = CropGeometry(float(train.x0), float(train.y0), float(train.side), train.output_sz)
     a = apply_crop(image, train).astype(np.int16)
     b = sample_patch(image, ours).astype(np.int16)
     assert a.shape == b.shape == (128, 128)
@@ -65,7 +65,7 @@ def test_crop_samples_where_the_map_points() -> None:
     """A lit pixel of the image appears at its mapped crop position (nearest crop pixel), for RGB and TIR."""
     image = np.zeros((100, 120, 3), np.uint8)
     image[37, 81] = (255, 128, 64)  # pixel (row 37, col 81): centre (81.5, 37.5)
-    geometry = PatchGeometry(x0=60.0, y0=20.0, side=40.0, output_sz=40)  # scale 1: a plain cut-out
+    geometry = CropGeometry(x0=60.0, y0=20.0, side=40.0, output_sz=40)  # scale 1: a plain cut-out
     crop = sample_patch(image, geometry)
     x, y = geometry.points_to_crop(np.array([81.5, 37.5]))
     assert crop[int(y), int(x)].tolist() == [255, 128, 64]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cmd_ray.config import load_config
-from cmd_ray.models.checkpoint import CheckpointError
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model
+from cmd_ray.models.safe_unpickler import CheckpointError
 from cmd_ray.schedule import schedule_for
 from cmd_ray.train.loop import build_optimizer
 from cmd_ray.train.teacher import load_teacher_weights, resolve_teacher
@@ -65,7 +65,7 @@ def test_variants_that_cannot_be_distilled_as_configured_fail_before_ray(overrid
 
 def test_trainable_backbone_stages_get_their_own_group_and_keep_other_stats_frozen(random_batch):
     from cmd_ray.distill.step import distill_step
-    from cmd_ray.distill.variants import get_variant
+    from cmd_ray.vocabulary import get_variant
 
     cfg = load_config(None, ["model.trainable_backbone_layers=[layer3]", "distill.lr_backbone=5e-6"])
     model = apply_variant_trainability(build_model(cfg), "D3", cfg.model.trainable_backbone_layers)
@@ -126,7 +126,7 @@ def test_an_unreadable_init_checkpoint_fails_before_ray_naming_it(tmp_path):
 
 
 def test_a_cmd_ray_checkpoint_names_the_run_that_wrote_it(tmp_path):
-    from cmd_ray.models.checkpoint import save_training_state
+    from cmd_ray.models.training_state import save_training_state
 
     cfg = load_config(None)
     (tmp_path / "epoch_0003").mkdir()

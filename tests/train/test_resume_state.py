@@ -18,8 +18,8 @@ import torch
 
 from cmd_ray.config import load_config
 from cmd_ray.distill.step import distill_step
-from cmd_ray.models.checkpoint import rng_state, save_training_state
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model
+from cmd_ray.models.training_state import rng_state, save_training_state
 from cmd_ray.train.loop import _restore, build_optimizer
 
 EPOCHS = 4

@@ -39,7 +39,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from pathlib import Path
 
 from cmd_ray.config import Config, SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
-from cmd_ray.local_cluster import ROLE_LABEL, TRAIN_RESOURCE, LocalCluster, local_cluster, process_tree
+from cmd_ray.local_cluster import ROLE_LABEL, TRAIN_RESOURCE, LocalCluster, Periodically, local_cluster, process_tree
 
 LAYOUTS: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (1, 2), (2, 2))
 """(data nodes, train nodes) of each layout, in the order they run."""
@@ -99,29 +98,19 @@ class CpuLedger:
 
 @dataclass
 class EpochClock:
-    """Wall time and a CPU mark at the moment each epoch's checkpoint folder appears (polled in a thread)."""
+    """Wall time and a CPU mark at the moment each epoch's checkpoint folder appears (see :meth:`poll`)."""
 
     ledger: CpuLedger
     run_folder: Path
     epochs: int
     marks: dict[int, tuple[float, dict[int, tuple[str, float]]]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> EpochClock:
-        def poll() -> None:
-            while len(self.marks) < self.epochs and not self._stop.wait(POLL_S):  # a measuring cadence
-                self.ledger.sample()
-                for epoch in range(self.epochs):
-                    if epoch not in self.marks and (self.run_folder / f"epoch_{epoch:04d}").exists():
-                        self.marks[epoch] = (time.perf_counter(), self.ledger.mark())
-
-        self._thread = threading.Thread(target=poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        """Samples the CPU ledger; marks every epoch whose checkpoint folder is new (run every ``POLL_S``)."""
+        self.ledger.sample()
+        for epoch in range(self.epochs):
+            if epoch not in self.marks and (self.run_folder / f"epoch_{epoch:04d}").exists():
+                self.marks[epoch] = (time.perf_counter(), self.ledger.mark())
 
 
 @dataclass
@@ -180,7 +169,8 @@ def run_layout(cluster: LocalCluster, cfg: Config, data_nodes: int, train_nodes:
 
     epochs, per_epoch = cfg.distill.epochs, cfg.distill.samples_per_epoch
     run_folder = Path(cfg.storage.storage_path) / cfg.storage.run_name
-    with EpochClock(CpuLedger(cluster), run_folder, epochs) as clock:
+    clock = EpochClock(CpuLedger(cluster), run_folder, epochs)
+    with Periodically(POLL_S, clock.poll):
         result = run_distillation(cfg)
     (start, cpu_start), (end, cpu_end) = clock.marks[0], clock.marks[epochs - 1]
     used = CpuLedger.used_between(cpu_start, cpu_end)

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -57,6 +58,29 @@ def wait_until(condition: Callable[[], object], what: str, timeout_s: float = ST
             return value
         time.sleep(0.2)  # polling a readiness condition with a deadline
     raise TimeoutError(f"{what} not ready within {timeout_s:.0f} s")
+
+
+class Periodically:
+    """Calls ``action()`` every ``period_s`` seconds in a daemon thread while the ``with`` block runs (and once
+    more as it ends): the sampling cadence of a measurement (worker counts, CPU times), not synchronisation."""
+
+    def __init__(self, period_s: float, action: Callable[[], object]) -> None:
+        self.period_s, self.action = period_s, action
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.action()
+
+    def __enter__(self) -> Periodically:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.action()
 
 
 def process_tree(pid: int) -> list[int]:

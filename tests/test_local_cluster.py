@@ -54,3 +54,15 @@ def test_nodes_get_token_auth_and_this_pythons_tools(tmp_path):
             cluster.kill_node(LocalNode("head", 0, {}, None, tmp_path / "log", 0))  # type: ignore[arg-type]
     finally:
         cluster.stop()
+
+
+def test_periodically_calls_its_action_while_the_block_runs_and_once_at_its_end():
+    from cmd_ray.local_cluster import Periodically
+
+    calls: list[int] = []
+    with Periodically(0.01, lambda: calls.append(len(calls))) as ticking:
+        wait_until(lambda: len(calls) >= 3, "three periodic calls", 30)
+        during = len(calls)
+    assert len(calls) > during, "the final call as the block ends"
+    assert calls == list(range(len(calls)))
+    assert not ticking._thread.is_alive(), "the sampling thread ended with the block"

@@ -11,15 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cmd_ray.local_cluster import ROLE_LABEL, TRAIN_RESOURCE, LocalCluster
+from cmd_ray.local_cluster import ROLE_LABEL, TRAIN_RESOURCE, LocalCluster, Periodically
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "multinode"
@@ -32,20 +31,9 @@ class PeakSampler:
 
     cluster: LocalCluster
     peak: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> PeakSampler:
-        def sample() -> None:
-            while not self._stop.wait(0.25):  # a measurement cadence, not synchronisation
-                self.peak = max(self.peak, self.cluster.worker_process_count())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.cluster.worker_process_count())
 
 
 @dataclass
@@ -151,5 +139,6 @@ def multinode(s3_server, local_pairs, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def peak_workers(multinode: MultiNode) -> Iterator[PeakSampler]:
     """Samples the cluster's Ray worker processes during the test (``.peak``)."""
-    with PeakSampler(multinode.cluster) as sampler:
+    sampler = PeakSampler(multinode.cluster)
+    with Periodically(0.25, sampler.sample):
         yield sampler

@@ -271,7 +271,10 @@ def _registry(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    print(dump_config(cfg), end="")
+    for key, (rate, paper) in cfg.distill.rate_overrides().items():
+        print(f"# distill.{key}={rate:g} overrides row {cfg.distill.variant}'s paper rate {paper:g}")
     return 0
 
 

@@ -81,6 +81,6 @@ def test_config_reference_prints_a_markdown_table_per_section(capsys):
     sections = [line for line in out.splitlines() if line.startswith("## ")]
     assert sections[:2] == ["## `data`", "## `data.sampling`"] and "## `evaluation.trackers[]`" in sections
     assert out.count("| key | type | default | allowed | description |") == len(sections)
-    assert "| `distill.lr_tcl` | float | `2e-08` | > 0 |" in out
+    assert "| `distill.lr_backbone` | float | `1e-07` | > 0 |" in out
     with pytest.raises(SystemExit):
         cli.main(["config-reference", "extra"])

@@ -98,10 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("variants", help="list the paper's Table 1 variants (one line each)")
 
     merge = commands.add_parser(
-        "merge", help="variant B3: IoU-Net reference branch of one checkpoint + test branch of another"
+        "merge",
+        help="combine distilled models by module: B3 (--reference B1 --test B2) or the D rows' start "
+        "(--base B3 --tcl C1); any of the classifier and the two IoU-Net branches from any checkpoint",
     )
-    merge.add_argument("--reference", required=True, help="checkpoint whose reference branch is kept (B1)")
-    merge.add_argument("--test", required=True, help="checkpoint whose test branch is kept (B2)")
+    merge.add_argument("--reference", help="B3 shorthand: the base, whose IoU-Net reference branch is kept (B1)")
+    merge.add_argument("--test", help="B3 shorthand: the checkpoint whose IoU-Net test branch is taken (B2)")
+    merge.add_argument("--base", help="the checkpoint every module not named below comes from")
+    merge.add_argument("--tcl", help="take the target classifier (every TCL module) from this checkpoint")
+    merge.add_argument("--bbe-reference", help="take the IoU-Net reference branch from this checkpoint")
+    merge.add_argument("--bbe-test", help="take the IoU-Net test branch from this checkpoint")
     merge.add_argument("--out", required=True, help="where the merged checkpoint is written")
     return parser
 
@@ -271,7 +277,10 @@ def _registry(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    print(dump_config(cfg), end="")
+    for key, (rate, paper) in cfg.distill.rate_overrides().items():
+        print(f"# distill.{key}={rate:g} overrides row {cfg.distill.variant}'s paper rate {paper:g}")
     return 0
 
 
@@ -447,15 +456,32 @@ def _boxes(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from cmd_ray.distill.merge import merge_branches  # imported here: cli import must never depend on it
+    from cmd_ray.distill import merge  # imported here: cli import must never depend on it
 
+    parts = {"tcl": args.tcl, "bbe_reference": args.bbe_reference, "bbe_test": args.bbe_test}
+    shorthand = args.reference is not None or args.test is not None
+    if shorthand and (args.base is not None or any(parts.values())):
+        print("cmd-ray merge: use --reference/--test (B3) or --base with --tcl/--bbe-*, not both", file=sys.stderr)
+        return 2
+    if shorthand and (args.reference is None or args.test is None):
+        print("cmd-ray merge: the B3 shorthand needs both --reference and --test", file=sys.stderr)
+        return 2
+    if not shorthand and (args.base is None or not any(parts.values())):
+        print("cmd-ray merge: give --base and at least one of --tcl, --bbe-reference, --bbe-test", file=sys.stderr)
+        return 2
     try:
-        result = merge_branches(args.reference, args.test, args.out)
+        if shorthand:
+            written = merge.merge_branches(args.reference, args.test, args.out)
+        else:
+            written = merge.merge_modules(args.base, args.out, **parts)
     except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
         print(f"cmd-ray merge: {exc}", file=sys.stderr)
         return 2
-    written = args.out if result is None else result
-    print(f"merged (B3): IoU-Net reference branch from {args.reference}, test branch from {args.test} -> {written}")
+    if shorthand:
+        print(f"merged (B3): IoU-Net reference branch from {args.reference}, test branch from {args.test} -> {written}")
+    else:
+        taken = ", ".join(f"{part} from {path}" for part, path in parts.items() if path)
+        print(f"merged: {args.base} with {taken} -> {written}")
     return 0
 
 

@@ -418,8 +418,18 @@ class DistillConfig(_Strict):
     """The CMD schedule: L = L_TCL + lambda * L_BBE with per-module learning rates."""
 
     variant: VariantName = "D3"
-    lr_tcl: float = Field(2e-8, gt=0.0)
-    lr_bbe: float = Field(1e-7, gt=0.0)
+    lr_tcl: float | None = Field(
+        None,
+        ge=0.0,
+        description="Adam learning rate of the target classifier (TCL modules); unset: the row's paper rate "
+        "(cmd-ray variants), 0 for a row that does not train it",
+    )
+    lr_bbe: float | None = Field(
+        None,
+        ge=0.0,
+        description="Adam learning rate of the IoU-Net (BBE modules); unset: the row's paper rate, 0 for a row that "
+        "does not train it",
+    )
     lr_backbone: float = Field(1e-7, gt=0.0, description="for model.trainable_backbone_layers, if any")
     loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1 (SuperDiMP's KL box weight: 0.01)")
     tcl_loss: TclLossForm = Field(
@@ -443,6 +453,29 @@ class DistillConfig(_Strict):
     lr_step: int = Field(15, ge=1, description="epochs between learning-rate decays")
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _row_rates(self) -> DistillConfig:
+        """Unset rates take the row's paper rates; a branch the row trains needs a rate above 0."""
+        row = get_variant(self.variant)
+        for key, trained in (("lr_tcl", row.train_tcl), ("lr_bbe", row.train_bbe)):
+            if getattr(self, key) is None:
+                setattr(self, key, getattr(row, key))
+            elif trained is not None and getattr(self, key) == 0:
+                raise ValueError(
+                    f"distill.{key}=0 but row {row.name} trains that module; unset it for the paper's rate"
+                )
+        return self
+
+    def rate_overrides(self) -> dict[str, tuple[float, float]]:
+        """``{"lr_tcl": (rate, paper rate), …}`` for each rate of a module the row trains that differs from the
+        paper's rate for the row (set explicitly in the config or by a sweep)."""
+        row = get_variant(self.variant)
+        return {
+            key: (getattr(self, key), getattr(row, key))
+            for key, trained in (("lr_tcl", row.train_tcl), ("lr_bbe", row.train_bbe))
+            if trained is not None and getattr(self, key) != getattr(row, key)
+        }
 
 
 class ScalingSettings(_Strict):

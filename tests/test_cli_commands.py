@@ -45,9 +45,40 @@ def test_merge_reports_a_bad_checkpoint(monkeypatch, capsys):
     assert "nope.pt does not exist" in capsys.readouterr().err
 
 
-def test_merge_requires_all_three_paths():
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--reference", "b1.pt"],  # the B3 shorthand needs both sides
+        ["--base", "b3.pt"],  # a base and nothing to take
+        ["--tcl", "c1.pt"],  # a part without a base
+        ["--reference", "b1.pt", "--test", "b2.pt", "--tcl", "c1.pt"],  # both forms at once
+    ],
+)
+def test_merge_refuses_incomplete_or_mixed_arguments(args, capsys):
+    assert cli.main(["merge", *args, "--out", "out.pt"]) == 2
+    assert "cmd-ray merge:" in capsys.readouterr().err
+
+
+def test_merge_requires_an_output():
     with pytest.raises(SystemExit):
-        cli.main(["merge", "--reference", "b1.pt", "--out", "b3.pt"])
+        cli.main(["merge", "--reference", "b1.pt", "--test", "b2.pt"])
+
+
+def test_merge_by_module_takes_each_part_from_its_checkpoint(tmp_path, capsys, state_a, state_b):
+    """The D rows' start, as a user would make it: B3's weights with C1's classifier."""
+    import torch
+    from checkpoint_fakes import CLF_KEY, REF_KEY, TEST_KEY
+
+    torch.save(state_a, tmp_path / "b3.pt")
+    torch.save(state_b, tmp_path / "c1.pt")
+    out = tmp_path / "d_start.pt"
+    assert (
+        cli.main(["merge", "--base", str(tmp_path / "b3.pt"), "--tcl", str(tmp_path / "c1.pt"), "--out", str(out)]) == 0
+    )
+    merged = torch.load(out, weights_only=True)
+    assert torch.equal(merged[CLF_KEY], state_b[CLF_KEY]) and not torch.equal(state_a[CLF_KEY], state_b[CLF_KEY])
+    assert torch.equal(merged[REF_KEY], state_a[REF_KEY]) and torch.equal(merged[TEST_KEY], state_a[TEST_KEY])
+    assert "tcl from" in capsys.readouterr().out
 
 
 def test_merge_end_to_end_on_tiny_state_dicts(tmp_path, capsys):
@@ -81,6 +112,6 @@ def test_config_reference_prints_a_markdown_table_per_section(capsys):
     sections = [line for line in out.splitlines() if line.startswith("## ")]
     assert sections[:2] == ["## `data`", "## `data.sampling`"] and "## `evaluation.trackers[]`" in sections
     assert out.count("| key | type | default | allowed | description |") == len(sections)
-    assert "| `distill.lr_tcl` | float | `2e-08` | > 0 |" in out
+    assert "| `distill.lr_backbone` | float | `1e-07` | > 0 |" in out
     with pytest.raises(SystemExit):
         cli.main(["config-reference", "extra"])

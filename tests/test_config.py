@@ -136,3 +136,38 @@ def test_atom_variants_and_kl_with_gmm_are_accepted():
         assert cfg.model.backbone == "tiny"
     cfg = load_config(DEMO, ["distill.bbe_loss=kl", "data.sampling.proposal_method=gmm"])
     assert cfg.distill.bbe_loss == "kl"
+
+
+# ---------------------------------------------------------------- each Table 1 row trains at its own paper rates
+
+
+@pytest.mark.parametrize("config_file", ["configs/dimp50.yaml", "configs/superdimp.yaml", "configs/cluster.yaml"])
+@pytest.mark.parametrize(
+    ("row", "lr_tcl", "lr_bbe"),
+    [("B1", 0.0, 1e-6), ("B2", 0.0, 1e-6), ("C1", 1e-6, 0.0), ("D1", 2e-8, 1e-7), ("D3", 2e-8, 1e-7)],
+)
+def test_a_row_without_explicit_rates_trains_at_the_papers_rates(config_file, row, lr_tcl, lr_bbe):
+    cfg = load_config(config_file, [f"distill.variant={row}"])
+    assert (cfg.distill.lr_tcl, cfg.distill.lr_bbe) == (lr_tcl, lr_bbe)
+    assert cfg.distill.rate_overrides() == {}
+
+
+def test_an_explicit_rate_is_kept_and_reported_as_an_override_of_the_rows_rate():
+    cfg = load_config(None, ["distill.variant=C1", "distill.lr_tcl=5e-6", "distill.lr_bbe=3e-3"])
+    assert (cfg.distill.lr_tcl, cfg.distill.lr_bbe) == (5e-6, 3e-3)
+    # lr_bbe is no override: C1 does not train the IoU-Net, so its rate is never used
+    assert cfg.distill.rate_overrides() == {"lr_tcl": (5e-6, 1e-6)}
+    demo = load_config("configs/demo.yaml", [])
+    assert demo.distill.rate_overrides() == {"lr_tcl": (1e-4, 2e-8), "lr_bbe": (1e-3, 1e-7)}
+
+
+def test_resolved_rates_survive_a_dump_and_reload_as_workers_do():
+    cfg = load_config(None, ["distill.variant=B2"])
+    again = Config.model_validate(cfg.model_dump(mode="json"))
+    assert (again.distill.lr_tcl, again.distill.lr_bbe) == (0.0, 1e-6) and again == cfg
+
+
+def test_a_zero_rate_for_a_module_the_row_trains_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"distill\.lr_bbe=0 but row B1 trains that module"):
+        load_config(None, ["distill.variant=B1", "distill.lr_bbe=0"])
+    assert load_config(None, ["distill.variant=B1", "distill.lr_tcl=0"]).distill.lr_tcl == 0.0

@@ -39,6 +39,10 @@ def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
     assert len(children) == 3
     assert {run.info.run_id for run in children} == set(result.trial_run_ids.values())
     assert all(run.info.status in ("FINISHED", "KILLED") for run in children)
+    # every trial run, the registered best included, ends with the status Tune gave it (KILLED: stopped by ASHA)
+    assert {run.info.run_id: run.info.status for run in children} == {
+        result.trial_run_ids[trial]: status for trial, status in result.trial_statuses.items()
+    }
     for run in children:
         for name in ("lr_tcl", "lr_bbe", "loss_weight_bbe"):
             low, high = getattr(cfg.tune, name)
@@ -60,3 +64,16 @@ def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
         run = client.get_run(run_id)
         if run.info.status == "FINISHED":
             assert run.data.metrics[metric] == pytest.approx(result.trial_metrics[trial_id], rel=1e-6)
+
+    # Rerun: the sweep folder exists, so the sweep is restored (Tuner.restore), not redone: the same sweep run and
+    # trial runs, no new trial, each trial's status as before, and no new model version.
+    statuses = {run.info.run_id: run.info.status for run in children}
+    again = run_sweep(cfg)
+    assert again.sweep_run_id == result.sweep_run_id and again.trial_run_ids == result.trial_run_ids
+    assert again.best_trial_id == result.best_trial_id and again.registered.version == result.registered.version
+    rerun_children = client.search_runs(
+        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'",
+    )
+    assert {run.info.run_id: run.info.status for run in rerun_children} == statuses
+    assert [v.version for v in client.search_model_versions("name = 'sweep-tracker'")] == [result.registered.version]

@@ -436,6 +436,21 @@ def _nothing_to_train(cfg: Config, schedule: Schedule, previous: PreviousRun) ->
     )
 
 
+RATE_OVERRIDES_TAG = "cmd_ray.rate_overrides"
+
+
+def rate_override_tags(cfg: Config) -> dict[str, str]:
+    """``{RATE_OVERRIDES_TAG: "lr_tcl=1e-05 (row D3: 2e-08), …"}`` when the run trains at rates other than its
+    row's paper rates (each also logged as a warning); empty when it trains at the paper's rates."""
+    overrides = cfg.distill.rate_overrides()
+    if not overrides:
+        return {}
+    row = cfg.distill.variant
+    text = ", ".join(f"{key}={rate:g} (row {row}: {paper:g})" for key, (rate, paper) in overrides.items())
+    logger.warning("training at rates other than the paper's for row %s: %s", row, text)
+    return {RATE_OVERRIDES_TAG: text}
+
+
 def run_distillation(cfg: Config, pairs: list[Any] | None = None) -> TrainingResult:
     """The whole distill job on the cluster that ``RAY_ADDRESS`` names (a local one when unset).
 
@@ -454,7 +469,9 @@ def run_distillation(cfg: Config, pairs: list[Any] | None = None) -> TrainingRes
     teacher = resolve_teacher(cfg)  # a bad init_checkpoint fails here, before the cluster starts
     if not ray.is_initialized():
         ray.init()
-    run_id, resumed = open_run(cfg, schedule, {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags()}, previous)
+    run_id, resumed = open_run(
+        cfg, schedule, {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags(), **rate_override_tags(cfg)}, previous
+    )
 
     def train() -> tuple[ray.train.Result, SkipReport]:
         return fit(cfg, pairs, run_id, teacher=teacher)

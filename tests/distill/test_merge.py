@@ -17,7 +17,7 @@ from checkpoint_fakes import (
     write_pytracking,
 )
 
-from cmd_ray.distill.merge import merge_branches
+from cmd_ray.distill.merge import merge_branches, merge_modules, part_prefixes
 from cmd_ray.models.checkpoint import load_state_dict
 from cmd_ray.models.safe_unpickler import CheckpointError
 from cmd_ray.models.training_state import rng_state, save_training_state
@@ -72,3 +72,39 @@ def test_merge_and_load_state_dict_run_nothing(tmp_path, state_a):
     assert_same_state(load_state_dict(path), state_a)
     merge_branches(path, path, tmp_path / "out.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(("part", "key"), [("tcl", CLF_KEY), ("bbe_reference", REF_KEY), ("bbe_test", TEST_KEY)])
+def test_merge_modules_takes_exactly_the_named_part(tmp_path, state_a, state_b, part, key):
+    torch.save(state_a, tmp_path / "base.pt")
+    torch.save(state_b, tmp_path / "other.pt")
+    merged = torch.load(merge_modules(tmp_path / "base.pt", tmp_path / "m.pt", **{part: tmp_path / "other.pt"}))
+    prefixes = part_prefixes(part)
+    assert key.startswith(prefixes) and not torch.equal(state_a[key], state_b[key])
+    for name, value in merged.items():
+        assert torch.equal(value, (state_b if name.startswith(prefixes) else state_a)[name]), name
+
+
+def test_the_d_rows_start_is_b3_with_c1s_classifier(tmp_path, state_a, state_b):
+    """§4.3: D1–D5 start from merge(B3, C1); B3 itself is merge(B1, B2)."""
+    b1, b2, c1 = state_a, state_b, {k: v + 1 for k, v in state_a.items()}
+    for name, state in (("b1", b1), ("b2", b2), ("c1", c1)):
+        torch.save(state, tmp_path / f"{name}.pt")
+    b3 = merge_branches(tmp_path / "b1.pt", tmp_path / "b2.pt", tmp_path / "b3.pt")
+    start = torch.load(merge_modules(b3, tmp_path / "d.pt", tcl=tmp_path / "c1.pt"), weights_only=True)
+    assert torch.equal(start[CLF_KEY], c1[CLF_KEY])
+    assert torch.equal(start[REF_KEY], b1[REF_KEY]) and torch.equal(start[TEST_KEY], b2[TEST_KEY])
+
+
+def test_merge_modules_refuses_what_does_not_fit(tmp_path, state_a):
+    torch.save(state_a, tmp_path / "a.pt")
+    no_classifier = {k: v for k, v in state_a.items() if not k.startswith("classifier.")}
+    torch.save(no_classifier, tmp_path / "atom.pt")
+    with pytest.raises(CheckpointError, match=r"has no tcl weights"):
+        merge_modules(tmp_path / "atom.pt", tmp_path / "out.pt", tcl=tmp_path / "a.pt")
+    with pytest.raises(CheckpointError, match="key sets differ"):
+        merge_modules(tmp_path / "a.pt", tmp_path / "out.pt", tcl=tmp_path / "atom.pt")
+    with pytest.raises(ValueError, match="unknown merge part 'backbone'"):
+        merge_modules(tmp_path / "a.pt", tmp_path / "out.pt", backbone=tmp_path / "a.pt")
+    with pytest.raises(ValueError, match="name at least one part"):
+        merge_modules(tmp_path / "a.pt", tmp_path / "out.pt", tcl=None)

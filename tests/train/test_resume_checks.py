@@ -52,3 +52,13 @@ def test_pretraining_rerun_with_another_setting_is_refused(tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "previous_run", lambda cfg, schedule: previous)
     with pytest.raises(trainer.ConfigError, match=r"pretrain\.lr_bbe: 0\.5 → 0\.001"):
         run_pretraining(cfg)
+
+
+def test_a_run_at_other_rates_than_its_rows_carries_them_as_a_tag(caplog):
+    from cmd_ray.train.trainer import RATE_OVERRIDES_TAG, rate_override_tags
+
+    assert rate_override_tags(load_config(None, ["distill.variant=B2"])) == {}
+    with caplog.at_level("WARNING"):
+        tags = rate_override_tags(load_config(None, ["distill.variant=B2", "distill.lr_bbe=4e-6"]))
+    assert tags == {RATE_OVERRIDES_TAG: "lr_bbe=4e-06 (row B2: 1e-06)"}
+    assert "rates other than the paper's for row B2" in caplog.text

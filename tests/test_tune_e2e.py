@@ -76,4 +76,5 @@ def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
         filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'",
     )
     assert {run.info.run_id: run.info.status for run in rerun_children} == statuses
-    assert [v.version for v in client.search_model_versions("name = 'sweep-tracker'")] == [result.registered.version]
+    versions = client.search_model_versions("name = 'sweep-tracker'")
+    assert [str(v.version) for v in versions] == [result.registered.version]

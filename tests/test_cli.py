@@ -21,7 +21,7 @@ def test_bad_config_value_fails_before_ray_starts(tmp_path):
     done = run_job("distill.lr_tcl=-1", cwd=tmp_path)
     assert done.returncode == 2
     assert "distill.lr_tcl" in done.stderr
-    assert "greater than 0" in done.stderr
+    assert "greater than or equal to 0 (got -1)" in done.stderr
     assert "Ray" not in done.stderr  # no cluster was started
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -12,8 +12,6 @@ Frames whose box is missing (``w`` or ``h`` ≤ 0, or NaN) are never drawn.
 
 from __future__ import annotations
 
-import posixpath
-import re
 from dataclasses import dataclass
 
 import cv2
@@ -21,15 +19,18 @@ import numpy as np
 
 from cmd_ray.config import SamplingConfig
 from cmd_ray.data.processing import apply_crop, jittered_crop_geometry, search_targets
-from cmd_ray.storage import StorageError, iter_relative_files, listing_prefix, read_bytes
-
-GROUND_TRUTH_FILE = "groundtruth_rect.txt"
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-_SEPARATORS = re.compile(r"[,\t ]+")
-
-
-class SequenceError(ValueError):
-    """A labeled sequence is malformed; the message names the file and what is wrong."""
+from cmd_ray.data.sequence_folders import (
+    FRAMES_FOLDER,
+    GROUND_TRUTH_FILE,
+    BoxCountError,
+    MissingFramesError,
+    MissingGroundTruthError,
+    SequenceError,
+    list_root,
+    numbered_frames,
+    read_sequence_folder,
+)
+from cmd_ray.storage import StorageError
 
 
 @dataclass(frozen=True)
@@ -52,65 +53,48 @@ class LabeledSequence:
         return np.all(np.isfinite(self.boxes), axis=1) & (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0)
 
 
-def parse_boxes(text: str, where: str) -> np.ndarray:
-    """``float64 [T, 4]`` from ``x,y,w,h`` lines (commas, tabs or spaces; ``nan`` allowed); blank lines are
-    skipped, a malformed line raises :class:`SequenceError` naming ``where:line``."""
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        tokens = _SEPARATORS.split(line.strip())
-        try:
-            if len(tokens) != 4:
-                raise ValueError
-            rows.append([float(t) for t in tokens])
-        except ValueError:
-            raise SequenceError(
-                f"{where}:{lineno}: expected 4 numbers x,y,w,h separated by commas, tabs or spaces, got {line!r}"
-            ) from None
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
-
-
 def list_sequences(root_uri: str, endpoint_url: str | None = None) -> list[LabeledSequence]:
     """Every labeled sequence below ``root_uri``, sorted by name, from one recursive listing.
+
+    A sequence is a folder with digit-named frames in ``img/`` or a ``groundtruth_rect.txt``; its frames are taken
+    in the order of their numbers, whatever the numbers are (read by
+    :func:`cmd_ray.data.sequence_folders.read_sequence_folder` with ``numbered_from_one=False``).
 
     Raises:
         SequenceError: no sequence found, a frame/ground-truth count mismatch, a malformed line, or a sequence
             without any usable box — each naming the file.
         StorageError: the root cannot be listed.
     """
-    prefix = listing_prefix(root_uri)
-    frames: dict[str, list[tuple[int, str]]] = {}
-    truth: dict[str, str] = {}
-    for rel in iter_relative_files(root_uri, endpoint_url):
-        parts = rel.split("/")
-        if len(parts) == 2 and parts[1] == GROUND_TRUTH_FILE:
-            truth[parts[0]] = prefix + rel
-        elif len(parts) == 3 and parts[1] == "img":
-            stem, ext = posixpath.splitext(parts[2])
-            if ext.lower() in FRAME_EXTENSIONS and stem.isdigit():
-                frames.setdefault(parts[0], []).append((int(stem), prefix + rel))
-    names = sorted(set(frames) | set(truth))
+    listing = list_root(root_uri, endpoint_url)
+    with_frames = [
+        name
+        for name in listing.sequence_dirs()
+        if numbered_frames(listing.files_in(f"{name}/{FRAMES_FOLDER}"), "", numbered_from_one=False)
+    ]
+    names = sorted(set(with_frames) | set(listing.dirs_with(GROUND_TRUTH_FILE)))
     if not names:
         raise SequenceError(
             f"no labeled sequences under {root_uri}: expected <seq>/img/0001.jpg … and <seq>/{GROUND_TRUTH_FILE}"
         )
     sequences = []
     for name in names:
-        gt_uri = truth.get(name)
-        where = gt_uri or f"{root_uri}/{name}/{GROUND_TRUTH_FILE}"
-        if gt_uri is None:
-            raise SequenceError(f"{where} is missing (sequence {name!r} has frames but no ground truth)")
-        if name not in frames:
-            raise SequenceError(f"sequence {name!r} under {root_uri} has {GROUND_TRUTH_FILE} but no img/ frames")
+        where = listing.uri(f"{name}/{GROUND_TRUTH_FILE}")
         try:
-            boxes = parse_boxes(read_bytes(gt_uri, endpoint_url).decode(), where)
+            folder = read_sequence_folder(listing, name, numbered_from_one=False, endpoint_url=endpoint_url)
+        except MissingGroundTruthError:
+            where = f"{root_uri}/{name}/{GROUND_TRUTH_FILE}"
+            raise SequenceError(f"{where} is missing (sequence {name!r} has frames but no ground truth)") from None
+        except MissingFramesError:
+            raise SequenceError(
+                f"sequence {name!r} under {root_uri} has {GROUND_TRUTH_FILE} but no img/ frames"
+            ) from None
+        except BoxCountError as exc:
+            raise SequenceError(
+                f"{where}: {exc.num_boxes} boxes for {exc.num_frames} frames in {name}/{FRAMES_FOLDER}"
+            ) from None
         except (StorageError, UnicodeDecodeError) as exc:
             raise SequenceError(f"cannot read {where}: {exc}") from exc
-        numbered = sorted(frames[name])
-        if len(numbered) != len(boxes):
-            raise SequenceError(f"{where}: {len(boxes)} boxes for {len(numbered)} frames in {name}/img")
-        sequence = LabeledSequence(name, tuple(uri for _, uri in numbered), boxes)
+        sequence = LabeledSequence(name, folder.frames, folder.boxes)
         if not sequence.valid.any():
             raise SequenceError(f"{where}: no frame has a usable box (w, h > 0)")
         sequences.append(sequence)

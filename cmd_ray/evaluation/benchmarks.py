@@ -9,8 +9,10 @@
   ``<root>/<seq>/attributes.txt`` with ``name,0|1`` lines.
 
 ``root`` is a local folder, a ``file://`` URI or an ``s3://bucket/prefix``. Every reader lists the root once through
-:func:`cmd_ray.storage.iter_relative_files` (one ``ListObjectsV2`` request per 1000 keys on S3; only the named
-sequences' folders when ``sequences`` is given) and reads the small text files through :mod:`cmd_ray.storage`; frames
+:func:`cmd_ray.data.sequence_folders.list_root` (one ``ListObjectsV2`` request per 1000 keys on S3; only the named
+sequences' folders when ``sequences`` is given), reads each sequence with
+:func:`cmd_ray.data.sequence_folders.read_sequence_folder` (frames numbered 1..T, the benchmark's digit width) and
+reads the small text files through :mod:`cmd_ray.storage`; frames
 are not read here: :attr:`Sequence.frames` holds their URIs (absolute local paths or ``s3://`` URIs), which any node
 can read.
 
@@ -23,7 +25,6 @@ frame/ground-truth count mismatch raises an error naming the file.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from cmd_ray import storage
-from cmd_ray.data.sequences import parse_boxes
+from cmd_ray.data.sequence_folders import (
+    FRAME_EXTENSIONS,
+    GROUND_TRUTH_FILE,
+    FolderListing,
+    list_root,
+    numbered_frames,
+    parse_boxes,
+    read_sequence_folder,
+)
 
 LSOTB_ATTRIBUTES: tuple[str, ...] = (
     "deformation",
@@ -73,7 +82,7 @@ PTB_ATTRIBUTES: tuple[str, ...] = (
 LSOTB_EXCLUDED_BY_PAPER = "cat_D_001"
 """The one LSOTB-TIR evaluation sequence the paper left out (120 → 119)."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = FRAME_EXTENSIONS
 _SEP = re.compile(r"[,\t ]+")
 
 
@@ -159,85 +168,19 @@ def parse_named_attributes(path: Path | str, endpoint_url: str | None = None) ->
 # one listing of the root
 
 
-@dataclass(frozen=True)
-class _Listing:
-    """The files below a benchmark root: ``prefix`` (``"s3://bucket/prefix/"`` or ``"/abs/root/"``) and the paths
-    relative to it."""
-
-    prefix: str
-    files: frozenset[str]
-
-    def uri(self, rel: str) -> str:
-        return self.prefix + rel
-
-    def has(self, rel: str) -> bool:
-        return rel in self.files
-
-    def seq_dirs(self, under: str = "") -> list[str]:
-        """Names of the folders ``under/<name>/`` that hold an ``img/`` folder with at least one file."""
-        cut = len(under)
-        names = set()
-        for rel in self.files:
-            if rel.startswith(under):
-                parts = rel[cut:].split("/")
-                if len(parts) == 3 and parts[1] == "img":
-                    names.add(parts[0])
-        return sorted(names)
-
-    def img_files(self, img_dir: str) -> list[str]:
-        """File names directly in the folder ``img_dir`` (relative to the root, no trailing slash)."""
-        head = img_dir + "/"
-        return [rel[len(head) :] for rel in self.files if rel.startswith(head) and "/" not in rel[len(head) :]]
-
-
-def _list_root(root: str, subfolders: Iterable[str] | None, endpoint_url: str | None) -> _Listing:
+def _list_root(root: str, subfolders: Iterable[str] | None, endpoint_url: str | None) -> FolderListing:
     """List ``root`` once (or only its ``subfolders``); a local root that does not exist raises
     ``FileNotFoundError``."""
-    prefix = storage.listing_prefix(root)
-    if not storage.is_s3(root) and not Path(prefix).is_dir():
-        raise FileNotFoundError(f"benchmark folder not found: {root}")
-    files: set[str] = set()
     try:
-        if subfolders is None:
-            files.update(storage.iter_relative_files(root, endpoint_url))
-        else:
-            for sub in subfolders:
-                try:
-                    files.update(storage.iter_relative_files(root, endpoint_url, subfolder=sub))
-                except storage.MissingFolderError:
-                    continue
+        return list_root(root, endpoint_url, subfolders)
     except storage.MissingFolderError as exc:
         raise FileNotFoundError(f"benchmark folder not found: {root}") from exc
-    return _Listing(prefix, frozenset(f for f in files if not posixpath.basename(f).startswith(".")))
 
 
 def _root_uri(root: Path | str) -> str:
     """``root`` as a URI without a trailing slash: ``s3://…`` as given, anything else as an absolute local path."""
     uri = str(root)
     return uri.rstrip("/") if storage.is_s3(uri) else storage.resolve(uri)[1]
-
-
-def _numbered_frames(names: Iterable[str], dir_prefix: str, digits: int | None) -> tuple[str, ...]:
-    """URIs (``dir_prefix + name``) of the numbered image files among ``names`` in frame order, numbered 1..T."""
-    where = dir_prefix.rstrip("/")
-    pattern = re.compile(rf"^(\d{{{digits}}})$" if digits else r"^(\d+)$")
-    numbered: list[tuple[int, str]] = []
-    for name in names:
-        stem, suffix = posixpath.splitext(name)
-        if suffix.lower() in IMAGE_SUFFIXES and pattern.match(stem):
-            numbered.append((int(stem), dir_prefix + name))
-    if not numbered:
-        width = f"{digits}-digit " if digits else ""
-        raise FileNotFoundError(f"no {width}numbered frames ({', '.join(IMAGE_SUFFIXES)}) in {where}")
-    numbered.sort()
-    numbers = [n for n, _ in numbered]
-    if numbers != list(range(1, len(numbers) + 1)):
-        missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
-        raise ValueError(
-            f"{where}: frames must be numbered 1..T without gaps or repeats; missing {missing[:10]}, "
-            f"found {len(numbers)} files up to {numbers[-1]}"
-        )
-    return tuple(uri for _, uri in numbered)
 
 
 def list_frames(img_dir: Path | str, digits: int | None = None, endpoint_url: str | None = None) -> tuple[str, ...]:
@@ -247,24 +190,23 @@ def list_frames(img_dir: Path | str, digits: int | None = None, endpoint_url: st
         listing = _list_root(_root_uri(img_dir), None, endpoint_url)
     except FileNotFoundError:
         raise FileNotFoundError(f"frame folder not found: {img_dir}") from None
-    return _numbered_frames([f for f in listing.files if "/" not in f], listing.prefix, digits)
+    return numbered_frames(listing.files_in(""), listing.prefix.rstrip("/"), digits=digits)
 
 
 def _build(
-    listing: _Listing,
+    listing: FolderListing,
     name: str,
     img_dir: str,
-    gt_uri: str,
+    gt: str,
     attributes: dict[str, bool],
     digits: int | None,
     endpoint_url: str | None,
 ) -> Sequence:
-    frames = _numbered_frames(listing.img_files(img_dir), listing.uri(img_dir + "/"), digits)
-    gt = parse_ground_truth(gt_uri, endpoint_url)
-    if len(frames) != gt.shape[0]:
-        where = listing.uri(img_dir)
-        raise ValueError(f"{gt_uri}: {gt.shape[0]} ground-truth boxes but {len(frames)} frames in {where}")
-    return Sequence(name=name, frames=frames, ground_truth=gt, attributes=attributes)
+    """Sequence ``name``: frames ``img_dir/`` numbered 1..T, ground truth ``gt`` (both relative to the root)."""
+    folder = read_sequence_folder(
+        listing, name, frames_folder=img_dir, ground_truth=gt, digits=digits, endpoint_url=endpoint_url
+    )
+    return Sequence(name=name, frames=folder.frames, ground_truth=folder.boxes, attributes=attributes)
 
 
 def _names(found: Iterable[str], sequences: Iterable[str] | None, where: str) -> list[str]:
@@ -278,8 +220,8 @@ def _names(found: Iterable[str], sequences: Iterable[str] | None, where: str) ->
     return wanted
 
 
-def _lsotb_sequence(listing: _Listing, name: str, ep: str | None) -> Sequence:
-    candidates = (f"anno/{name}.txt", f"{name}/groundtruth_rect.txt")
+def _lsotb_sequence(listing: FolderListing, name: str, ep: str | None) -> Sequence:
+    candidates = (f"anno/{name}.txt", f"{name}/{GROUND_TRUTH_FILE}")
     gt = next((c for c in candidates if listing.has(c)), None)
     if gt is None:
         raise FileNotFoundError(
@@ -287,7 +229,7 @@ def _lsotb_sequence(listing: _Listing, name: str, ep: str | None) -> Sequence:
         )
     att = f"anno/att/{name}.txt"
     attributes = parse_attribute_flags(listing.uri(att), LSOTB_ATTRIBUTES, ep) if listing.has(att) else {}
-    return _build(listing, name, f"{name}/img", listing.uri(gt), attributes, 4, ep)
+    return _build(listing, name, f"{name}/img", gt, attributes, 4, ep)
 
 
 def read_lsotb_sequence(root: Path | str, name: str, endpoint_url: str | None = None) -> Sequence:
@@ -314,7 +256,7 @@ def read_lsotb_tir(
     uri = _root_uri(root)
     wanted = None if sequences is None else list(sequences)
     listing = _list_root(uri, None if wanted is None else [*wanted, "anno"], endpoint_url)
-    names = _names(listing.seq_dirs(), wanted, uri)
+    names = _names(listing.sequence_dirs(), wanted, uri)
     if subset == "119":
         names = [n for n in names if n != LSOTB_EXCLUDED_BY_PAPER]
     return [_lsotb_sequence(listing, n, endpoint_url) for n in names]
@@ -328,12 +270,12 @@ def read_ptb_tir(
     wanted = None if sequences is None else list(sequences)
     subfolders = None if wanted is None else [*(f"tirsequences/{n}" for n in wanted), "tiranno"]
     listing = _list_root(uri, subfolders, endpoint_url)
-    names = _names(listing.seq_dirs("tirsequences/"), wanted, storage.join(uri, "tirsequences"))
+    names = _names(listing.sequence_dirs("tirsequences/"), wanted, storage.join(uri, "tirsequences"))
     out = []
     for name in names:
         att = f"tiranno/att/{name}.txt"
         attributes = parse_attribute_flags(listing.uri(att), PTB_ATTRIBUTES, endpoint_url) if listing.has(att) else {}
-        gt = listing.uri(f"tiranno/{name}.txt")
+        gt = f"tiranno/{name}.txt"
         out.append(_build(listing, name, f"tirsequences/{name}/img", gt, attributes, 8, endpoint_url))
     return out
 
@@ -345,12 +287,12 @@ def read_synthetic(
     uri = _root_uri(root)
     wanted = None if sequences is None else list(sequences)
     listing = _list_root(uri, wanted, endpoint_url)
-    names = _names(listing.seq_dirs(), wanted, uri)
+    names = _names(listing.sequence_dirs(), wanted, uri)
     out = []
     for name in names:
         att = f"{name}/attributes.txt"
         attributes = parse_named_attributes(listing.uri(att), endpoint_url) if listing.has(att) else {}
-        gt = listing.uri(f"{name}/groundtruth_rect.txt")
+        gt = f"{name}/{GROUND_TRUTH_FILE}"
         out.append(_build(listing, name, f"{name}/img", gt, attributes, None, endpoint_url))
     return out
 

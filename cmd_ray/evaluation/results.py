@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cmd_ray import storage
-from cmd_ray.data.sequences import SequenceError, parse_boxes
+from cmd_ray.data.sequence_folders import SequenceError, parse_boxes
 from cmd_ray.evaluation.benchmarks import Sequence, benchmark_options, read_benchmark
 from cmd_ray.evaluation.metrics import (
     PROTOCOLS,

@@ -1,25 +1,20 @@
-"""The Ray Data pipeline module: splitting, the sample maker without Ray, and the streams on a local Ray cluster."""
-
-from pathlib import Path
+"""The distillation sample stream (data/distill_stream.py): splitting, the sample maker without Ray, and the
+stream on a local Ray cluster."""
 
 import cv2
 import numpy as np
 import pytest
 import ray
-import torch
-import torchvision
+from pair_samples import data_config, maker_for
 
-from cmd_ray import cli
-from cmd_ray.config import SynthConfig, load_config
+from cmd_ray.config import load_config
 from cmd_ray.data.detect import DetectorWeightsError, hog_available
 from cmd_ray.data.distill_stream import SampleMaker, list_pairs, split_pairs, training_dataset
-from cmd_ray.data.images import encode_rgb, encode_tir
+from cmd_ray.data.images import encode_rgb
 from cmd_ray.data.pairs import PairTable, write_manifest
 from cmd_ray.data.skips import SkipCounter
-from cmd_ray.data.streams import TRAIN_STREAM, index_blocks
-from cmd_ray.data.synthetic import generate_pair, write_synthetic_dataset
-
-TINY_ARCH = "ssdlite320_mobilenet_v3_large"
+from cmd_ray.data.streams import TRAIN_STREAM
+from cmd_ray.data.synthetic import generate_pair
 
 
 def pairs(n):
@@ -63,40 +58,7 @@ def test_a_pair_table_splits_exactly_like_the_list():
     np.testing.assert_array_equal(val.boxes_of(0), [[first_val, first_val, 5, 5]])
 
 
-def test_index_blocks_hold_whole_batches_and_cover_every_index():
-    blocks = index_blocks(np.arange(1000), batch_size=4, num_actors=2)
-    assert all(len(b) == 32 for b in blocks[:-1])  # 8 batches a block
-    np.testing.assert_array_equal(np.concatenate(blocks), np.arange(1000))
-    small = index_blocks(np.arange(24), batch_size=3, num_actors=2)
-    assert len(small) == 8  # a short stream still gives both actors work: a batch a block
-    huge = index_blocks(np.arange(1_300_000), batch_size=5, num_actors=4)  # 50 epochs of the paper's 26 000
-    assert len(huge) <= 2048 and all(len(b) % 5 == 0 for b in huge[:-1])
-
-
 # --------------------------------------------------------------------------- the sample maker, without Ray
-
-
-@pytest.fixture(scope="module")
-def pair_root(tmp_path_factory) -> Path:
-    """Eight synthetic pairs on local disk, plus one corrupt pair and one whose TIR has another aspect ratio."""
-    root = tmp_path_factory.mktemp("pipeline-pairs")
-    write_synthetic_dataset(str(root), SynthConfig(num_pairs=8, num_rgb_sequences=0, num_tir_sequences=0), False)
-    pairs_dir = root / "pairs"
-    (pairs_dir / "rgb" / "900000.jpg").write_bytes(b"not a jpeg")
-    (pairs_dir / "tir" / "900000.jpg").write_bytes(b"not a jpeg either")
-    rgb, _ = generate_pair(np.random.default_rng(5), 160, 128)
-    (pairs_dir / "rgb" / "900001.jpg").write_bytes(encode_rgb(rgb))
-    (pairs_dir / "tir" / "900001.png").write_bytes(encode_tir(np.zeros((100, 100), np.uint8), ".png"))
-    return pairs_dir
-
-
-def data_config(uri: str, *overrides: str):
-    return load_config(None, [f"data.uri={uri}", "data.progress=false", *overrides])
-
-
-def maker_for(cfg, table=None, stream=0) -> SampleMaker:
-    table = list_pairs(cfg) if table is None else table
-    return SampleMaker(table, cfg.data.model_dump(mode="json"), 0, stream, None, None)
 
 
 def test_corrupt_and_mismatched_pairs_are_counted_once_and_skipped(pair_root):
@@ -199,13 +161,6 @@ def test_hog_detection_in_the_maker_counts_each_fallback_once(pair_root):
 # --------------------------------------------------------------------------- on a local Ray cluster
 
 
-def save_tiny_detector(path: Path) -> Path:
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(TINY_ARCH, weights=None, weights_backbone=None, num_classes=2)
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.mark.e2e
 def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pair_root):
     cfg = load_config(
@@ -246,40 +201,3 @@ def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pai
     ordered = training_dataset(ordered_cfg, table, SkipCounter.remote())
     assert ordered.context.execution_options.preserve_order
     assert [tuple(r["ref_box"]) + tuple(r["test_box"]) for r in ordered.take_all()] == expected
-
-
-@pytest.mark.e2e
-def test_boxes_command_writes_a_manifest_that_training_reads(ray_session, pair_root, tmp_path, capsys):
-    weights = save_tiny_detector(tmp_path / "tiny.pt")
-    out = tmp_path / "boxes.parquet"
-    overrides = [
-        f"data.uri={pair_root}",
-        "data.progress=false",
-        "data.detector=torchvision",
-        f"data.detector_weights={weights}",
-        f"data.detector_arch={TINY_ARCH}",
-        "data.detector_num_classes=2",
-        "data.detector_score_threshold=0.3",
-        "data.max_boxes=3",
-        "data.detect_on_tir=true",
-    ]
-    assert cli.main(["boxes", "--out", str(out), *overrides]) == 0
-    printed = capsys.readouterr().out
-    assert "boxes of 10 pairs" in printed and "unreadable:   2" in printed and f"data.manifest={out}" in printed
-
-    manifest = ["data.layout=manifest", f"data.manifest={out}", "data.boxes=detection"]
-    manifest_cfg = load_config(None, [*overrides, *manifest])
-    table = list_pairs(manifest_cfg)
-    assert len(table) == 10 and table.boxes is not None
-    found = [table.boxes_of(i) for i in range(len(table))]
-    assert sum(b is None for b in found) == 2  # the unreadable pairs: not computed
-    assert all(len(b) <= 3 for b in found if b is not None) and any(b is not None and len(b) for b in found)
-    for b in found:
-        if b is not None and len(b):
-            assert np.all(b[:, :2] >= 0) and np.all(b[:, 0] + b[:, 2] <= 160 + 1e-3)
-    maker = maker_for(manifest_cfg, table)
-    good = next(i for i, b in enumerate(found) if b is not None and len(b))
-    rgb, tir = maker.load(good)
-    np.testing.assert_array_equal(maker.boxes(good, rgb, tir).boxes, found[good])
-    assert cli.main(["boxes", "--out", str(tmp_path / "boxes.json"), *overrides]) == 2
-    assert "unknown format" in capsys.readouterr().err

@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,28 @@ BUCKET = "multinode"
 DATA_NODES, TRAIN_NODES = 2, 3
 
 
+def _title(pid: int) -> str:
+    """A worker's process title up to its first space or dot (``ray::IDLE``, ``ray::RayTrainWorker``)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return "(gone)"
+    return title.split(" ")[0].split(".")[0] if title.startswith("ray::") else "default_worker (starting)"
+
+
 @dataclass
 class PeakSampler:
     """The peak of ``cluster.worker_process_count()`` while running, sampled every 0.25 s in a thread."""
 
     cluster: LocalCluster
     peak: int = 0
+    at_peak: dict[str, int] = field(default_factory=dict)
+    """What the worker processes were at the peak: count per process title (``ray::SampleMaker…``, ``ray::IDLE``)."""
 
     def sample(self) -> None:
-        self.peak = max(self.peak, self.cluster.worker_process_count())
+        titles = [_title(pid) for node in self.cluster.nodes if node.alive for pid in node.worker_pids()]
+        if len(titles) > self.peak:
+            self.peak, self.at_peak = len(titles), dict(Counter(titles))
 
 
 @dataclass

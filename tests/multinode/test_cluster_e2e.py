@@ -89,13 +89,38 @@ def test_job_submit_places_data_and_training_by_role(multinode, peak_workers) ->
     digests = {m.step: m.value for m in client.get_metric_history(version.run_id, "epoch_sample_digest")}
     assert digests == {e: sample_digest(np.arange(e * per_epoch, (e + 1) * per_epoch)) for e in (0, 1)}
 
-    # Bounded by the config: the data actors (a training and a validation pool), the DDP workers, the one
-    # index-filter task, Ray Train's and Ray Data's own helper actors, and at most one idle pooled worker per CPU.
-    helpers = 16
-    cpus = sum(node.num_cpus for node in multinode.cluster.nodes if node.alive)
-    bound = 2 * cfg.data.num_actors + cfg.scaling.num_workers + 1 + helpers + int(cpus)
-    print(f"peak Ray worker processes during the submitted job: {peak_workers.peak} (bound {bound})")
-    assert peak_workers.peak <= bound
+    # Bounded by the config. Busy workers: the data actors (a training and a validation pool), the DDP workers,
+    # the one index-filter task, cmd-ray's two bookkeeping actors and the helper actors Ray's job, Train and Data
+    # machinery starts (RAY_HELPER_ACTORS). Idle pooled workers: Ray keeps about one per CPU of a node (at least
+    # one per node); the 0-CPU task storm this bound was written for left 16 idle workers for the demo's 38 index
+    # blocks. Workers still starting (no title yet) become one of the two and are reported, not bounded.
+    at_peak = peak_workers.at_peak
+    idle, starting = at_peak.get("ray::IDLE", 0), at_peak.get("default_worker (starting)", 0)
+    busy = peak_workers.peak - idle - starting
+    busy_bound = 2 * cfg.data.num_actors + cfg.scaling.num_workers + 1 + 2 + len(RAY_HELPER_ACTORS)
+    idle_bound = sum(max(1, int(node.num_cpus)) for node in multinode.cluster.nodes if node.alive)
+    print(
+        f"peak Ray worker processes during the submitted job: {peak_workers.peak}: {busy} busy (bound {busy_bound}), "
+        f"{idle} idle (bound {idle_bound}), {starting} starting"
+    )
+    print(f"  at the peak: {sorted(at_peak.items(), key=lambda kv: -kv[1])}")
+    assert busy <= busy_bound and idle <= idle_bound
+
+
+RAY_HELPER_ACTORS = (
+    "JobSupervisor",  # ray job submit
+    "TrainController",
+    "SynchronizationActor",
+    "PreemptionWatcher",
+    "PlacementGroupCleaner",
+    "DatasetManager",
+    "SplitCoordinator",  # one per dataset: train and validation
+    "SplitCoordinator",
+    "_StatsActor",
+    "ActorLocationTracker",
+    "_AutoscalingCoordinatorActor",
+)
+"""Ray's own actors during a submitted distillation (job, Ray Train V2, Ray Data), as seen in the process titles."""
 
 
 def _s3_keys(s3_server, prefix: str) -> list[str]:

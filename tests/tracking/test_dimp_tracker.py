@@ -6,24 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from cmd_ray.config import TrackerConfig, load_config
+from cmd_ray.config import TrackerConfig
 from cmd_ray.evaluation.metrics import sequence_curves
 from cmd_ray.evaluation.static_box import compare_with_static_box, static_box_auc
-from cmd_ray.models.dimpnet import DiMPNet, build_atomnet, build_model
+from cmd_ray.models.dimpnet import DiMPNet, build_atomnet
 from cmd_ray.tracking import DiMPTracker, Tracker, build_tracker, synthetic_tir_sequences, track_sequence
 from cmd_ray.tracking.localization import FLAGS
 
 WIDTH, HEIGHT, LENGTH = 160, 128, 30
 # Every frame counts as found, so that refinement, memory updates and filter steps all run on random features.
 ALWAYS_FOUND = {"target_not_found_threshold": -1e9, "train_skipping": 5}
-
-
-@pytest.fixture(scope="module")
-def net() -> DiMPNet:
-    torch.manual_seed(0)
-    model = build_model(load_config(None, ["model.preset=tiny"]))
-    assert isinstance(model, DiMPNet)
-    return model
 
 
 @pytest.fixture(scope="module")

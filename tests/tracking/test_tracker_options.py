@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmd_ray.config import TrackerConfig, load_config
-from cmd_ray.models.dimpnet import DiMPNet, build_model
+from cmd_ray.config import TrackerConfig
+from cmd_ray.models.dimpnet import DiMPNet
 from cmd_ray.tracking import DiMPTracker, synthetic_tir_sequences
 
 WIDTH, HEIGHT, LENGTH = 160, 128, 6
@@ -26,14 +26,6 @@ BASE = {"preset": "tiny", "use_augmentation": False, "target_not_found_threshold
 # Every found frame a plain one: no localisation flags, a filter update on every frame.
 PLAIN = {**BASE, "advanced_localization": False, "train_skipping": 1}
 NO_IOU = {"use_iou_net": False}
-
-
-@pytest.fixture(scope="module")
-def net() -> DiMPNet:
-    torch.manual_seed(0)
-    model = build_model(load_config(None, ["model.preset=tiny"]))
-    assert isinstance(model, DiMPNet)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,18 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None, pa
     return run.info.run_id
 
 
+def find_runs(cfg: Config, filter_string: str, max_results: int = 1000) -> list[Any]:
+    """Runs of the configured experiment matching an MLflow ``filter_string``, newest first."""
+    newest_first = ["attributes.start_time DESC"]
+    return client(cfg).search_runs([experiment_id(cfg)], filter_string, order_by=newest_first, max_results=max_results)
+
+
+def reopen_run(cfg: Config, run_id: str) -> str:
+    """Mark run ``run_id`` RUNNING again (a resumed job logs on into it); returns ``run_id``."""
+    client(cfg).update_run(run_id, status="RUNNING")
+    return run_id
+
+
 def log_metrics(cfg: Config, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log numeric metrics at ``step`` (the epoch)."""
     timestamp = mlflow.utils.time.get_current_time_millis()

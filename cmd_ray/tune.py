@@ -73,8 +73,7 @@ def trial_status(trial: ray.tune.Result, epochs: int) -> str:
 
 def _child_runs(cfg: Config, parent: str) -> dict[str, str]:
     """``{trial id: MLflow run id}`` of the trial runs nested under sweep run ``parent``."""
-    client = mlflow_runs.client(cfg)
-    runs = client.search_runs([mlflow_runs.experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    runs = mlflow_runs.find_runs(cfg, f"tags.mlflow.parentRunId = '{parent}'")
     return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs if TRIAL_TAG in run.data.tags}
 
 
@@ -91,7 +90,7 @@ def _run_trial(params: dict[str, float], base: dict[str, Any], pairs: list[tuple
             parent_run_id=parent,
         )
     else:
-        mlflow_runs.client(cfg).update_run(run_id, status="RUNNING")
+        mlflow_runs.reopen_run(cfg, run_id)
     with mlflow_runs.terminated(cfg, run_id):
         fit(cfg, pairs, run_id, callbacks=[TuneReportCallback()])
 
@@ -102,16 +101,9 @@ SWEEP_TAG = "cmd_ray.sweep"
 def _sweep_run(cfg: Config, name: str, restoring: bool) -> str:
     """The sweep's MLflow run: the one it had when the sweep is restored, else a new one."""
     if restoring:
-        client = mlflow_runs.client(cfg)
-        runs = client.search_runs(
-            [mlflow_runs.experiment_id(cfg)],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{name}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+        runs = mlflow_runs.find_runs(cfg, f"tags.`{SWEEP_TAG}` = '{name}'", max_results=1)
         if runs:
-            client.update_run(runs[0].info.run_id, status="RUNNING")
-            return runs[0].info.run_id
+            return mlflow_runs.reopen_run(cfg, runs[0].info.run_id)
     return mlflow_runs.start_run(cfg, name, tags={"cmd_ray.job": "tune", SWEEP_TAG: name})
 
 

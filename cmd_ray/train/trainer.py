@@ -358,17 +358,13 @@ def open_run(
         **tags,
     }
     if last is not None:
-        client = mlflow_runs.client(cfg)
-        runs = client.search_runs(
-            [mlflow_runs.experiment_id(cfg)],
-            filter_string=f"tags.`{RUN_NAME_TAG}` = '{schedule.run_name}' and tags.`{JOB_TAG}` = '{schedule.job}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=5,
+        runs = mlflow_runs.find_runs(
+            cfg, f"tags.`{RUN_NAME_TAG}` = '{schedule.run_name}' and tags.`{JOB_TAG}` = '{schedule.job}'", max_results=5
         )
         same_storage = [r for r in runs if r.data.tags.get(STORAGE_TAG) == cfg.storage.storage_path]
         if same_storage:
             run_id = same_storage[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            mlflow_runs.reopen_run(cfg, run_id)
             mlflow_runs.set_tags(cfg, run_id, {**tags, "cmd_ray.resumed_from_epoch": last + 1})
             logger.info("resuming %s after epoch %d (MLflow run %s)", schedule.run_name, last, run_id)
             return run_id, last + 1

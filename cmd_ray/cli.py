@@ -1,4 +1,5 @@
-"""The ``cmd-ray`` command: synth, boxes, distill, tune, evaluate, compare, registry pull, config show, variants, merge.
+"""The ``cmd-ray`` command: synth, boxes, distill, tune, table1, evaluate, compare, registry, config, variants,
+merge, untrained.
 
 Every command takes ``--config FILE`` and trailing dotted overrides
 (``distill.lr_tcl=1e-6``). The config is validated before anything else runs,
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("tune", help="Ray Tune sweep over lr_bbe, lr_tcl and lambda")
     _add_config_args(sweep)
 
+    table1 = commands.add_parser(
+        "table1",
+        help="the paper's Table 1: every row trained in dependency order (B3 and the D rows' start merged), "
+        "evaluated on TIR, mean ± std over seeds; the best row registered",
+    )
+    table1.add_argument("--seeds", type=int, help="trainings per row (sets table1.seeds)")
+    _add_config_args(table1)
+
     evaluate = commands.add_parser(
         "evaluate", help="OPE evaluation of evaluation.trackers on TIR sequences (one Ray task per sequence)"
     )
@@ -96,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("variants", help="list the paper's Table 1 variants (one line each)")
+
+    untrained = commands.add_parser(
+        "untrained",
+        help="write the network as pretraining starts it (random init, seed pretrain.seed) as a state-dict file: "
+        "the untrained baseline of an evaluation",
+    )
+    untrained.add_argument("--out", required=True, help="state-dict file to write (local or s3://)")
+    _add_config_args(untrained)
 
     merge = commands.add_parser(
         "merge",
@@ -204,6 +221,47 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"best trial:    {result.best_trial_id} {cfg.tune.metric}={result.best_metric:.4f} {result.best_params}")
     print(f"MLflow run:    {result.run_location}")
     print(f"registered:    {result.registered.uri} (version {result.registered.version})")
+    return 0
+
+
+def _table1(args: argparse.Namespace) -> int:
+    overrides = [*args.overrides, *([f"table1.seeds={args.seeds}"] if args.seeds is not None else [])]
+    cfg = load_config(args.config, overrides)
+    from cmd_ray.evaluation.runner import EvaluationError
+    from cmd_ray.table1 import ROW_MEANINGS, run_table1
+
+    started = time.perf_counter()
+    try:
+        result = run_table1(cfg)
+    except EvaluationError as exc:
+        print(f"cmd-ray: {exc}", file=sys.stderr)
+        return 2
+    print(f"\n{result.table}\n")
+    for row in result.rows:
+        print(f"  {row}: {ROW_MEANINGS[row]}")
+    done_before = sum(r.done_before for r in result.runs if r.row != "A1")
+    print(f"\nrows x seeds:  {len(result.runs) - 1} ({done_before} complete before this run, skipped)")
+    print(f"best row:      {result.best_row}")
+    print(f"registered:    {result.registered.uri} (version {result.registered.version})")
+    print(f"MLflow run:    {result.run_location}")
+    print(f"wall time:     {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _untrained(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    import io
+
+    import torch
+
+    from cmd_ray import storage
+    from cmd_ray.models.dimpnet import build_model
+
+    torch.manual_seed(cfg.pretrain.seed)  # as the pretraining job's rank-0 worker seeds it before building the net
+    buffer = io.BytesIO()
+    torch.save(build_model(cfg).state_dict(), buffer)
+    storage.write_bytes(args.out, buffer.getvalue(), cfg.storage.s3_endpoint_url)
+    print(f"untrained {cfg.model.architecture}/{cfg.model.preset} network (seed {cfg.pretrain.seed}) -> {args.out}")
     return 0
 
 
@@ -494,12 +552,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pretrain": _pretrain,
         "distill": _distill,
         "tune": _tune,
+        "table1": _table1,
         "evaluate": _evaluate,
         "compare": _compare,
         "registry": _registry,
         "config": _config,
         "config-reference": _config_reference,
         "variants": _variants,
+        "untrained": _untrained,
         "merge": _merge,
     }
     try:

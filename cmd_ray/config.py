@@ -461,11 +461,17 @@ class DistillConfig(_Strict):
         for key, trained in (("lr_tcl", row.train_tcl), ("lr_bbe", row.train_bbe)):
             if getattr(self, key) is None:
                 setattr(self, key, getattr(row, key))
+                # filled in, not set: explicit_rates() and jobs/table1.py tell the two apart
+                self.__pydantic_fields_set__.discard(key)
             elif trained is not None and getattr(self, key) == 0:
                 raise ValueError(
                     f"distill.{key}=0 but row {row.name} trains that module; unset it for the paper's rate"
                 )
         return self
+
+    def explicit_rates(self) -> dict[str, float]:
+        """The rates this config sets itself (YAML or overrides), not filled in from the row's paper rates."""
+        return {key: getattr(self, key) for key in ("lr_tcl", "lr_bbe") if key in self.model_fields_set}
 
     def rate_overrides(self) -> dict[str, tuple[float, float]]:
         """``{"lr_tcl": (rate, paper rate), …}`` for each rate of a module the row trains that differs from the
@@ -836,6 +842,29 @@ class EvaluationConfig(_Strict):
         return self
 
 
+class Table1Settings(_Strict):
+    """``jobs/table1.py``: the paper's Table 1, each row trained in dependency order and evaluated on TIR sequences.
+
+    Each trained row starts from ``model.init_checkpoint`` (the teacher, row A1), except the D rows, which start from
+    B3's IoU-Net with C1's classifier (§4.3); each trains at its own paper rates unless ``distill.lr_tcl`` /
+    ``distill.lr_bbe`` are set (then logged as overrides), with ``distill``'s schedule and the row's pseudo boxes.
+    """
+
+    rows: list[VariantName] | None = Field(
+        None,
+        description="rows of the table (default: every row model.architecture has); the rows they depend on "
+        "(B3: B1, B2; D rows: B1, B2, B3, C1) and A1 are added",
+    )
+    seeds: int = Field(1, ge=1, le=20, description="trainings per row, at distill.seed, distill.seed + 1, …")
+    run_name: str = Field(
+        "table1",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="names the parent MLflow run, each row's training run (<run_name>-<row>-s<seed>) and the "
+        "folders of merged weights (storage.storage_path/<run_name>) and results (evaluation.results_dir/<run_name>)",
+    )
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -848,6 +877,7 @@ class Config(_Strict):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    table1: Table1Settings = Field(default_factory=Table1Settings)
 
     @model_validator(mode="after")
     def _epoch_fits_workers(self) -> Config:
@@ -884,6 +914,15 @@ class Config(_Strict):
             raise ValueError(
                 "tune.metric=val_loss needs a validation split: set distill.val_samples > 0 and data.val_fraction > 0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _table1_rows_fit_model(self) -> Config:
+        if self.table1.rows is not None:
+            try:
+                vocabulary.table1_rows(self.table1.rows, self.model.architecture)
+            except ValueError as exc:
+                raise ValueError(f"table1.rows: {exc}") from None
         return self
 
     def steps_per_epoch(self) -> int:

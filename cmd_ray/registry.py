@@ -209,6 +209,17 @@ def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | Non
     return RegisteredModel(name=name, version=version, alias=alias, run_id=run_id)
 
 
+def version_from_run(cfg: Config, run_id: str, name: str | None = None) -> RegisteredModel | None:
+    """The newest version of ``name`` (default ``cfg.mlflow.registered_model_name``) registered from run ``run_id``,
+    or ``None``: a rerun that would register the same run's model again reuses it."""
+    name = name or cfg.mlflow.registered_model_name
+    versions = mlflow_runs.client(cfg).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return None
+    latest = max(versions, key=lambda v: int(v.version))
+    return RegisteredModel(name, str(latest.version), cfg.mlflow.alias, run_id)
+
+
 def tag_model_version(model_uri: str, version: str, tags: dict[str, Any], tracking_uri: str) -> None:
     """Set ``tags`` on version ``version`` of the model ``model_uri`` names (``models:/NAME@ALIAS`` or
     ``models:/NAME/VERSION``); values are stringified.

@@ -233,3 +233,36 @@ SUPERVISED_ATOM = Variant(
 def supervised_variant(architecture: str) -> Variant:
     """The training plan of ``jobs/pretrain.py`` for ``model.architecture`` (``dimp`` or ``atom``)."""
     return SUPERVISED_ATOM if architecture == "atom" else SUPERVISED_DIMP
+
+
+def row_dependencies(name: str) -> tuple[str, ...]:
+    """The rows whose weights row ``name`` is made from, directly or not (B3: B1, B2; D rows: B1, B2, B3, C1)."""
+    variant = get_variant(name)
+    direct = [source for _, _, source in variant.merge_of] + list(variant.init_from)
+    found: dict[str, None] = {}
+    for source in direct:
+        found.update(dict.fromkeys(row_dependencies(source)))
+        found[source] = None
+    return tuple(row for row in VARIANT_NAMES if row in found)
+
+
+def table1_rows(rows: list[str] | tuple[str, ...] | None, architecture: str = "dimp") -> tuple[str, ...]:
+    """The rows a Table 1 of ``rows`` needs, in dependency order (the order of :data:`VARIANTS`): A1 (the teacher,
+    every delta's reference), the rows asked for (``None``: every row ``architecture`` has) and what they depend on.
+
+    Raises:
+        ValueError: an unknown row, or a row that trains the classifier for ``architecture="atom"``.
+    """
+
+    def has_classifier_row(row: str) -> bool:
+        return get_variant(row).train_tcl is not None or any(get_variant(d).train_tcl for d in row_dependencies(row))
+
+    asked = list(VARIANT_NAMES) if rows is None else [get_variant(row).name for row in rows]
+    if architecture == "atom":
+        if rows is None:
+            asked = [row for row in asked if not has_classifier_row(row)]
+        wrong = [row for row in asked if has_classifier_row(row)]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: the target classifier is trained there, and ATOM has none")
+    needed = {"A1", *asked, *(dep for row in asked for dep in row_dependencies(row))}
+    return tuple(row for row in VARIANT_NAMES if row in needed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from cmd_ray.evaluation.metrics import (
     SUCCESS_THRESHOLDS,
     DatasetScores,
 )
+from cmd_ray.evaluation.tables import RowSummary
 
 PLOT_FILES = {
     "success": "success_plot.png",
@@ -168,3 +169,32 @@ def _draw_all(results: Mapping[str, DatasetScores], out: Path, dataset: str | No
     if norm_precision:
         paths.append(norm_precision_plot(results, out / PLOT_FILES["norm_precision"], dataset))
     return paths
+
+
+def table1_plot(
+    summaries: Sequence[RowSummary], path: Path | str, *, protocol: str, dataset: str | None = None
+) -> Path:
+    """Table 1 as bars: each row's mean Success and Precision, error bars ±1 std over its seeds, a line at the first
+    row's (the reference's) Success."""
+    if not summaries:
+        raise ValueError("a Table 1 plot needs at least one row")
+    out = Path(path)
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(summaries))
+    width = 0.38
+    for offset, metric, label in ((-width / 2, "success", "Success"), (width / 2, "precision", "Precision@20px")):
+        means = [s.mean[metric] for s in summaries]
+        errors = [0.0 if math.isnan(s.std[metric]) else s.std[metric] for s in summaries]
+        ax.bar(x + offset, means, width, yerr=errors, capsize=3, label=label)
+    ax.axhline(
+        summaries[0].mean["success"], color="grey", linestyle="--", linewidth=1, label=f"{summaries[0].row} Success"
+    )
+    ax.set_xticks(x, [s.row for s in summaries])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (mean ± std over seeds)")
+    ax.set_title(f"Table 1 — {protocol}" + (f" — {dataset}" if dataset else ""))
+    ax.legend(loc="upper left", fontsize="small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

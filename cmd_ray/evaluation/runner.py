@@ -373,8 +373,9 @@ def _write_outputs(
     return [tables_path, *per_sequence], plots, uris
 
 
-def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
-    """The whole evaluate job on the cluster ``RAY_ADDRESS`` names (a local one when unset).
+def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None = None) -> EvaluationResult:
+    """The whole evaluate job on the cluster ``RAY_ADDRESS`` names (a local one when unset); its MLflow run is nested
+    under ``parent_run_id`` when given.
 
     Raises:
         EvaluationError: before any cluster work for bad input; after the run (marked FAILED in MLflow, results of
@@ -412,6 +413,7 @@ def run_evaluation(cfg: Config, progress: bool = True) -> EvaluationResult:
         cfg,
         f"evaluate-{ev.benchmark}",
         tags={"cmd_ray.job": "evaluate", "cmd_ray.benchmark": ev.benchmark, "cmd_ray.results_dir": results_dir},
+        parent_run_id=parent_run_id,
     )
     with mlflow_runs.terminated(cfg, run_id), tempfile.TemporaryDirectory(prefix="cmd-ray-evaluate-") as tmp:
         tracking_wall = 0.0

@@ -4,6 +4,7 @@
   number of sequences averaged), titled with the protocol and the data set; optionally the deltas of every row to
   the first tracker, and optionally one indented row per (tracker, attribute).
 - :func:`format_attribute_table`: one row per attribute, one column per tracker, for one metric.
+- :func:`format_table1`: the paper's Table 1, one line per row, ``mean ± std`` over seeds (:func:`summarise_rows`).
 
 Every table names the protocol its scores were computed under (docs/evaluation.md). The ``Seqs`` column says how many
 sequences were averaged and how many were dropped (``lsotb``: all-zero success) or excluded (``pytracking``: some
@@ -13,8 +14,11 @@ tracker has no result); a table with excluded sequences ends with a line naming 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from cmd_ray.evaluation.metrics import DatasetScores, Scores
 
@@ -156,3 +160,74 @@ def format_attribute_table(
     if not rows:
         return f"{title}\n(no attributes: the sequences carry none)"
     return _render(title, ["Attribute", "Seqs", *names], rows)
+
+
+TABLE1_METRICS = ("success", "precision", "norm_precision")
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    """One row of Table 1 over its seeds: mean and spread of each metric, and the mean's delta to the reference row.
+
+    ``mean`` / ``std`` / ``delta`` map :data:`TABLE1_METRICS` to fractions in [0, 1]; ``std`` is the sample standard
+    deviation over the seeds (``ddof=1``; NaN for a single seed); ``delta`` is ``mean`` minus the reference row's.
+    """
+
+    row: str
+    seeds: int
+    mean: dict[str, float]
+    std: dict[str, float]
+    delta: dict[str, float]
+    per_seed: dict[str, tuple[float, ...]]
+
+
+def summarise_rows(scores: Mapping[str, Sequence[Scores]], reference: str) -> list[RowSummary]:
+    """Table 1 rows from each row's scores over its seeds (``{row: [scores of seed 0, seed 1, …]}``), in the order
+    given; deltas are to ``reference``'s mean."""
+    if reference not in scores:
+        raise ValueError(f"the reference row {reference!r} has no scores")
+    summaries = []
+    for row, runs in scores.items():
+        if not runs:
+            raise ValueError(f"row {row!r} has no scores")
+        per_seed = {m: tuple(float(getattr(s, m)) for s in runs) for m in TABLE1_METRICS}
+        mean = {m: float(np.mean(v)) for m, v in per_seed.items()}
+        std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for m, v in per_seed.items()}
+        summaries.append(RowSummary(row, len(runs), mean, std, {}, per_seed))
+    ref = next(s for s in summaries if s.row == reference).mean
+    return [
+        RowSummary(s.row, s.seeds, s.mean, s.std, {m: s.mean[m] - ref[m] for m in TABLE1_METRICS}, s.per_seed)
+        for s in summaries
+    ]
+
+
+def _mean_std(summary: RowSummary, metric: str) -> str:
+    mean, std = summary.mean[metric], summary.std[metric]
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def format_table1(
+    summaries: Sequence[RowSummary],
+    *,
+    protocol: str,
+    dataset: str | None = None,
+    show_norm_precision: bool = True,
+) -> str:
+    """Table 1: one line per row, each metric as ``mean ± std`` over the seeds with its delta to the reference row
+    (the first summary), then the number of seeds."""
+    metrics = [m for m in TABLE1_METRICS if show_norm_precision or m != "norm_precision"]
+    labels = {"success": "Success", "precision": "Prec@20px", "norm_precision": norm_precision_label(protocol)}
+    header = ["Row"]
+    for m in metrics:
+        header += [labels[m], "Δ"]
+    header.append("Seeds")
+    rows = []
+    for s in summaries:
+        cells = [s.row]
+        for m in metrics:
+            cells += [_mean_std(s, m), f"{s.delta[m]:+.3f}"]
+        cells.append(str(s.seeds))
+        rows.append(cells)
+    title = f"Table 1 — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
+    title += f" — mean ± std over seeds, Δ to {summaries[0].row}"
+    return _render(title, header, rows)

@@ -305,6 +305,13 @@ def fit(
     return result, report
 
 
+def storage_uri(cfg: Config, path: str) -> str:
+    """A path Ray Train reports under ``storage.storage_path`` (``bucket/key`` on S3) as a URI cmd-ray reads."""
+    if cfg.storage.storage_path.startswith("s3://") and not path.startswith("s3://"):
+        return f"s3://{path.lstrip('/')}"
+    return path
+
+
 def final_model(result: ray.train.Result, cfg: Config) -> Any:
     """The network of the run's latest checkpoint."""
     if result.checkpoint is None:
@@ -343,10 +350,14 @@ def epoch_history(cfg: Config, run_id: str) -> list[dict[str, float]]:
 
 
 def open_run(
-    cfg: Config, schedule: Schedule, tags: dict[str, str], previous: PreviousRun | None
+    cfg: Config,
+    schedule: Schedule,
+    tags: dict[str, str],
+    previous: PreviousRun | None,
+    parent_run_id: str | None = None,
 ) -> tuple[str, int | None]:
     """The MLflow run of this job: reopened when ``previous`` (see :func:`check_resume`) says it is a resume,
-    else a new one.
+    else a new one (nested under ``parent_run_id`` when given).
 
     Returns ``(run_id, resumed_from_epoch)``; ``resumed_from_epoch`` is ``None`` for a fresh run.
     """
@@ -370,7 +381,8 @@ def open_run(
             return run_id, last + 1
         logger.info("resuming %s after epoch %d in a new MLflow run", schedule.run_name, last)
         all_tags["cmd_ray.resumed_from_epoch"] = str(last + 1)
-    return mlflow_runs.start_run(cfg, schedule.run_name, tags=all_tags), (last + 1 if last is not None else None)
+    run_id = mlflow_runs.start_run(cfg, schedule.run_name, tags=all_tags, parent_run_id=parent_run_id)
+    return run_id, (last + 1 if last is not None else None)
 
 
 def _finish(
@@ -380,12 +392,16 @@ def _finish(
     resumed: int | None,
     teacher: Teacher,
     train: Any,
+    register: bool = True,
 ) -> TrainingResult:
-    """Run ``train()`` -> (Result, SkipReport) inside the MLflow run, then register the final model."""
+    """Run ``train()`` -> (Result, SkipReport) inside the MLflow run, then register the final model (unless not
+    ``register``)."""
     with mlflow_runs.terminated(cfg, run_id):
         result, skipped = train()
-        model = final_model(result, cfg)
-        registered = registry.log_and_register(cfg, run_id, model, schedule.registered_model_name)
+        registered = None
+        if register:
+            model = final_model(result, cfg)
+            registered = registry.log_and_register(cfg, run_id, model, schedule.registered_model_name)
     return TrainingResult(
         run_id=run_id,
         run_location=mlflow_runs.run_url(cfg, run_id),
@@ -447,8 +463,18 @@ def rate_override_tags(cfg: Config) -> dict[str, str]:
     return {RATE_OVERRIDES_TAG: text}
 
 
-def run_distillation(cfg: Config, pairs: list[Any] | None = None) -> TrainingResult:
+def run_distillation(
+    cfg: Config,
+    pairs: list[Any] | None = None,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    register: bool = True,
+) -> TrainingResult:
     """The whole distill job on the cluster that ``RAY_ADDRESS`` names (a local one when unset).
+
+    ``parent_run_id`` nests the run's MLflow run under another (``jobs/table1.py``: one per row and seed), ``tags``
+    are added to it, and ``register=False`` leaves the final model unregistered (the checkpoint is the result).
 
     A rerun of an existing run (same ``storage.run_name`` and ``storage.storage_path``) is checked first,
     before any cluster work: a config that differs in what a resume may not change raises ``ConfigError``;
@@ -465,14 +491,13 @@ def run_distillation(cfg: Config, pairs: list[Any] | None = None) -> TrainingRes
     teacher = resolve_teacher(cfg)  # a bad init_checkpoint fails here, before the cluster starts
     if not ray.is_initialized():
         ray.init()
-    run_id, resumed = open_run(
-        cfg, schedule, {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags(), **rate_override_tags(cfg)}, previous
-    )
+    run_tags = {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags(), **rate_override_tags(cfg), **(tags or {})}
+    run_id, resumed = open_run(cfg, schedule, run_tags, previous, parent_run_id)
 
     def train() -> tuple[ray.train.Result, SkipReport]:
         return fit(cfg, pairs, run_id, teacher=teacher)
 
-    return _finish(cfg, schedule, run_id, resumed, teacher, train)
+    return _finish(cfg, schedule, run_id, resumed, teacher, train, register)
 
 
 def list_pretraining_sequences(cfg: Config) -> list[LabeledSequence]:

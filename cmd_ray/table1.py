@@ -1,0 +1,338 @@
+"""The paper's Table 1 as one job: every row trained in dependency order, evaluated, tabulated, the best registered.
+
+``run_table1(cfg)`` is what ``jobs/table1.py`` and ``cmd-ray table1`` do:
+
+1. before any cluster work: the rows (``table1.rows`` plus what they depend on, :func:`cmd_ray.vocabulary.table1_rows`),
+   every row's config (:func:`row_config`), the teacher, the pairs and the evaluation sequences are checked;
+2. one parent MLflow run (tag ``cmd_ray.table1``; a rerun reopens it) with a child run per row and seed;
+3. for each seed ``k`` (``distill.seed + k``), in dependency order: A1 is the teacher (``model.init_checkpoint``) as
+   is; B1, B2 and C1 train from the teacher; B3 is B1 with B2's IoU-Net test branch
+   (:func:`cmd_ray.distill.merge.merge_modules`); the D rows train from B3 with C1's classifier (§4.3). Each row trains
+   at its own paper rates unless the config sets ``distill.lr_tcl`` / ``lr_bbe`` itself (then every row trains at
+   those, logged as overrides), on its own pseudo boxes, under the run name ``<table1.run_name>-<row>-s<k>``;
+4. every row and seed is tracked on the configured TIR benchmark (one evaluation job, results under
+   ``evaluation.results_dir/<table1.run_name>``), then Table 1 (mean ± std over seeds, delta to A1) is printed and
+   logged to the parent run as a table (``table1/table1.json``), text and a plot, and each child run gets its scores;
+5. the row with the best mean Success (A1 aside) has its best seed's model registered with ``mlflow.alias``.
+
+A rerun skips what is done: a row whose training run holds every epoch is not trained again (an interrupted one
+resumes, :mod:`cmd_ray.train.trainer`), merged weights that exist are kept, complete tracking results are reused, and
+a model registered from the same run is not registered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cmd_ray import mlflow_runs, registry, storage
+from cmd_ray.config import Config, ConfigError
+from cmd_ray.data.distill_stream import list_pairs
+from cmd_ray.distill.merge import merge_modules
+from cmd_ray.evaluation.metrics import DatasetScores
+from cmd_ray.evaluation.plots import table1_plot
+from cmd_ray.evaluation.results import location
+from cmd_ray.evaluation.runner import EvaluationResult, load_sequences, run_evaluation
+from cmd_ray.evaluation.tables import TABLE1_METRICS, RowSummary, format_table1, summarise_rows
+from cmd_ray.models.loading import checkpoint_file
+from cmd_ray.train.teacher import resolve_teacher
+from cmd_ray.train.trainer import check_trainable, run_distillation, storage_uri
+from cmd_ray.vocabulary import VARIANTS, get_variant, table1_rows
+
+logger = logging.getLogger(__name__)
+
+TABLE_TAG = "cmd_ray.table1"
+ROW_TAG = "cmd_ray.table1_row"
+SEED_TAG = "cmd_ray.table1_seed"
+REFERENCE_ROW = "A1"
+MERGED_FILE = "{row}.pt"
+D_START = "D-start"
+"""The D rows' starting weights: B3's IoU-Net with C1's classifier."""
+
+
+@dataclass(frozen=True)
+class RowRun:
+    """One row trained (or merged) with one seed.
+
+    Attributes:
+        row / seed: the Table 1 row and the seed index ``k`` (it trained with ``distill.seed + k``).
+        run_id: its MLflow run, a child of the table's.
+        weights: where its weights are: a checkpoint folder, a merged state-dict file, or (A1) the teacher's URI.
+        start: the weights it started from (the teacher, or the D rows' merge).
+        done_before: it was complete before this invocation (nothing trained or merged now).
+    """
+
+    row: str
+    seed: int
+    run_id: str
+    weights: str
+    start: str
+    done_before: bool
+
+    @property
+    def tracker(self) -> str:
+        """Its tracker name in the evaluation (``A1``, ``B1-s0``, …)."""
+        return self.row if self.row == REFERENCE_ROW else f"{self.row}-s{self.seed}"
+
+
+@dataclass(frozen=True, eq=False)
+class Table1Result:
+    parent_run_id: str
+    run_location: str
+    rows: tuple[str, ...]
+    runs: list[RowRun]
+    scores: dict[str, list[DatasetScores]]
+    """Each row's scores, one per seed (A1: one)."""
+    summaries: list[RowSummary]
+    table: str
+    best_row: str
+    registered: registry.RegisteredModel
+    evaluation: EvaluationResult
+
+
+def run_name(cfg: Config, row: str, seed: int) -> str:
+    """The training run name of ``row`` with seed index ``seed``: ``<table1.run_name>-<row>-s<seed>``."""
+    return f"{cfg.table1.run_name}-{row}-s{seed}"
+
+
+def row_config(base: Config, row: str, seed: int, init_checkpoint: str | None) -> Config:
+    """The config row ``row`` trains with at seed index ``seed``, starting from ``init_checkpoint``.
+
+    The row's own paper rates unless ``base`` sets a rate itself (:meth:`DistillConfig.explicit_rates`), the row's
+    pseudo-box method, ``distill.seed + seed`` and its own run name; everything else as in ``base``.
+    """
+    tree = base.model_dump(mode="json")
+    explicit = base.distill.explicit_rates()
+    tree["distill"].update(
+        variant=row,
+        seed=base.distill.seed + seed,
+        lr_tcl=explicit.get("lr_tcl"),  # None: the row's paper rate
+        lr_bbe=explicit.get("lr_bbe"),
+    )
+    tree["data"]["boxes"] = get_variant(row).box_method
+    tree["model"]["init_checkpoint"] = init_checkpoint
+    tree["storage"]["run_name"] = run_name(base, row, seed)
+    try:
+        return Config.model_validate(tree)
+    except ValueError as exc:
+        raise ConfigError(f"table1 row {row}: {exc}") from None
+
+
+def _merged_root(cfg: Config) -> str:
+    return storage.join(location(cfg.storage.storage_path), cfg.table1.run_name)
+
+
+def merged_uri(cfg: Config, name: str, seed: int) -> str:
+    """Where the merge ``name`` (``B3`` or :data:`D_START`) of seed index ``seed`` is kept."""
+    return storage.join(_merged_root(cfg), f"s{seed}", MERGED_FILE.format(row=name))
+
+
+def check_table(cfg: Config) -> tuple[str, ...]:
+    """The rows to produce, after checking every row's config; fails before any cluster work."""
+    if not cfg.model.init_checkpoint:
+        raise ConfigError("table1 needs model.init_checkpoint: row A1 is that teacher, and every row starts from it")
+    try:
+        rows = table1_rows(cfg.table1.rows, cfg.model.architecture)
+    except ValueError as exc:
+        raise ConfigError(f"table1.rows: {exc}") from None
+    for row in rows:
+        variant = get_variant(row)
+        if variant.trains_anything:
+            check_trainable(row_config(cfg, row, 0, cfg.model.init_checkpoint))
+    return rows
+
+
+def _evaluation_config(cfg: Config, runs: list[RowRun]) -> Config:
+    tree = cfg.model_dump(mode="json")
+    tree["evaluation"]["trackers"] = [{"name": r.tracker, "kind": "dimp", "model": r.weights} for r in runs]
+    tree["evaluation"]["results_dir"] = storage.join(location(cfg.evaluation.results_dir), cfg.table1.run_name)
+    return Config.model_validate(tree)
+
+
+def _parent_run(cfg: Config) -> str:
+    """The table's MLflow run: the one an earlier invocation of this table started, else a new one."""
+    name = cfg.table1.run_name
+    runs = mlflow_runs.find_runs(cfg, f"tags.`{TABLE_TAG}` = '{name}'", max_results=5)
+    same = [r for r in runs if r.data.tags.get("cmd_ray.storage_path") == cfg.storage.storage_path]
+    if same:
+        logger.info("table %s: continuing MLflow run %s", name, same[0].info.run_id)
+        return mlflow_runs.reopen_run(cfg, same[0].info.run_id)
+    tags = {"cmd_ray.job": "table1", TABLE_TAG: name, "cmd_ray.storage_path": cfg.storage.storage_path}
+    return mlflow_runs.start_run(cfg, name, tags=tags)
+
+
+def _child_run(cfg: Config, parent: str, row: str, seed: int, tags: dict[str, str]) -> str:
+    """The MLflow run of a row that is not trained (A1, B3): found under ``parent``, else started."""
+    found = mlflow_runs.find_runs(
+        cfg,
+        f"tags.mlflow.parentRunId = '{parent}' and tags.`{ROW_TAG}` = '{row}' and tags.`{SEED_TAG}` = '{seed}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run_id = mlflow_runs.start_run(
+        cfg, run_name(cfg, row, seed), tags={ROW_TAG: row, SEED_TAG: str(seed), **tags}, parent_run_id=parent
+    )
+    mlflow_runs.end_run(cfg, run_id)
+    return run_id
+
+
+def _local_copy(uri: str, endpoint: str | None, folder: Path) -> Path:
+    """A local file of the weights ``uri`` names (a checkpoint folder's ``training_state.pt``), downloading from S3."""
+    file_uri = checkpoint_file(uri, endpoint)
+    if not storage.is_s3(file_uri):
+        return Path(storage.resolve(file_uri)[1])
+    path = folder / f"{len(list(folder.iterdir()))}-{Path(file_uri).name}"
+    path.write_bytes(storage.read_bytes(file_uri, endpoint))
+    return path
+
+
+def merge_into(cfg: Config, out_uri: str, base: str, **parts: str) -> bool:
+    """Write ``merge_modules(base, **parts)`` to ``out_uri`` (local or S3); False when it exists already (a rerun)."""
+    endpoint = cfg.storage.s3_endpoint_url
+    filesystem, path = storage.resolve(out_uri, endpoint)
+    if filesystem.get_file_info(path).is_file:
+        return False
+    with tempfile.TemporaryDirectory(prefix="cmd-ray-merge-") as tmp:
+        folder = Path(tmp)
+        local_parts = {part: _local_copy(uri, endpoint, folder) for part, uri in parts.items()}
+        merged = merge_modules(_local_copy(base, endpoint, folder), folder / "merged.pt", **local_parts)
+        storage.write_bytes(out_uri, merged.read_bytes(), endpoint)
+    return True
+
+
+def _merge_row(cfg: Config, parent: str, seed: int, runs: dict[tuple[str, int], RowRun]) -> RowRun:
+    """B3 for seed index ``seed``: B1's weights with B2's IoU-Net test branch."""
+    b1, b2 = runs[("B1", seed)], runs[("B2", seed)]
+    out = merged_uri(cfg, "B3", seed)
+    made = merge_into(cfg, out, b1.weights, bbe_test=b2.weights)
+    run_id = _child_run(
+        cfg, parent, "B3", seed, {"cmd_ray.merge_base": b1.weights, "cmd_ray.merge_bbe_test": b2.weights}
+    )
+    return RowRun("B3", seed, run_id, out, b1.weights, done_before=not made)
+
+
+def _d_start(cfg: Config, seed: int, runs: dict[tuple[str, int], RowRun]) -> str:
+    """The D rows' starting weights for seed index ``seed``: B3 with C1's classifier (§4.3)."""
+    out = merged_uri(cfg, D_START, seed)
+    merge_into(cfg, out, runs[("B3", seed)].weights, tcl=runs[("C1", seed)].weights)
+    return out
+
+
+def _train_row(cfg: Config, row: str, seed: int, start: str, parent: str, pairs: list[Any]) -> RowRun:
+    row_cfg = row_config(cfg, row, seed, start)
+    result = run_distillation(
+        row_cfg, pairs, parent_run_id=parent, tags={ROW_TAG: row, SEED_TAG: str(seed)}, register=False
+    )
+    if result.nothing_to_train:
+        logger.info("table1 row %s seed %d: already trained (%s)", row, seed, result.checkpoint_path)
+    return RowRun(
+        row, seed, result.run_id, storage_uri(row_cfg, result.checkpoint_path), start, result.nothing_to_train
+    )
+
+
+def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str, plot: Path) -> None:
+    client = mlflow_runs.client(cfg)
+    frame = pd.DataFrame(
+        [
+            {
+                "row": s.row,
+                "seeds": s.seeds,
+                **{f"{m}_mean": s.mean[m] for m in TABLE1_METRICS},
+                **{f"{m}_std": s.std[m] for m in TABLE1_METRICS},
+                **{f"{m}_delta": s.delta[m] for m in TABLE1_METRICS},
+            }
+            for s in summaries
+        ]
+    )
+    client.log_table(parent, data=frame, artifact_file="table1/table1.json")
+    client.log_text(parent, table + "\n", "table1/table1.txt")
+    client.log_artifact(parent, str(plot), "table1")
+    metrics = {f"{s.row}/{m}_mean": s.mean[m] for s in summaries for m in TABLE1_METRICS}
+    metrics.update({f"{s.row}/{m}_std": s.std[m] for s in summaries for m in TABLE1_METRICS if s.seeds > 1})
+    mlflow_runs.log_metrics(cfg, parent, metrics, step=0)
+
+
+def _register_best(
+    cfg: Config, summaries: list[RowSummary], runs: list[RowRun], scores: dict[str, list[DatasetScores]]
+) -> tuple[str, registry.RegisteredModel]:
+    """Register the best seed of the row with the best mean Success (A1, the teacher, aside)."""
+    candidates = [s for s in summaries if s.row != REFERENCE_ROW]
+    best = max(candidates, key=lambda s: s.mean["success"])
+    row_runs = sorted((r for r in runs if r.row == best.row), key=lambda r: r.seed)
+    seed_scores = [s.success for s in scores[best.row]]
+    chosen = row_runs[max(range(len(row_runs)), key=lambda i: seed_scores[i])]
+    row_cfg = row_config(cfg, chosen.row, chosen.seed, chosen.start)
+    earlier = registry.version_from_run(row_cfg, chosen.run_id)
+    if earlier is not None:
+        return best.row, earlier
+    model, _ = registry.load_model(chosen.weights, row_cfg)
+    registered = registry.log_and_register(row_cfg, chosen.run_id, model)
+    mlflow_runs.end_run(cfg, chosen.run_id)  # logging the model reopened it
+    return best.row, registered
+
+
+def run_table1(cfg: Config, pairs: list[Any] | None = None) -> Table1Result:
+    """Produce Table 1 for ``cfg`` on the cluster ``RAY_ADDRESS`` names (a local one when unset); see the module
+    docstring for the steps. Bad input raises ``ConfigError`` (or ``EvaluationError``) before any cluster work."""
+    rows = check_table(cfg)
+    teacher = cfg.model.init_checkpoint
+    assert teacher is not None
+    resolve_teacher(cfg)  # an unreadable teacher fails here
+    if pairs is None:
+        pairs = list_pairs(cfg)
+    load_sequences(cfg)  # a missing benchmark fails here
+    cfg = mlflow_runs.pin_tracking_uri(cfg)
+    parent = _parent_run(cfg)
+    with mlflow_runs.terminated(cfg, parent):
+        runs: dict[tuple[str, int], RowRun] = {
+            (REFERENCE_ROW, 0): RowRun(
+                REFERENCE_ROW, 0, _child_run(cfg, parent, REFERENCE_ROW, 0, {}), teacher, teacher, True
+            )
+        }
+        for seed in range(cfg.table1.seeds):
+            for row in rows[1:]:
+                variant = get_variant(row)
+                if variant.is_merge:
+                    runs[(row, seed)] = _merge_row(cfg, parent, seed, runs)
+                    continue
+                start = _d_start(cfg, seed, runs) if variant.init_from else teacher
+                runs[(row, seed)] = _train_row(cfg, row, seed, start, parent, pairs)
+        ordered = [runs[key] for key in sorted(runs, key=lambda k: (rows.index(k[0]), k[1]))]
+        evaluation = run_evaluation(_evaluation_config(cfg, ordered), progress=cfg.data.progress, parent_run_id=parent)
+        scores: dict[str, list[DatasetScores]] = {row: [] for row in rows}
+        for r in ordered:
+            s = evaluation.scores[r.tracker]
+            scores[r.row].append(s)
+            metrics = {m: float(getattr(s, m)) for m in TABLE1_METRICS}
+            mlflow_runs.log_metrics(cfg, r.run_id, {f"tir/{m}": v for m, v in metrics.items()}, step=0)
+        summaries = summarise_rows(scores, REFERENCE_ROW)
+        protocol, benchmark = cfg.evaluation.protocol, cfg.evaluation.benchmark
+        show_np = benchmark != "ptb"
+        table = format_table1(summaries, protocol=protocol, dataset=benchmark, show_norm_precision=show_np)
+        with tempfile.TemporaryDirectory(prefix="cmd-ray-table1-") as tmp:
+            plot = table1_plot(summaries, Path(tmp, "table1.png"), protocol=protocol, dataset=benchmark)
+            _log_table(cfg, parent, summaries, table, plot)
+        best_row, registered = _register_best(cfg, summaries, ordered, scores)
+        mlflow_runs.set_tags(cfg, parent, {"cmd_ray.best_row": best_row, "cmd_ray.registered": registered.uri})
+    return Table1Result(
+        parent_run_id=parent,
+        run_location=mlflow_runs.run_url(cfg, parent),
+        rows=rows,
+        runs=ordered,
+        scores=scores,
+        summaries=summaries,
+        table=table,
+        best_row=best_row,
+        registered=registered,
+        evaluation=evaluation,
+    )
+
+
+ROW_MEANINGS = {name: variant.meaning for name, variant in VARIANTS.items()}
+"""One line per row, for the printed table's legend."""

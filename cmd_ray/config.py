@@ -856,6 +856,10 @@ class Table1Settings(_Strict):
         "(B3: B1, B2; D rows: B1, B2, B3, C1) and A1 are added",
     )
     seeds: int = Field(1, ge=1, le=20, description="trainings per row, at distill.seed, distill.seed + 1, …")
+    epochs: int | None = Field(None, ge=1, description="each row's epochs (unset: distill.epochs)")
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="each row's samples per epoch (unset: distill.samples_per_epoch)"
+    )
     run_name: str = Field(
         "table1",
         min_length=1,

@@ -104,7 +104,8 @@ def row_config(base: Config, row: str, seed: int, init_checkpoint: str | None) -
     """The config row ``row`` trains with at seed index ``seed``, starting from ``init_checkpoint``.
 
     The row's own paper rates unless ``base`` sets a rate itself (:meth:`DistillConfig.explicit_rates`), the row's
-    pseudo-box method, ``distill.seed + seed`` and its own run name; everything else as in ``base``.
+    pseudo-box method, ``distill.seed + seed``, ``table1.epochs`` / ``samples_per_epoch`` when set, and its own run
+    name; everything else as in ``base``.
     """
     tree = base.model_dump(mode="json")
     explicit = base.distill.explicit_rates()
@@ -114,6 +115,9 @@ def row_config(base: Config, row: str, seed: int, init_checkpoint: str | None) -
         lr_tcl=explicit.get("lr_tcl"),  # None: the row's paper rate
         lr_bbe=explicit.get("lr_bbe"),
     )
+    for key in ("epochs", "samples_per_epoch"):
+        if getattr(base.table1, key) is not None:
+            tree["distill"][key] = getattr(base.table1, key)
     tree["data"]["boxes"] = get_variant(row).box_method
     tree["model"]["init_checkpoint"] = init_checkpoint
     tree["storage"]["run_name"] = run_name(base, row, seed)

@@ -46,8 +46,11 @@ def test_rows_train_at_their_paper_rates_unless_the_config_sets_one():
 
 
 def test_row_config_sets_boxes_seed_start_and_run_name():
-    base = load_config(None, ["distill.seed=7", "table1.run_name=t1"])
+    base = load_config(
+        None, ["distill.seed=7", "table1.run_name=t1", "table1.epochs=3", "distill.samples_per_epoch=80"]
+    )
     cfg = row_config(base, "D4", 2, "s3://bucket/merged.pt")
+    assert (cfg.distill.epochs, cfg.distill.samples_per_epoch) == (3, 80)
     assert cfg.data.boxes == "random" and cfg.distill.variant == "D4"
     assert cfg.distill.seed == 9
     assert cfg.model.init_checkpoint == "s3://bucket/merged.pt"

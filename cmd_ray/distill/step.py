@@ -24,6 +24,10 @@ The model is a DiMPNet (score maps + IoUs) or an ATOMNet (IoUs only: ``loss_tcl`
 The variant decides, per sample, whether RGB or TIR feeds each branch (see
 :meth:`cmd_ray.vocabulary.Variant.sample_modalities`). One reference and one test crop per
 sample: ``Ntr = Nte = 1``.
+
+Shared module. ``classifier.feature_extractor`` runs on both frames; the step passes the row's
+``trained_modules["classifier.feature_extractor"]`` to the DiMPNet (``clf_feature_grad``), so a row that trains
+TCL on one branch (C1, D2: reference; D1: test) gives it no gradient through the other frame.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ from cmd_ray.models.dimpnet import ATOMNet, parameter_groups
 from cmd_ray.models.network_input import IMAGENET_MEAN as IMAGENET_MEAN
 from cmd_ray.models.network_input import IMAGENET_STD as IMAGENET_STD
 from cmd_ray.models.network_input import to_network_input
-from cmd_ray.vocabulary import Variant, get_variant
+from cmd_ray.vocabulary import SHARED_MODULES, Variant, get_variant
 
 if TYPE_CHECKING:
     from cmd_ray.config import DistillConfig
+
+(SHARED_CLASSIFIER_FEATURES,) = SHARED_MODULES  # "classifier.feature_extractor": DiMPNet's clf_feature_grad
 
 TCL_LOSSES = tuple(losses.TCL_LOSS_FORMS)
 BBE_LOSSES = tuple(losses.BBE_LOSS_FORMS)
@@ -133,10 +139,14 @@ def distill_step(
         iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
         l_tcl = iou_pred.new_zeros((), dtype=torch.float32)
     else:
+        # the shared classifier features learn only through the branch(es) the row trains TCL on
+        feature_grad = variant.trained_modules.get(SHARED_CLASSIFIER_FEATURES, "both")
         if filter_reg_mu > 0:
-            scores, iou_pred, final_filter = model(train_imgs, test_imgs, train_bb, proposals, return_filter=True)
+            scores, iou_pred, final_filter = model(
+                train_imgs, test_imgs, train_bb, proposals, return_filter=True, clf_feature_grad=feature_grad
+            )
         else:
-            scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
+            scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals, clf_feature_grad=feature_grad)
         label = batch["test_label"].unsqueeze(0)
         l_tcl = tcl_form.loss(scores, label, tcl_form.options.model_validate(form_options))
         if final_filter is not None:

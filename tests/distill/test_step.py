@@ -42,8 +42,9 @@ class _Recorder(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(()))
 
-    def forward(self, train_imgs, test_imgs, train_bb, proposals):
+    def forward(self, train_imgs, test_imgs, train_bb, proposals, **options):
         self.seen = (train_imgs, test_imgs, train_bb, proposals)
+        self.options = options
         side = 5
         score = self.w * torch.zeros(test_imgs.shape[0], test_imgs.shape[1], side, side)
         return [score, score], self.w * torch.zeros(proposals.shape[:3])
@@ -75,6 +76,15 @@ def test_branch_modalities_follow_variant(name, random_batch):
         test_src = batch["rgb_test"] if want_test == "rgb" else batch["tir_test"]
         torch.testing.assert_close(train_imgs[0, i], to_network_input(ref_src[i : i + 1])[0])
         torch.testing.assert_close(test_imgs[0, i], to_network_input(test_src[i : i + 1])[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "branch"), [("B1", "both"), ("C1", "reference"), ("D1", "test"), ("D2", "reference"), ("D3", "both")]
+)
+def test_the_row_says_through_which_frame_the_shared_classifier_features_learn(name, branch, random_batch):
+    rec = _Recorder()
+    distill_step(rec, random_batch(), name, loss_weight_bbe=1.0)
+    assert rec.options == {"clf_feature_grad": branch}  # B1 trains no TCL: nothing to restrict
 
 
 def test_tiny_d3_overfits_one_batch(random_batch):

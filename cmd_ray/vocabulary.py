@@ -10,9 +10,14 @@ the test branch, which module (``tcl``: target classifier, ``bbe``: IoU-Net box 
 which branch, how the pseudo boxes are made, and the paper's learning rates (§4.2: 1e-6 when one module is
 trained; 1e-7 for BBE and 2e-8 for TCL when both are). A module that is not trained has rate 0.
 
-Modality ``"mix"`` (D3–D5) splits each mini-batch: the first ``ceil(B/2)`` samples feed RGB to the
-reference branch and TIR to the test branch, the rest TIR to the reference and RGB to the test
-branch (the paper's "RGB-TIR" / "TIR-RGB"); both branches are trained.
+Modality ``"mix"`` (D3–D5) feeds both modalities to both branches (the paper's "RGB-TIR" / "TIR-RGB"); both
+branches are trained. How a mini-batch mixes them is ``distill.mixing`` (:data:`MIXINGS`):
+
+- ``"batch_split"`` (default; what the paper's §4 describes): the first ``ceil(B/2)`` samples feed RGB to the
+  reference branch and TIR to the test branch, the rest TIR to the reference and RGB to the test branch.
+- ``"side_by_side"`` (the authors' released code): every sample's two modalities are put side by side in one
+  image, ``[RGB | TIR]`` for the reference branch and ``[TIR | RGB]`` for the test branch, the pseudo box at its
+  place in the left half; the per-sample modalities are then ``"rgb_tir"`` and ``"tir_rgb"``.
 
 Branch meaning per module (:attr:`Variant.trained_modules`; what :func:`cmd_ray.models.dimpnet.parameter_groups`
 trains):
@@ -84,6 +89,9 @@ SAMPLING_PRESETS: tuple[str, ...] = ("dimp50", "superdimp")
 
 TRACKER_PRESETS: tuple[str, ...] = ("dimp50", "superdimp", "tiny")
 """Online tracker parameter sets (``tracker.preset``)."""
+
+MIXINGS: tuple[str, ...] = ("batch_split", "side_by_side")
+"""How the mix rows (D3–D5) put RGB and TIR on the two branches (``distill.mixing``; see the module docstring)."""
 
 # --------------------------------------------------------------------------- Table 1
 
@@ -171,6 +179,11 @@ class Variant:
         return self.train_tcl is not None or self.train_bbe is not None
 
     @property
+    def is_mix(self) -> bool:
+        """True for the rows that feed both modalities to both branches (D3–D5)."""
+        return self.reference_modality == "mix" or self.test_modality == "mix"
+
+    @property
     def trained_modules(self) -> dict[str, Branch]:
         """``{module name: branch}``: every module the row trains and the branch(es) it gets gradients through.
 
@@ -189,9 +202,21 @@ class Variant:
                     modules[name] = "both" if modules.get(name, side) != side else side
         return modules
 
-    def sample_modalities(self, batch_size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Per-sample modality (``"rgb"``/``"tir"``) of the reference and of the test image in a mini-batch."""
-        if self.reference_modality == "mix" or self.test_modality == "mix":
+    def sample_modalities(
+        self, batch_size: int, mixing: str = "batch_split"
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Per-sample modality of the reference and of the test image in a mini-batch.
+
+        ``"rgb"`` or ``"tir"``; for a mix row with ``mixing="side_by_side"``, ``"rgb_tir"`` (an ``[RGB | TIR]``
+        image) on the reference and ``"tir_rgb"`` (``[TIR | RGB]``) on the test branch for every sample. Each is
+        the name of the batch key holding that crop, with ``_ref`` / ``_test`` appended
+        (:mod:`cmd_ray.distill.step`). ``mixing`` only concerns the mix rows; the others ignore it.
+        """
+        if mixing not in MIXINGS:
+            raise ValueError(f"unknown mixing {mixing!r}; allowed: {', '.join(MIXINGS)}")
+        if self.is_mix and mixing == "side_by_side":
+            return ("rgb_tir",) * batch_size, ("tir_rgb",) * batch_size
+        if self.is_mix:
             first = math.ceil(batch_size / 2)
             ref = ("rgb",) * first + ("tir",) * (batch_size - first)
             test = ("tir",) * first + ("rgb",) * (batch_size - first)
@@ -207,7 +232,7 @@ def _joint(name: str, meaning: str, ref: Modality, test: Modality, branch: Branc
     return Variant(name, meaning, ref, test, branch, branch, boxes, LR_JOINT_TCL, LR_JOINT_BBE, init_from=("B3", "C1"))
 
 
-_MIX = "mix, half RGB->TIR / half TIR->RGB"
+_MIX = "mix of RGB->TIR and TIR->RGB (distill.mixing: half the batch each way, or side by side)"
 
 VARIANTS: dict[str, Variant] = {
     v.name: v

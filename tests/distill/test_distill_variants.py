@@ -56,6 +56,14 @@ def test_mix_splits_the_batch():
     assert get_variant("B1").sample_modalities(2) == (("tir", "tir"), ("rgb", "rgb"))
 
 
+def test_side_by_side_mixing_puts_both_modalities_in_every_sample():
+    assert get_variant("D3").sample_modalities(3, "side_by_side") == (("rgb_tir",) * 3, ("tir_rgb",) * 3)
+    assert get_variant("D3").sample_modalities(3, "batch_split") == get_variant("D3").sample_modalities(3)
+    assert get_variant("B1").sample_modalities(2, "side_by_side") == (("tir", "tir"), ("rgb", "rgb"))  # not mix
+    with pytest.raises(ValueError, match="batch_split, side_by_side"):
+        get_variant("D3").sample_modalities(3, "checkerboard")
+
+
 _FILTER = ("classifier.filter_initializer", "classifier.filter_optimizer")
 _BBE_REF = tuple(f"bb_regressor.{m}" for m in ("conv3_1r", "conv4_1r", "fc3_1r", "fc34_3r", "fc34_4r"))
 _BBE_TEST = tuple(
@@ -95,6 +103,7 @@ def test_trained_modules_name_each_module_and_its_branch(name, expected):
 
 def test_the_classifier_features_are_the_one_shared_module():
     assert SHARED_MODULES == ("classifier.feature_extractor",)
+    assert [v.name for v in VARIANTS.values() if v.is_mix] == ["D3", "D4", "D5"]
 
 
 def test_get_variant_errors_and_passthrough():

@@ -87,6 +87,22 @@ def test_the_row_says_through_which_frame_the_shared_classifier_features_learn(n
     assert rec.options == {"clf_feature_grad": branch}  # B1 trains no TCL: nothing to restrict
 
 
+@pytest.mark.parametrize("name", ["D3", "D4", "D5"])
+def test_side_by_side_mixing_feeds_rgb_tir_to_the_reference_and_tir_rgb_to_the_test_branch(name, random_batch):
+    batch = random_batch(batch_size=3)
+    g = torch.Generator().manual_seed(5)
+    wide = {key: torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=g) for key in ("ref", "test")}
+    batch = {k: v for k, v in batch.items() if not k.startswith(("rgb_", "tir_"))}
+    batch["rgb_tir_ref"], batch["tir_rgb_test"] = wide["ref"], wide["test"]
+    rec = _Recorder()
+    distill_step(rec, batch, name, loss_weight_bbe=1.0, mixing="side_by_side")
+    train_imgs, test_imgs, _, _ = rec.seen
+    torch.testing.assert_close(train_imgs[0], to_network_input(wide["ref"]))
+    torch.testing.assert_close(test_imgs[0], to_network_input(wide["test"]))
+    with pytest.raises(ValueError, match=r"'rgb_ref' or 'tir_ref'.*distill.mixing"):
+        distill_step(rec, batch, name, loss_weight_bbe=1.0)  # batch_split expects the four crops
+
+
 def test_tiny_d3_overfits_one_batch(random_batch):
     """Acceptance: the loss of a tiny D3 model on one fixed batch falls by at least half."""
     torch.manual_seed(0)

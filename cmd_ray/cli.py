@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         "config-reference", help="print the Markdown reference of every config key (docs/config.md is its output)"
     )
 
-    commands.add_parser("variants", help="list the paper's Table 1 variants (one line each)")
+    commands.add_parser(
+        "variants",
+        help="list the paper's Table 1 variants: one line each, then the modules each trains through each branch",
+    )
 
     untrained = commands.add_parser(
         "untrained",
@@ -479,10 +482,35 @@ def format_variant(variant: Variant, trains_width: int = 0) -> str:
     )
 
 
+def _module_list(names: Sequence[str]) -> str:
+    """``classifier.{feature_extractor,filter_initializer}`` style: module names grouped under their parent."""
+    parents: dict[str, list[str]] = {}
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        parents.setdefault(parent, []).append(child)
+    return " ".join(
+        f"{parent}.{children[0]}" if len(children) == 1 else f"{parent}.{{{','.join(children)}}}"
+        for parent, children in parents.items()
+    )
+
+
+def format_trained_modules(variant: Variant) -> str:
+    """Which modules the row trains through each branch (``Variant.trained_modules``); a module listed under
+    both branches runs on both frames and learns through both; ``-``: none."""
+    if not variant.trained_modules:
+        return "gradients: none"
+    sides = []
+    for side in ("reference", "test"):
+        names = [name for name, branch in variant.trained_modules.items() if branch in (side, "both")]
+        sides.append(f"{side} branch: {_module_list(names) if names else '-'}")
+    return "gradients through the " + "; ".join(sides)
+
+
 def _variants(args: argparse.Namespace) -> int:
     width = max(len(_trains_text(v)) for v in VARIANTS.values())
     for variant in VARIANTS.values():
         print(format_variant(variant, width))
+        print(f"    {format_trained_modules(variant)}")
     return 0
 
 

@@ -26,6 +26,7 @@ PresetName = Literal[vocabulary.MODEL_PRESET_NAMES]
 ArchitectureName = Literal[vocabulary.ARCHITECTURES]
 BoxMethodName = Literal[vocabulary.BOX_METHODS]
 TclLossForm = Literal[vocabulary.TCL_LOSS_FORMS]
+MixingName = Literal[vocabulary.MIXINGS]
 BbeLossForm = Literal[vocabulary.BBE_LOSS_FORMS]
 BenchmarkName = Literal[vocabulary.BENCHMARKS]
 SamplingPresetName = Literal[("custom", *vocabulary.SAMPLING_PRESETS)]
@@ -418,6 +419,14 @@ class DistillConfig(_Strict):
     """The CMD schedule: L = L_TCL + lambda * L_BBE with per-module learning rates."""
 
     variant: VariantName = "D3"
+    mixing: MixingName = Field(
+        "batch_split",
+        description="how the mix rows (D3-D5) put both modalities on both branches. 'batch_split' (default, what "
+        "the paper's text describes, §4): the first ceil(B/2) samples of a mini-batch feed RGB to the reference "
+        "and TIR to the test branch, the rest TIR to the reference and RGB to the test branch. 'side_by_side' (the "
+        "authors' released code): every sample's RGB and TIR images are put side by side, [RGB|TIR] cut for the "
+        "reference and [TIR|RGB] for the test branch, the pseudo box in the left half; mix rows only",
+    )
     lr_tcl: float | None = Field(
         None,
         ge=0.0,
@@ -453,6 +462,19 @@ class DistillConfig(_Strict):
     lr_step: int = Field(15, ge=1, description="epochs between learning-rate decays")
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _mixing_of_a_mix_row(self) -> DistillConfig:
+        """``side_by_side`` mixes the two modalities: only the mix rows (D3–D5) feed both to both branches."""
+        row = get_variant(self.variant)
+        if self.mixing == "side_by_side" and not row.is_mix:
+            mix_rows = ", ".join(name for name, v in vocabulary.VARIANTS.items() if v.is_mix)
+            raise ValueError(
+                f"distill.mixing='side_by_side' is for the mix rows ({mix_rows}), but row {row.name} feeds "
+                f"{row.reference_modality.upper()} to the reference and {row.test_modality.upper()} to the test "
+                "branch; use distill.mixing=batch_split (the default) with it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _row_rates(self) -> DistillConfig:

@@ -44,6 +44,7 @@ _DISTILL_ONLY: tuple[str, ...] = tuple(
     f"distill.{key}"
     for key in (
         "variant",
+        "mixing",
         "lr_tcl",
         "lr_bbe",
         "lr_backbone",

@@ -10,16 +10,28 @@ the test branch, which module (``tcl``: target classifier, ``bbe``: IoU-Net box 
 which branch, how the pseudo boxes are made, and the paper's learning rates (§4.2: 1e-6 when one module is
 trained; 1e-7 for BBE and 2e-8 for TCL when both are). A module that is not trained has rate 0.
 
-Modality ``"mix"`` (D3–D5) splits each mini-batch: the first ``ceil(B/2)`` samples feed RGB to the
-reference branch and TIR to the test branch, the rest TIR to the reference and RGB to the test
-branch (the paper's "RGB-TIR" / "TIR-RGB"); both branches are trained.
+Modality ``"mix"`` (D3–D5) feeds both modalities to both branches (the paper's "RGB-TIR" / "TIR-RGB"); both
+branches are trained. How a mini-batch mixes them is ``distill.mixing`` (:data:`MIXINGS`):
 
-Branch meaning per module (what :func:`cmd_ray.models.dimpnet.parameter_groups` trains):
+- ``"batch_split"`` (default; what the paper's §4 describes): the first ``ceil(B/2)`` samples feed RGB to the
+  reference branch and TIR to the test branch, the rest TIR to the reference and RGB to the test branch.
+- ``"side_by_side"`` (the authors' released code): every sample's two modalities are put side by side in one
+  image, ``[RGB | TIR]`` for the reference branch and ``[TIR | RGB]`` for the test branch, the pseudo box at its
+  place in the left half; the per-sample modalities are then ``"rgb_tir"`` and ``"tir_rgb"``.
 
-- ``bbe``: ``"reference"`` = ``bb_regressor.*r``; ``"test"`` = ``bb_regressor.*t`` + ``iou_predictor``.
+Branch meaning per module (:attr:`Variant.trained_modules`; what :func:`cmd_ray.models.dimpnet.parameter_groups`
+trains):
+
+- ``bbe``: ``"reference"`` = ``bb_regressor.*r`` (:data:`BBE_REFERENCE_MODULES`); ``"test"`` = ``bb_regressor.*t``
+  + ``iou_predictor`` (:data:`BBE_TEST_MODULES`). No IoU-Net module runs on both frames.
 - ``tcl``: ``"reference"`` = classifier features + filter initializer + filter optimizer (the filter is
   learnt from the reference frame); ``"test"`` = classifier features only (the one TCL part that
   processes the test frame); ``"both"`` = all of them.
+
+The classifier features (``classifier.feature_extractor``) are the one trained module shared by both branches
+(:data:`SHARED_MODULES`): it runs on the reference and on the test frame. A row trains it only through the
+branch(es) it names: C1 and D2 (TCL on the reference branch) run it on the test frame with its parameters
+detached, D1 (TCL on the test branch) on the reference frame; D3–D5 train it through both.
 
 B3 is not trained: it merges B1's reference branch with B2's test branch of the IoU-Net
 (``merge_of``, :mod:`cmd_ray.distill.merge`); asking to train it raises ``ValueError``.
@@ -78,10 +90,44 @@ SAMPLING_PRESETS: tuple[str, ...] = ("dimp50", "superdimp")
 TRACKER_PRESETS: tuple[str, ...] = ("dimp50", "superdimp", "tiny")
 """Online tracker parameter sets (``tracker.preset``)."""
 
+MIXINGS: tuple[str, ...] = ("batch_split", "side_by_side")
+"""How the mix rows (D3–D5) put RGB and TIR on the two branches (``distill.mixing``; see the module docstring)."""
+
 # --------------------------------------------------------------------------- Table 1
 
 Modality = Literal["rgb", "tir", "mix"]
 Branch = Literal["reference", "test", "both"]
+
+BBE_REFERENCE_MODULES: tuple[str, ...] = ("conv3_1r", "conv4_1r", "fc3_1r", "fc34_3r", "fc34_4r")
+"""The IoU-Net's reference-branch modules (under ``bb_regressor``): they pool the reference target."""
+
+BBE_TEST_MODULES: tuple[str, ...] = (
+    "conv3_1t",
+    "conv3_2t",
+    "conv4_1t",
+    "conv4_2t",
+    "fc3_rt",
+    "fc4_rt",
+    "iou_predictor",
+)
+"""The IoU-Net's test-branch modules (under ``bb_regressor``): they score the test proposals."""
+
+BRANCH_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "tcl": {
+        "reference": ("classifier.feature_extractor", "classifier.filter_initializer", "classifier.filter_optimizer"),
+        "test": ("classifier.feature_extractor",),
+    },
+    "bbe": {
+        "reference": tuple(f"bb_regressor.{name}" for name in BBE_REFERENCE_MODULES),
+        "test": tuple(f"bb_regressor.{name}" for name in BBE_TEST_MODULES),
+    },
+}
+"""``{"tcl" | "bbe": {branch: module names}}``: the modules a row trains when it trains that module's branch."""
+
+SHARED_MODULES: tuple[str, ...] = tuple(
+    name for parts in BRANCH_MODULES.values() for name in parts["reference"] if name in parts["test"]
+)
+"""Trained modules that run on both the reference and the test frame: ``classifier.feature_extractor`` only."""
 
 LR_SINGLE = 1e-6
 LR_JOINT_BBE = 1e-7
@@ -132,9 +178,45 @@ class Variant:
     def trains_anything(self) -> bool:
         return self.train_tcl is not None or self.train_bbe is not None
 
-    def sample_modalities(self, batch_size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Per-sample modality (``"rgb"``/``"tir"``) of the reference and of the test image in a mini-batch."""
-        if self.reference_modality == "mix" or self.test_modality == "mix":
+    @property
+    def is_mix(self) -> bool:
+        """True for the rows that feed both modalities to both branches (D3–D5)."""
+        return self.reference_modality == "mix" or self.test_modality == "mix"
+
+    @property
+    def trained_modules(self) -> dict[str, Branch]:
+        """``{module name: branch}``: every module the row trains and the branch(es) it gets gradients through.
+
+        Names are dotted module paths of DiMPNet (``classifier.feature_extractor``, ``bb_regressor.conv3_1r``, …).
+        A module of one branch gets that branch (the filter initializer and optimizer: ``"reference"``); the
+        shared ``classifier.feature_extractor`` (:data:`SHARED_MODULES`) gets the branch the row trains TCL on
+        (``"both"`` for D3–D5). Empty for A1 and the merge row B3.
+        """
+        modules: dict[str, Branch] = {}
+        for key, branch in self.trains.items():
+            if branch is None:
+                continue
+            sides = ("reference", "test") if branch == "both" else (branch,)
+            for side in sides:
+                for name in BRANCH_MODULES[key][side]:
+                    modules[name] = "both" if modules.get(name, side) != side else side
+        return modules
+
+    def sample_modalities(
+        self, batch_size: int, mixing: str = "batch_split"
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Per-sample modality of the reference and of the test image in a mini-batch.
+
+        ``"rgb"`` or ``"tir"``; for a mix row with ``mixing="side_by_side"``, ``"rgb_tir"`` (an ``[RGB | TIR]``
+        image) on the reference and ``"tir_rgb"`` (``[TIR | RGB]``) on the test branch for every sample. Each is
+        the name of the batch key holding that crop, with ``_ref`` / ``_test`` appended
+        (:mod:`cmd_ray.distill.step`). ``mixing`` only concerns the mix rows; the others ignore it.
+        """
+        if mixing not in MIXINGS:
+            raise ValueError(f"unknown mixing {mixing!r}; allowed: {', '.join(MIXINGS)}")
+        if self.is_mix and mixing == "side_by_side":
+            return ("rgb_tir",) * batch_size, ("tir_rgb",) * batch_size
+        if self.is_mix:
             first = math.ceil(batch_size / 2)
             ref = ("rgb",) * first + ("tir",) * (batch_size - first)
             test = ("tir",) * first + ("rgb",) * (batch_size - first)
@@ -150,7 +232,7 @@ def _joint(name: str, meaning: str, ref: Modality, test: Modality, branch: Branc
     return Variant(name, meaning, ref, test, branch, branch, boxes, LR_JOINT_TCL, LR_JOINT_BBE, init_from=("B3", "C1"))
 
 
-_MIX = "mix, half RGB->TIR / half TIR->RGB"
+_MIX = "mix of RGB->TIR and TIR->RGB (distill.mixing: half the batch each way, or side by side)"
 
 VARIANTS: dict[str, Variant] = {
     v.name: v

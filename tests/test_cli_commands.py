@@ -11,10 +11,22 @@ from cmd_ray.vocabulary import VARIANTS
 
 def test_variants_prints_one_line_per_table_row(capsys):
     assert cli.main(["variants"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if not line.startswith(" ")]
     assert len(lines) == 10
     assert [line.split()[0] for line in lines] == list(VARIANTS)
     rows = dict(zip(VARIANTS, lines, strict=True))
+    # under each row: the modules it trains through each branch
+    modules = dict(zip(VARIANTS, [line.strip() for line in out if line.startswith(" ")], strict=True))
+    assert modules["A1"] == modules["B3"] == "gradients: none"
+    assert modules["C1"] == (
+        "gradients through the reference branch: classifier.{feature_extractor,filter_initializer,filter_optimizer}; "
+        "test branch: -"
+    )
+    assert "reference branch: -; test branch: classifier.feature_extractor bb_regressor.{conv3_1t" in modules["D1"]
+    reference, test = modules["D3"].split("; ")
+    assert "classifier.{feature_extractor," in reference and "bb_regressor.{conv3_1r," in reference
+    assert "classifier.feature_extractor " in test and "iou_predictor" in test
     assert "ref=tir" in rows["B1"] and "test=rgb" in rows["B1"] and "bbe:reference" in rows["B1"]
     assert "lr_bbe=1e-06" in rows["B1"] and "lr_tcl=0 " in rows["B1"]
     assert "ref=mix" in rows["D3"] and "tcl:both bbe:both" in rows["D3"] and "lr_tcl=2e-08 lr_bbe=1e-07" in rows["D3"]

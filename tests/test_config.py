@@ -171,3 +171,26 @@ def test_a_zero_rate_for_a_module_the_row_trains_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"distill\.lr_bbe=0 but row B1 trains that module"):
         load_config(None, ["distill.variant=B1", "distill.lr_bbe=0"])
     assert load_config(None, ["distill.variant=B1", "distill.lr_tcl=0"]).distill.lr_tcl == 0.0
+
+
+# ---------------------------------------------------------------- D3 mixing: batch_split (the paper) or side_by_side
+
+
+def test_mixing_defaults_to_the_papers_batch_split():
+    assert load_config(None, []).distill.mixing == "batch_split"
+    assert load_config(DEMO).distill.mixing == "batch_split"
+
+
+@pytest.mark.parametrize("row", ["D3", "D4", "D5"])
+def test_side_by_side_mixing_is_accepted_for_the_mix_rows(row):
+    cfg = load_config(None, [f"distill.variant={row}", "distill.mixing=side_by_side"])
+    assert cfg.distill.mixing == "side_by_side"
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+@pytest.mark.parametrize("row", ["B1", "C1", "D1", "D2"])
+def test_side_by_side_mixing_is_refused_for_a_row_that_does_not_mix(row):
+    with pytest.raises(ConfigError, match=rf"distill\.mixing='side_by_side'.*mix rows \(D3, D4, D5\).*row {row}"):
+        load_config(None, [f"distill.variant={row}", "distill.mixing=side_by_side"])
+    with pytest.raises(ConfigError, match=r"distill\.mixing"):
+        load_config(None, ["distill.mixing=checkerboard"])

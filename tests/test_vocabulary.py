@@ -39,6 +39,7 @@ def test_vocabulary_imports_nothing_from_cmd_ray():
         (DistillConfig, "variant", vocabulary.VARIANT_NAMES),
         (DistillConfig, "tcl_loss", vocabulary.TCL_LOSS_FORMS),
         (DistillConfig, "bbe_loss", vocabulary.BBE_LOSS_FORMS),
+        (DistillConfig, "mixing", vocabulary.MIXINGS),
         (DataConfig, "boxes", vocabulary.BOX_METHODS),
         (ModelConfig, "architecture", vocabulary.ARCHITECTURES),
         (ModelConfig, "preset", vocabulary.MODEL_PRESET_NAMES),

@@ -31,7 +31,13 @@ from cmd_ray.data.boxes import PseudoBoxes, pseudo_boxes_with_fallback, resize_t
 from cmd_ray.data.epochs import resume_from
 from cmd_ray.data.images import ImageDecodeError, decode_rgb, decode_tir
 from cmd_ray.data.pairs import PairTable, list_pairs_for, split_mask
-from cmd_ray.data.processing import PairMismatchError, align_pair, make_sample, split_side_by_side
+from cmd_ray.data.processing import (
+    PairMismatchError,
+    align_pair,
+    make_sample,
+    make_side_by_side_sample,
+    split_side_by_side,
+)
 from cmd_ray.data.skips import SkipReport, SkipTally
 from cmd_ray.data.streams import (
     MAX_DRAWS_PER_SAMPLE,
@@ -42,6 +48,7 @@ from cmd_ray.data.streams import (
     stack_samples,
 )
 from cmd_ray.storage import StorageError, TransientStorageError, read_bytes
+from cmd_ray.vocabulary import MIXINGS
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +86,9 @@ class SampleMaker:
         endpoint_url: S3 endpoint override.
         skip_counter: a :class:`SkipCounter` handle, or None to count here (:attr:`local_report`), which
             lets benchmarks run the maker without Ray.
+        mixing: ``distill.mixing``. ``"side_by_side"`` (mix rows only; the config refuses it for the others) cuts
+            each sample with :func:`~cmd_ray.data.processing.make_side_by_side_sample` (keys ``rgb_tir_ref``,
+            ``tir_rgb_test`` in place of the four crops); ``"batch_split"`` with ``make_sample``.
 
     Errors. A permanent one (missing object, access denied, undecodable bytes, misaligned pair) marks the pair bad
     for the rest of the run (recorded once). A read that failed transiently after every retry
@@ -99,7 +109,11 @@ class SampleMaker:
         stream: int,
         endpoint_url: str | None,
         skip_counter: Any = None,
+        mixing: str = "batch_split",
     ) -> None:
+        if mixing not in MIXINGS:
+            raise ValueError(f"unknown mixing {mixing!r}; allowed: {', '.join(MIXINGS)}")
+        self._cut_sample = make_side_by_side_sample if mixing == "side_by_side" else make_sample
         self._pairs = as_pair_table(pairs)
         if len(self._pairs) == 0:
             raise ValueError("SampleMaker needs at least one pair")
@@ -295,7 +309,7 @@ class SampleMaker:
         box = boxes[int(rng.integers(len(boxes)))] if len(boxes) > 1 else boxes[0]
         if self._data.boxes == "random" and self._data.random_box_patch:
             rgb, tir, box = resize_to_patch(rgb, tir, box, self._data.random_box_patch)
-        return make_sample(rgb, tir, box, self._data.sampling, rng)
+        return self._cut_sample(rgb, tir, box, self._data.sampling, rng)
 
 
 def list_pairs(cfg: Config) -> PairTable:
@@ -362,6 +376,7 @@ def _samples(
             "stream": stream,
             "endpoint_url": cfg.storage.s3_endpoint_url,
             "skip_counter": skip_counter,
+            "mixing": cfg.distill.mixing,
         },
         batch_size=cfg.distill.batch_size,
         batch_format="numpy",

@@ -19,6 +19,10 @@ axes or on the longer one (:func:`crop_geometry`). The crop geometry is computed
 once (:func:`jittered_crop_geometry`) and applied to each modality
 (:func:`apply_crop`), so RGB and TIR of a pair are cut identically.
 
+With ``distill.mixing=side_by_side`` (mix rows) a sample is cut instead from the pair's two images put side
+by side, ``[RGB | TIR]`` for the reference and ``[TIR | RGB]`` for the test frame
+(:func:`make_side_by_side_sample`).
+
 Labels and proposals follow pytracking's ``gaussian_label_function`` and
 ATOM's ``perturb_box`` (see :func:`gaussian_label`, :func:`sample_proposals`); with
 ``proposal_method="gmm"`` the proposals are SuperDiMP's Gaussian-mixture samples with their
@@ -534,6 +538,58 @@ def make_sample(
         "tir_ref": apply_crop(tir, ref),
         "rgb_test": apply_crop(rgb, test),
         "tir_test": apply_crop(tir, test),
+        "ref_box": ref.box_to_crop(box).astype(np.float32),
+        **search_targets(test.box_to_crop(box).astype(np.float32), cfg, rng),
+    }
+
+
+def side_by_side_images(rgb: np.ndarray, tir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The wide images of ``distill.mixing=side_by_side``: ``([RGB | TIR], [TIR | RGB])``, each ``uint8 [H, 2W, 3]``.
+
+    A composite image is network input of its own, not a TIR image: its TIR half (uint8 ``[H, W]``, see
+    :func:`normalize_tir`) is replicated to three channels here, the one place besides
+    :func:`cmd_ray.models.network_input.to_network_input` that expands TIR.
+    """
+    if tir.dtype != np.uint8 or tir.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"side-by-side images need a uint8 TIR image of the RGB's size {rgb.shape[:2]}, got {tir.dtype} {tir.shape}"
+        )
+    tir3 = np.repeat(tir[..., None], 3, axis=2)
+    return np.concatenate([rgb, tir3], axis=1), np.concatenate([tir3, rgb], axis=1)
+
+
+def make_side_by_side_sample(
+    rgb: np.ndarray, tir: np.ndarray, box: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One mix-row training sample with ``distill.mixing=side_by_side`` (the authors' released code).
+
+    The pair's two images are put side by side (:func:`side_by_side_images`): the reference crop is cut from
+    ``[RGB | TIR]``, the test crop from ``[TIR | RGB]``, both around the pseudo box at its place in the left half
+    (so the search area may reach into the right half), with the jitter and crop rules of :func:`make_sample`
+    on the ``H x 2W`` image. Every sample thus feeds RGB to the reference and TIR to the test branch around the
+    target, instead of half of the batch each way (``batch_split``).
+
+    Args:
+        rgb, tir, box, cfg, rng: as :func:`make_sample`.
+
+    Returns:
+        ``rgb_tir_ref`` uint8 [S, S, 3] (reference crop of ``[RGB | TIR]``), ``tir_rgb_test`` uint8 [S, S, 3]
+        (test crop of ``[TIR | RGB]``), ``ref_box`` float32 [4] and the test targets of :func:`search_targets`;
+        the keys name the per-sample modalities ``rgb_tir`` / ``tir_rgb`` of
+        :meth:`cmd_ray.vocabulary.Variant.sample_modalities`.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"RGB image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    if tir.shape != rgb.shape[:2]:
+        raise ValueError(f"TIR {tir.shape} and RGB {rgb.shape[:2]} differ in size: align_pair first")
+    reference_image, test_image = side_by_side_images(rgb, normalize_tir(tir))
+    box = _check_box(box)
+    size = reference_image.shape[:2]
+    ref = jittered_crop_geometry(box, cfg, rng, "reference", size)
+    test = jittered_crop_geometry(box, cfg, rng, "test", size)
+    return {
+        "rgb_tir_ref": apply_crop(reference_image, ref),
+        "tir_rgb_test": apply_crop(test_image, test),
         "ref_box": ref.box_to_crop(box).astype(np.float32),
         **search_targets(test.box_to_crop(box).astype(np.float32), cfg, rng),
     }

@@ -19,11 +19,22 @@ key                dtype / shape       meaning
 With ``data.sampling.proposal_method=gmm`` the batch also holds ``proposal_density`` and
 ``gt_density`` (float32 [B, P]), which the KL box loss (``bbe_loss="kl"``) needs.
 
+With ``distill.mixing=side_by_side`` (mix rows only) the four crops are replaced by two:
+
+=================  ==================  ==========================================================
+``rgb_tir_ref``    uint8 [B, S, S, 3]  reference crop of the ``[RGB | TIR]`` image (TIR half grey in 3 channels)
+``tir_rgb_test``   uint8 [B, S, S, 3]  test crop of the ``[TIR | RGB]`` image
+=================  ==================  ==========================================================
+
 The model is a DiMPNet (score maps + IoUs) or an ATOMNet (IoUs only: ``loss_tcl`` is 0).
 
-The variant decides, per sample, whether RGB or TIR feeds each branch (see
-:meth:`cmd_ray.vocabulary.Variant.sample_modalities`). One reference and one test crop per
-sample: ``Ntr = Nte = 1``.
+The variant decides, per sample, which crop feeds each branch (see
+:meth:`cmd_ray.vocabulary.Variant.sample_modalities`): modality ``m`` on the reference branch is the batch key
+``{m}_ref``, on the test branch ``{m}_test``. One reference and one test crop per sample: ``Ntr = Nte = 1``.
+
+Shared module. ``classifier.feature_extractor`` runs on both frames; the step passes the row's
+``trained_modules["classifier.feature_extractor"]`` to the DiMPNet (``clf_feature_grad``), so a row that trains
+TCL on one branch (C1, D2: reference; D1: test) gives it no gradient through the other frame.
 """
 
 from __future__ import annotations
@@ -40,25 +51,37 @@ from cmd_ray.models.dimpnet import ATOMNet, parameter_groups
 from cmd_ray.models.network_input import IMAGENET_MEAN as IMAGENET_MEAN
 from cmd_ray.models.network_input import IMAGENET_STD as IMAGENET_STD
 from cmd_ray.models.network_input import to_network_input
-from cmd_ray.vocabulary import Variant, get_variant
+from cmd_ray.vocabulary import SHARED_MODULES, Variant, get_variant
 
 if TYPE_CHECKING:
     from cmd_ray.config import DistillConfig
+
+(SHARED_CLASSIFIER_FEATURES,) = SHARED_MODULES  # "classifier.feature_extractor": DiMPNet's clf_feature_grad
 
 TCL_LOSSES = tuple(losses.TCL_LOSS_FORMS)
 BBE_LOSSES = tuple(losses.BBE_LOSS_FORMS)
 
 
-def _branch_input(rgb: torch.Tensor, tir: torch.Tensor | None, modalities: Sequence[str]) -> torch.Tensor:
-    """Per-sample choice between the RGB and the TIR crop -> ``[B, 3, S, S]`` (``tir`` may be absent for all-RGB)."""
-    if all(m == "rgb" for m in modalities):
-        return to_network_input(rgb)
-    if tir is None:
-        raise ValueError("the batch has no TIR crops, but the variant feeds TIR to a branch")
-    if all(m == "tir" for m in modalities):
-        return to_network_input(tir)
-    use_tir = torch.tensor([m == "tir" for m in modalities], device=rgb.device).reshape(-1, 1, 1, 1)
-    return torch.where(use_tir, to_network_input(tir), to_network_input(rgb))
+def branch_input(batch: dict[str, torch.Tensor], frame: str, modalities: Sequence[str]) -> torch.Tensor:
+    """Each sample's crop of ``frame`` (``"ref"`` or ``"test"``) in its modality -> network input ``[B, 3, S, S]``.
+
+    The crop of modality ``m`` is ``batch[f"{m}_{frame}"]`` (``rgb_ref``, ``tir_test``, ``rgb_tir_ref``, …); a key
+    no sample uses may be absent (e.g. the TIR crops when no branch sees TIR).
+    """
+    names = list(dict.fromkeys(modalities))
+    missing = [m for m in names if f"{m}_{frame}" not in batch]
+    if missing:
+        keys = " or ".join(repr(f"{m}_{frame}") for m in missing)
+        raise ValueError(
+            f"the batch has no {keys} crops, but the variant feeds {' and '.join(missing)} to the {frame} branch "
+            "(batch_split and single-modality rows read rgb_/tir_ crops, distill.mixing=side_by_side reads "
+            "rgb_tir_ref and tir_rgb_test: the samples must be made with the same distill.mixing)"
+        )
+    out = to_network_input(batch[f"{names[0]}_{frame}"])
+    for name in names[1:]:
+        use = torch.tensor([m == name for m in modalities], device=out.device).reshape(-1, 1, 1, 1)
+        out = torch.where(use, to_network_input(batch[f"{name}_{frame}"]), out)
+    return out
 
 
 def loss_options(distill: DistillConfig) -> dict[str, Any]:
@@ -71,6 +94,7 @@ def loss_options(distill: DistillConfig) -> dict[str, Any]:
         "filter_reg_mu": distill.filter_reg_mu,
         "bbe_loss": distill.bbe_loss,
         "bbe_reg_nu": distill.bbe_reg_nu,
+        "mixing": distill.mixing,
     }
 
 
@@ -86,6 +110,7 @@ def distill_step(
     filter_reg_mu: float = 0.0,
     bbe_loss: str = "mse",
     bbe_reg_nu: float = 0.0,
+    mixing: str = "batch_split",
     **form_options: Any,
 ) -> dict[str, torch.Tensor]:
     """Forward one mini-batch through ``model`` (a DiMPNet or ATOMNet, possibly DDP-wrapped) and compute Eq. 1.
@@ -103,6 +128,8 @@ def distill_step(
         bbe_loss: a name of :data:`~cmd_ray.distill.losses.BBE_LOSS_FORMS`: ``"mse"`` (against ``2·IoU − 1``)
             or ``"kl"`` (KL regression; needs the batch's ``proposal_density`` and ``gt_density``).
         bbe_reg_nu: ν of Eq. 3, times ``‖θ‖²`` of the variant's BBE parameters (its ``bbe`` group).
+        mixing: ``distill.mixing`` of a mix row: ``"batch_split"`` (half of the batch each way) or
+            ``"side_by_side"`` (the batch's ``rgb_tir_ref`` / ``tir_rgb_test`` crops); other rows ignore it.
         form_options: options of a registered loss form beyond the ones above (each form's options model
             takes the fields it names; see :data:`cmd_ray.distill.losses.TCL_LOSS_FORMS`).
 
@@ -120,10 +147,10 @@ def distill_step(
         )
     form_options = {**form_options, "hinge_threshold": hinge_threshold, "clf_loss_weights": clf_loss_weights}
     variant = get_variant(variant)
-    batch_size = batch["rgb_ref"].shape[0]
-    ref_modalities, test_modalities = variant.sample_modalities(batch_size)
-    train_imgs = _branch_input(batch["rgb_ref"], batch.get("tir_ref"), ref_modalities).unsqueeze(0)
-    test_imgs = _branch_input(batch["rgb_test"], batch.get("tir_test"), test_modalities).unsqueeze(0)
+    batch_size = batch["ref_box"].shape[0]
+    ref_modalities, test_modalities = variant.sample_modalities(batch_size, mixing)
+    train_imgs = branch_input(batch, "ref", ref_modalities).unsqueeze(0)
+    test_imgs = branch_input(batch, "test", test_modalities).unsqueeze(0)
     train_bb = batch["ref_box"].float().unsqueeze(0)
     proposals = batch["test_proposals"].float().unsqueeze(0)
 
@@ -133,10 +160,14 @@ def distill_step(
         iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
         l_tcl = iou_pred.new_zeros((), dtype=torch.float32)
     else:
+        # the shared classifier features learn only through the branch(es) the row trains TCL on
+        feature_grad = variant.trained_modules.get(SHARED_CLASSIFIER_FEATURES, "both")
         if filter_reg_mu > 0:
-            scores, iou_pred, final_filter = model(train_imgs, test_imgs, train_bb, proposals, return_filter=True)
+            scores, iou_pred, final_filter = model(
+                train_imgs, test_imgs, train_bb, proposals, return_filter=True, clf_feature_grad=feature_grad
+            )
         else:
-            scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals)
+            scores, iou_pred = model(train_imgs, test_imgs, train_bb, proposals, clf_feature_grad=feature_grad)
         label = batch["test_label"].unsqueeze(0)
         l_tcl = tcl_form.loss(scores, label, tcl_form.options.model_validate(form_options))
         if final_filter is not None:

@@ -3,7 +3,8 @@
 ``LinearFilterClassifier`` has pytracking's three submodules and parameter names:
 
 - ``feature_extractor``: optional BasicBlocks, then a 3×3 conv without bias (index ``num_blocks``) and a
-  parameter-free instance L2 normalisation. Runs on both reference and test frames.
+  parameter-free instance L2 normalisation. Runs on both reference and test frames; in training it can be kept
+  from learning through one of them (``forward``'s ``feature_grad``).
 - ``filter_initializer``: ``filter_conv`` (3×3 conv) on the reference features, then the target box
   pooled into a ``filter_size × filter_size`` filter, averaged over the reference images.
 - ``filter_optimizer``: unrolled steepest descent with Gauss–Newton step lengths on DiMP's
@@ -200,6 +201,9 @@ def bent_ident_par_deriv(x: torch.Tensor, a: torch.Tensor, b: float = 1.0) -> to
     """Derivative of :func:`bent_ident_par` with respect to ``x``."""
     return (1.0 - a) / 2.0 * (x / torch.sqrt(x * x + 4.0 * b * b)) + (1.0 + a) / 2.0
 
+
+FEATURE_GRAD_BRANCHES = ("reference", "test", "both")
+"""Values of :meth:`LinearFilterClassifier.forward`'s ``feature_grad`` (the Table 1 branch names)."""
 
 SCORE_ACTIVATIONS = ("relu", "bentpar")
 MASK_ACTIVATIONS = ("sigmoid", "linear")
@@ -401,12 +405,20 @@ class LinearFilterClassifier(nn.Module):
         self.filter_initializer = FilterInitializerLinear(filter_size, out_dim, feature_stride)
         self.filter_optimizer = DiMPSteepestDescentGN(num_iter=num_iter, feat_stride=feature_stride, **optimizer_kwargs)
 
-    def extract_classification_feat(self, feat: torch.Tensor) -> torch.Tensor:
-        """Backbone features ``[N, B, C_in, H, W]`` (or ``[N, C_in, H, W]``) -> same layout, ``out_dim`` channels."""
-        if feat.dim() == 4:
-            return self.feature_extractor(feat)
-        out = self.feature_extractor(feat.reshape(-1, *feat.shape[-3:]))
-        return out.reshape(*feat.shape[:2], *out.shape[-3:])
+    def extract_classification_feat(self, feat: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """Backbone features ``[N, B, C_in, H, W]`` (or ``[N, C_in, H, W]``) -> same layout, ``out_dim`` channels.
+
+        With ``detach_params`` the features are computed with detached copies of ``feature_extractor``'s
+        parameters: the same values, but no gradient reaches the parameters from this call (it still reaches
+        ``feat``). Training uses it on the frame whose branch the row does not train (see :meth:`forward`).
+        """
+        flat = feat if feat.dim() == 4 else feat.reshape(-1, *feat.shape[-3:])
+        if detach_params:
+            params = {name: p.detach() for name, p in self.feature_extractor.named_parameters()}
+            out = torch.func.functional_call(self.feature_extractor, params, (flat,))
+        else:
+            out = self.feature_extractor(flat)
+        return out if feat.dim() == 4 else out.reshape(*feat.shape[:2], *out.shape[-3:])
 
     def get_filter(
         self, feat: torch.Tensor, bb: torch.Tensor, num_iter: int | None = None, compute_losses: bool = True
@@ -420,7 +432,12 @@ class LinearFilterClassifier(nn.Module):
         return apply_filter(feat, weights)
 
     def forward(
-        self, train_feat: torch.Tensor, test_feat: torch.Tensor, train_bb: torch.Tensor, return_filter: bool = False
+        self,
+        train_feat: torch.Tensor,
+        test_feat: torch.Tensor,
+        train_bb: torch.Tensor,
+        return_filter: bool = False,
+        feature_grad: str = "both",
     ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
         """Learn a filter on the reference frames and score the test frames with every iterate.
 
@@ -429,6 +446,9 @@ class LinearFilterClassifier(nn.Module):
             test_feat: backbone features of the test frames ``[Nte, B, C_in, H, W]``.
             train_bb: reference boxes ``[Ntr, B, 4]``, ``x, y, w, h`` in image pixels.
             return_filter: also return the final filter (for the ``μ‖φ‖²`` term of Eq. 2).
+            feature_grad: the frames through which ``feature_extractor`` (the one module run on both) gets
+                gradients: ``"reference"``, ``"test"`` or ``"both"`` (default). On the other frames it runs with
+                detached parameters (:meth:`extract_classification_feat`); the outputs are the same either way.
 
         Returns:
             ``num_iter + 1`` score maps ``[Nte, B, L, L]``, initial filter first; with
@@ -436,8 +456,10 @@ class LinearFilterClassifier(nn.Module):
         """
         if train_bb.dim() != 3 or train_feat.dim() != 5 or test_feat.dim() != 5:
             raise ValueError("expected train_feat/test_feat [N, B, C, H, W] and train_bb [N, B, 4]")
-        train_feat = self.extract_classification_feat(train_feat)
-        test_feat = self.extract_classification_feat(test_feat)
+        if feature_grad not in FEATURE_GRAD_BRANCHES:
+            raise ValueError(f"feature_grad must be one of {', '.join(FEATURE_GRAD_BRANCHES)}, got {feature_grad!r}")
+        train_feat = self.extract_classification_feat(train_feat, detach_params=feature_grad == "test")
+        test_feat = self.extract_classification_feat(test_feat, detach_params=feature_grad == "reference")
         final, iterates, _ = self.get_filter(train_feat, train_bb, compute_losses=False)
         scores = [self.classify(w, test_feat) for w in iterates]
         return (scores, final) if return_filter else scores

@@ -35,7 +35,8 @@ the image-major flattening ``[N*B, …]`` (row ``n*B + b``).
 Trainability (:func:`apply_variant_trainability`): the backbone is always frozen; the variant's TCL
 and BBE branches (see :mod:`cmd_ray.vocabulary`) are the only parameters with
 ``requires_grad``; BatchNorm layers of frozen parts stay in eval mode even after ``model.train()``.
-ATOM has no TCL: a variant that trains it raises ``ValueError``.
+ATOM has no TCL: a variant that trains it raises ``ValueError``. ``classifier.feature_extractor`` runs on
+both frames; ``DiMPNet.forward(clf_feature_grad=…)`` lets it learn through the row's branch only.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from torch import nn
 from cmd_ray.models.backbone import ResNetBackbone, freeze_batchnorm_stats
 from cmd_ray.models.classifier import LinearFilterClassifier
 from cmd_ray.models.iounet import AtomIoUNet
-from cmd_ray.vocabulary import Variant, get_variant
+from cmd_ray.vocabulary import BRANCH_MODULES, Branch, Variant, get_variant
 
 if TYPE_CHECKING:
     from cmd_ray.config import Config
@@ -175,6 +176,7 @@ class DiMPNet(_TrackerNet):
         train_bb: torch.Tensor,
         test_proposals: torch.Tensor,
         return_filter: bool = False,
+        clf_feature_grad: Branch = "both",
     ) -> tuple[list[torch.Tensor], torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Run the network as in training.
 
@@ -184,6 +186,11 @@ class DiMPNet(_TrackerNet):
             train_bb: reference boxes ``[Ntr, B, 4]``.
             test_proposals: IoU-Net proposals in the test images ``[Nte, B, P, 4]``.
             return_filter: also return the final classifier filter ``[B, C, f, f]`` (Eq. 2's ``φ``).
+            clf_feature_grad: the branch(es) through which ``classifier.feature_extractor``, which runs on both
+                the reference and the test frames, gets gradients: the row's
+                ``Variant.trained_modules["classifier.feature_extractor"]``; ``"both"`` (default) for a row that
+                trains TCL on both branches and for supervised training. It changes no output, only which
+                frame's features pass gradients to those parameters.
 
         Returns:
             ``(scores, iou_pred)``: one score map ``[Nte, B, L, L]`` per filter iterate
@@ -204,6 +211,7 @@ class DiMPNet(_TrackerNet):
             test_clf.reshape(num_test, num_seq, *test_clf.shape[-3:]),
             train_bb,
             return_filter=True,
+            feature_grad=clf_feature_grad,
         )
         iou_pred = self.bb_regressor(
             self.get_backbone_bbreg_feat(train_feat), self.get_backbone_bbreg_feat(test_feat), train_bb, test_proposals
@@ -470,20 +478,13 @@ def _unwrap(model: nn.Module) -> TrackerNet:
     return core
 
 
-def _tcl_modules(model: DiMPNet, branch: str) -> list[nn.Module]:
-    clf = model.classifier
-    if branch == "test":
-        return [clf.feature_extractor]
-    return [clf.feature_extractor, clf.filter_initializer, clf.filter_optimizer]
-
-
-def _bbe_modules(model: TrackerNet, branch: str) -> list[nn.Module]:
-    names = {
-        "reference": AtomIoUNet.REFERENCE_MODULES,
-        "test": AtomIoUNet.TEST_MODULES,
-        "both": AtomIoUNet.REFERENCE_MODULES + AtomIoUNet.TEST_MODULES,
-    }[branch]
-    return [getattr(model.bb_regressor, name) for name in names]
+def _variant_modules(model: TrackerNet, variant: Variant) -> dict[str, list[nn.Module]]:
+    """``{"tcl": [...], "bbe": [...]}``: the modules of ``variant.trained_modules``, by the module they belong to."""
+    trained = variant.trained_modules
+    return {
+        key: [model.get_submodule(name) for name in trained if any(name in names for names in branches.values())]
+        for key, branches in BRANCH_MODULES.items()
+    }
 
 
 BACKBONE_STAGES = ("conv1", "layer1", "layer2", "layer3")
@@ -506,10 +507,13 @@ def parameter_groups(
     The backbone is frozen unless ``trainable_backbone_layers`` names stages of it (``conv1`` with its
     BatchNorm, ``layer1`` … ``layer3``); their parameters form the ``backbone`` group.
 
-    TCL ``"reference"``/``"both"``: ``classifier.feature_extractor``, ``filter_initializer``,
+    The modules are those of the row's :attr:`~cmd_ray.vocabulary.Variant.trained_modules`. TCL
+    ``"reference"``/``"both"``: ``classifier.feature_extractor``, ``filter_initializer``,
     ``filter_optimizer``; TCL ``"test"``: ``classifier.feature_extractor``. BBE ``"reference"``:
     ``bb_regressor.{conv3_1r, conv4_1r, fc3_1r, fc34_3r, fc34_4r}``; ``"test"``:
-    ``bb_regressor.{conv3_1t, conv3_2t, conv4_1t, conv4_2t, fc3_rt, fc4_rt, iou_predictor}``.
+    ``bb_regressor.{conv3_1t, conv3_2t, conv4_1t, conv4_2t, fc3_rt, fc4_rt, iou_predictor}``. Which frame a
+    shared module (``classifier.feature_extractor``) learns through is the forward pass's business:
+    :class:`DiMPNet`'s ``clf_feature_grad``, which :func:`cmd_ray.distill.step.distill_step` sets from the row.
     Raises ``ValueError`` for a merge-only variant (B3), an unknown name, or a variant that trains
     the TCL of an :class:`ATOMNet` (which has none).
     """
@@ -524,9 +528,10 @@ def parameter_groups(
             "(only the IoU-Net, BBE); variants for ATOM: A1, B1, B2 (and B3 by merging B1 and B2)"
         )
     groups: dict[str, list[nn.Parameter]] = {"tcl": [], "bbe": [], "backbone": []}
+    head = _variant_modules(core, variant)
     for key, modules in (
-        ("tcl", _tcl_modules(core, variant.train_tcl) if variant.train_tcl else []),
-        ("bbe", _bbe_modules(core, variant.train_bbe) if variant.train_bbe else []),
+        ("tcl", head["tcl"]),
+        ("bbe", head["bbe"]),
         ("backbone", _backbone_modules(core, trainable_backbone_layers)),
     ):
         seen: set[int] = set()

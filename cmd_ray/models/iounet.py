@@ -8,6 +8,9 @@ Two branches over two backbone layers (``layer2`` at stride 8, ``layer3`` at str
   ``fc4_rt``, ``iou_predictor``) multiplies the test features channel-wise by the modulation
   vectors, pools each proposal (5×5 at 1/8, 3×3 at 1/16) and regresses its IoU.
 
+No module runs on both frames (the reference modules see only the reference features, the test modules only the
+test features and the modulation vectors), so a row that trains one branch trains it through that branch alone.
+
 Conv blocks are ``Sequential(Conv2d, BatchNorm2d, ReLU)`` (keys ``.0``, ``.1``), linear blocks have
 ``linear``, ``bn``, ``relu`` — pytracking's names, so ATOM/DiMP weights load unchanged.
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from cmd_ray.models.pooling import pool_boxes
+from cmd_ray.vocabulary import BBE_REFERENCE_MODULES, BBE_TEST_MODULES
 
 
 def conv_block(in_planes: int, out_planes: int, kernel_size: int = 3, padding: int = 1) -> nn.Sequential:
@@ -60,8 +64,8 @@ class AtomIoUNet(nn.Module):
         ref3_dim: width of ``conv3_1r`` (128 in pytracking).
     """
 
-    REFERENCE_MODULES = ("conv3_1r", "conv4_1r", "fc3_1r", "fc34_3r", "fc34_4r")
-    TEST_MODULES = ("conv3_1t", "conv3_2t", "conv4_1t", "conv4_2t", "fc3_rt", "fc4_rt", "iou_predictor")
+    REFERENCE_MODULES = BBE_REFERENCE_MODULES
+    TEST_MODULES = BBE_TEST_MODULES
 
     def __init__(
         self,

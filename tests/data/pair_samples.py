@@ -10,4 +10,4 @@ def data_config(uri: str, *overrides: str):
 
 def maker_for(cfg, table=None, stream=0) -> SampleMaker:
     table = list_pairs(cfg) if table is None else table
-    return SampleMaker(table, cfg.data.model_dump(mode="json"), 0, stream, None, None)
+    return SampleMaker(table, cfg.data.model_dump(mode="json"), 0, stream, None, None, mixing=cfg.distill.mixing)

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import ray
+import torch
 from pair_samples import data_config, maker_for
 
 from cmd_ray.config import load_config
@@ -15,6 +16,8 @@ from cmd_ray.data.pairs import PairTable, write_manifest
 from cmd_ray.data.skips import SkipCounter
 from cmd_ray.data.streams import TRAIN_STREAM
 from cmd_ray.data.synthetic import generate_pair
+from cmd_ray.distill.step import distill_step
+from cmd_ray.models.dimpnet import build_dimpnet
 
 
 def pairs(n):
@@ -87,6 +90,28 @@ def test_samples_are_deterministic_per_seed_and_index(pair_root, method):
         np.testing.assert_array_equal(a[key], b[key])
     other = maker_for(cfg, stream=1)({"data": np.array([3, 7, 11])})
     assert not np.array_equal(other["ref_box"], a["ref_box"])
+
+
+def test_side_by_side_mixing_cuts_wide_crops_with_the_same_draws(pair_root):
+    """distill.mixing=side_by_side (D3): [RGB|TIR] reference and [TIR|RGB] test crops, one per sample, which the
+    step feeds to a network; the pair, the box and the jitter drawn for a sample are those of batch_split."""
+    split_cfg = data_config(str(pair_root))
+    cfg = data_config(str(pair_root), "distill.mixing=side_by_side")
+    indices = {"data": np.array([3, 7, 11])}
+    wide, split = maker_for(cfg)(indices), maker_for(split_cfg)(indices)
+    s = cfg.data.sampling.output_sz
+    assert wide["rgb_tir_ref"].shape == wide["tir_rgb_test"].shape == (3, s, s, 3)
+    assert not {"rgb_ref", "tir_ref", "rgb_test", "tir_test"} & set(wide)
+    for key in ("ref_box", "test_box", "test_label", "test_proposals", "proposal_iou"):
+        np.testing.assert_array_equal(wide[key], split[key])
+    with pytest.raises(ValueError, match="unknown mixing"):
+        SampleMaker(list_pairs(cfg), cfg.data, 0, 0, None, None, mixing="checkerboard")
+
+    batch = {key: torch.from_numpy(value) for key, value in wide.items()}
+    out = distill_step(build_dimpnet("tiny", optim_iter=1).eval(), batch, "D3", 1.0, mixing="side_by_side")
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="rgb_ref"):  # samples cut for another mixing are named, not misread
+        distill_step(build_dimpnet("tiny", optim_iter=1).eval(), batch, "D3", 1.0)
 
 
 def test_random_regions_are_fixed_per_pair_and_resized_to_the_patch(pair_root):

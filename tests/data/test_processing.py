@@ -19,6 +19,7 @@ from cmd_ray.data.processing import (
     jittered_crop_geometry,
     label_sigma,
     make_sample,
+    make_side_by_side_sample,
     normalize_tir,
     sample_crop,
     sample_proposals,
@@ -444,6 +445,36 @@ def test_make_sample_crops_show_the_target_in_both_modalities():
         for frame in ("ref", "test"):
             for modality in ("rgb", "tir"):
                 _assert_square_at(sample[f"{modality}_{frame}"], sample[f"{frame}_box"], bright=200, dark=60)
+
+
+def test_side_by_side_sample_cuts_rgb_tir_for_the_reference_and_tir_rgb_for_the_test_frame():
+    """distill.mixing=side_by_side: the pseudo box in the left half, the crop reaching into the right half."""
+    height, width = 64, 64
+    colour = np.array([200, 40, 120], np.uint8)  # an RGB colour no grey value can be
+    rgb = np.broadcast_to(colour, (height, width, 3)).copy()
+    tir = np.full((height, width), 90, np.uint8)  # grey 90: no colour of the RGB image
+    box = np.array([44.0, 24.0, 12.0, 12.0])  # near the right edge of the left half
+    still = SamplingConfig(reference_center_jitter_factor=0.0, test_center_jitter_factor=0.0, scale_jitter_factor=0.0)
+    sample = make_side_by_side_sample(rgb, tir, box, still, np.random.default_rng(0))
+
+    s = still.output_sz
+    assert {"rgb_tir_ref", "tir_rgb_test"} <= set(sample)
+    assert not {"rgb_ref", "tir_ref", "rgb_test", "tir_test"} & set(sample)
+    assert sample["rgb_tir_ref"].shape == sample["tir_rgb_test"].shape == (s, s, 3)
+    geometry = crop_geometry(box, still, (height, 2 * width))  # no jitter: the crop around the box, as usual
+    np.testing.assert_allclose(sample["ref_box"], geometry.box_to_crop(box), rtol=1e-6)
+    np.testing.assert_allclose(sample["test_box"], geometry.box_to_crop(box), rtol=1e-6)
+    seam = (width - geometry.x0) * geometry.scale  # crop column of the seam between the halves
+    assert geometry.x0 < width < geometry.x0 + geometry.side, "the crop must straddle the seam"
+    columns = np.arange(s) + 0.5
+    left, right = columns < seam - 2, columns > seam + 2  # away from the seam's interpolated columns
+    assert left.sum() > 10 and right.sum() > 10
+
+    ref, test = sample["rgb_tir_ref"], sample["tir_rgb_test"]
+    assert (ref[:, left] == colour).all()  # reference: the RGB image on the left of the seam …
+    assert (ref[:, right] == 90).all()  # … and the TIR image, grey in 3 channels, on the right
+    assert (test[:, left] == 90).all()  # test: TIR on the left …
+    assert (test[:, right] == colour).all()  # … and RGB on the right
 
 
 def test_make_sample_requires_an_aligned_pair():

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from cmd_ray.vocabulary import VARIANTS, Variant, get_variant
+from cmd_ray.vocabulary import SHARED_MODULES, VARIANTS, Variant, get_variant
 
 
 def test_all_table_rows_present():
@@ -54,6 +54,56 @@ def test_mix_splits_the_batch():
     assert ref == ("rgb", "rgb", "rgb", "tir", "tir")
     assert test == ("tir", "tir", "tir", "rgb", "rgb")
     assert get_variant("B1").sample_modalities(2) == (("tir", "tir"), ("rgb", "rgb"))
+
+
+def test_side_by_side_mixing_puts_both_modalities_in_every_sample():
+    assert get_variant("D3").sample_modalities(3, "side_by_side") == (("rgb_tir",) * 3, ("tir_rgb",) * 3)
+    assert get_variant("D3").sample_modalities(3, "batch_split") == get_variant("D3").sample_modalities(3)
+    assert get_variant("B1").sample_modalities(2, "side_by_side") == (("tir", "tir"), ("rgb", "rgb"))  # not mix
+    with pytest.raises(ValueError, match="batch_split, side_by_side"):
+        get_variant("D3").sample_modalities(3, "checkerboard")
+
+
+_FILTER = ("classifier.filter_initializer", "classifier.filter_optimizer")
+_BBE_REF = tuple(f"bb_regressor.{m}" for m in ("conv3_1r", "conv4_1r", "fc3_1r", "fc34_3r", "fc34_4r"))
+_BBE_TEST = tuple(
+    f"bb_regressor.{m}" for m in ("conv3_1t", "conv3_2t", "conv4_1t", "conv4_2t", "fc3_rt", "fc4_rt", "iou_predictor")
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("A1", {}),
+        ("B1", dict.fromkeys(_BBE_REF, "reference")),
+        ("B2", dict.fromkeys(_BBE_TEST, "test")),
+        ("B3", {}),
+        ("C1", {"classifier.feature_extractor": "reference", **dict.fromkeys(_FILTER, "reference")}),
+        ("D1", {"classifier.feature_extractor": "test", **dict.fromkeys(_BBE_TEST, "test")}),
+        (
+            "D2",
+            {
+                "classifier.feature_extractor": "reference",
+                **dict.fromkeys(_FILTER + _BBE_REF, "reference"),
+            },
+        ),
+        (
+            "D3",
+            {
+                "classifier.feature_extractor": "both",
+                **dict.fromkeys(_FILTER + _BBE_REF, "reference"),
+                **dict.fromkeys(_BBE_TEST, "test"),
+            },
+        ),
+    ],
+)
+def test_trained_modules_name_each_module_and_its_branch(name, expected):
+    assert get_variant(name).trained_modules == expected
+
+
+def test_the_classifier_features_are_the_one_shared_module():
+    assert SHARED_MODULES == ("classifier.feature_extractor",)
+    assert [v.name for v in VARIANTS.values() if v.is_mix] == ["D3", "D4", "D5"]
 
 
 def test_get_variant_errors_and_passthrough():

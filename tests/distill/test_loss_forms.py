@@ -20,7 +20,7 @@ from cmd_ray.distill.losses import (
     tcl_loss,
     weight_iterates,
 )
-from cmd_ray.distill.step import _branch_input, distill_step, loss_options
+from cmd_ray.distill.step import branch_input, distill_step, loss_options
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_atomnet, build_dimpnet
 
 LABEL = torch.tensor([[1.0, 0.0], [0.5, 0.01]])
@@ -117,8 +117,8 @@ def test_step_squared_form_and_filter_regulariser(tiny_state, random_batch):
     with_mu = distill_step(
         model, batch, "C1", 1.0, clf_loss_weights=(1.0, 2.0, 3.0), tcl_loss="squared", filter_reg_mu=0.3
     )
-    train = _branch_input(batch["rgb_ref"], batch["tir_ref"], ("tir",) * 4).unsqueeze(0)
-    test = _branch_input(batch["rgb_test"], batch["tir_test"], ("rgb",) * 4).unsqueeze(0)
+    train = branch_input(batch, "ref", ("tir",) * 4).unsqueeze(0)
+    test = branch_input(batch, "test", ("rgb",) * 4).unsqueeze(0)
     with torch.no_grad():
         scores, _, filt = model(
             train, test, batch["ref_box"].unsqueeze(0), batch["test_proposals"].unsqueeze(0), return_filter=True
@@ -165,8 +165,8 @@ def test_step_kl_box_loss(tiny_state, random_batch):
     batch["proposal_density"] = torch.rand(4, 6, generator=g) + 0.1
     batch["gt_density"] = torch.rand(4, 6, generator=g)
     out = distill_step(model, batch, "B2", 0.01, bbe_loss="kl")
-    test = _branch_input(batch["rgb_test"], batch["tir_test"], ("tir",) * 4).unsqueeze(0)
-    ref = _branch_input(batch["rgb_ref"], batch["tir_ref"], ("rgb",) * 4).unsqueeze(0)
+    test = branch_input(batch, "test", ("tir",) * 4).unsqueeze(0)
+    ref = branch_input(batch, "ref", ("rgb",) * 4).unsqueeze(0)
     with torch.no_grad():
         _, iou = model(ref, test, batch["ref_box"].unsqueeze(0), batch["test_proposals"].unsqueeze(0))
     expected = kl_regression_loss(iou[0], batch["proposal_density"], batch["gt_density"])
@@ -196,4 +196,5 @@ def test_loss_options_come_from_the_config():
         "filter_reg_mu": 0.2,
         "bbe_loss": "kl",
         "bbe_reg_nu": 0.0,
+        "mixing": "batch_split",
     }

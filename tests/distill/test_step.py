@@ -42,8 +42,9 @@ class _Recorder(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(()))
 
-    def forward(self, train_imgs, test_imgs, train_bb, proposals):
+    def forward(self, train_imgs, test_imgs, train_bb, proposals, **options):
         self.seen = (train_imgs, test_imgs, train_bb, proposals)
+        self.options = options
         side = 5
         score = self.w * torch.zeros(test_imgs.shape[0], test_imgs.shape[1], side, side)
         return [score, score], self.w * torch.zeros(proposals.shape[:3])
@@ -75,6 +76,31 @@ def test_branch_modalities_follow_variant(name, random_batch):
         test_src = batch["rgb_test"] if want_test == "rgb" else batch["tir_test"]
         torch.testing.assert_close(train_imgs[0, i], to_network_input(ref_src[i : i + 1])[0])
         torch.testing.assert_close(test_imgs[0, i], to_network_input(test_src[i : i + 1])[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "branch"), [("B1", "both"), ("C1", "reference"), ("D1", "test"), ("D2", "reference"), ("D3", "both")]
+)
+def test_the_row_says_through_which_frame_the_shared_classifier_features_learn(name, branch, random_batch):
+    rec = _Recorder()
+    distill_step(rec, random_batch(), name, loss_weight_bbe=1.0)
+    assert rec.options == {"clf_feature_grad": branch}  # B1 trains no TCL: nothing to restrict
+
+
+@pytest.mark.parametrize("name", ["D3", "D4", "D5"])
+def test_side_by_side_mixing_feeds_rgb_tir_to_the_reference_and_tir_rgb_to_the_test_branch(name, random_batch):
+    batch = random_batch(batch_size=3)
+    g = torch.Generator().manual_seed(5)
+    wide = {key: torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=g) for key in ("ref", "test")}
+    batch = {k: v for k, v in batch.items() if not k.startswith(("rgb_", "tir_"))}
+    batch["rgb_tir_ref"], batch["tir_rgb_test"] = wide["ref"], wide["test"]
+    rec = _Recorder()
+    distill_step(rec, batch, name, loss_weight_bbe=1.0, mixing="side_by_side")
+    train_imgs, test_imgs, _, _ = rec.seen
+    torch.testing.assert_close(train_imgs[0], to_network_input(wide["ref"]))
+    torch.testing.assert_close(test_imgs[0], to_network_input(wide["test"]))
+    with pytest.raises(ValueError, match=r"'rgb_ref' or 'tir_ref'.*distill.mixing"):
+        distill_step(rec, batch, name, loss_weight_bbe=1.0)  # batch_split expects the four crops
 
 
 def test_tiny_d3_overfits_one_batch(random_batch):

@@ -196,3 +196,94 @@ def test_parameter_groups_accept_ddp_like_wrapper(tiny_state):
     assert len(groups["bbe"]) == len(list(model.bb_regressor.iou_predictor.parameters())) + sum(
         len(list(getattr(model.bb_regressor, m).parameters())) for m in _TEST if m != "iou_predictor"
     )
+
+
+# Table 1, written out: the branch through which each trained row's classifier features
+# (classifier.feature_extractor, run on both frames) may learn; None: the row does not train TCL.
+SHARED_FEATURE_BRANCH = {
+    "B1": None,
+    "B2": None,
+    "C1": "reference",
+    "D1": "test",
+    "D2": "reference",
+    "D3": "both",
+    "D4": "both",
+    "D5": "both",
+}
+
+
+def _per_call_gradients(model: DiMPNet, batch: dict, name: str) -> tuple[torch.Tensor, list[float]]:
+    """One training step's loss, and the gradient norm each call of ``classifier.feature_extractor`` (the
+    reference frame's, then the test frame's) gives its parameters."""
+    module = model.classifier.feature_extractor
+    calls: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda _m, _inputs, output: calls.append(output))
+    try:
+        loss = distill_step(model, batch, VARIANTS[name], loss_weight_bbe=1.0)["loss"]
+    finally:
+        hook.remove()
+    assert len(calls) == 2, "the classifier features run once on the reference and once on the test frame"
+    params = list(module.parameters())
+    norms = []
+    for output in calls:
+        if not output.requires_grad:  # no graph at all: nothing can reach the parameters through this frame
+            norms.append(0.0)
+            continue
+        (upstream,) = torch.autograd.grad(loss, output, retain_graph=True)
+        grads = torch.autograd.grad(output, params, upstream, retain_graph=True, allow_unused=True)
+        norms.append(float(torch.sqrt(sum((g**2).sum() for g in grads if g is not None) + torch.zeros(()))))
+    return loss, norms
+
+
+@pytest.mark.parametrize("name", list(SHARED_FEATURE_BRANCH))
+def test_row_trains_its_modules_only_through_its_branches(name, tiny_state, random_batch):
+    """Per trained row: what gets a gradient is the row's groups, and the shared classifier features learn
+    through the row's TCL branch only (C1 used to learn through the RGB test frame as well)."""
+    variant = VARIANTS[name]
+    branch = SHARED_FEATURE_BRANCH[name]
+    assert variant.trained_modules.get("classifier.feature_extractor") == branch
+    model = fresh_tiny(tiny_state)
+    apply_variant_trainability(model, name)
+    model.train()
+    loss, (reference_norm, test_norm) = _per_call_gradients(model, random_batch(seed=7), name)
+
+    # the shared module: a gradient through each frame of the row's branch, none through the other frame
+    through = {"reference": reference_norm, "test": test_norm}
+    for frame, norm in through.items():
+        if branch in (frame, "both"):
+            assert norm > 0, (frame, through)
+        else:
+            assert norm == 0, (frame, through)
+
+    # every parameter that gets a gradient is in the row's trained groups, and each of those gets one
+    loss.backward()
+    got = {key for key, p in model.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    groups = {id(p) for params in parameter_groups(model, name).values() for p in params}
+    in_groups = {key for key, p in model.named_parameters() if id(p) in groups}
+    assert in_groups == {key for key, _ in model.named_parameters() if key.startswith(_expected_trained(name))}
+    assert got <= in_groups, sorted(got - in_groups)
+    assert got == in_groups, sorted(in_groups - got)
+
+
+def test_iounet_has_no_module_on_both_frames(tiny_state, random_batch):
+    """The IoU-Net needs no detaching: each module runs once, and the reference modules see no test frame."""
+    model = fresh_tiny(tiny_state).eval()
+    names = [*_REF, *_TEST]
+    outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = [
+        getattr(model.bb_regressor, n).register_forward_hook(lambda _m, _i, out, n=n: outputs[n].append(out))
+        for n in names
+    ]
+    batch = random_batch(seed=8)
+    other = dict(batch, rgb_test=torch.flip(batch["rgb_test"], dims=(1,)), tir_test=255 - batch["tir_test"])
+    try:
+        with torch.no_grad():
+            distill_step(model, batch, "D3", 1.0)
+            distill_step(model, other, "D3", 1.0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert all(len(outputs[n]) == 2 for n in names)  # once per forward
+    for n in _REF:
+        torch.testing.assert_close(outputs[n][0], outputs[n][1], msg=n)
+    assert not torch.equal(outputs["conv3_1t"][0], outputs["conv3_1t"][1])

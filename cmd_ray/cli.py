@@ -230,13 +230,15 @@ def _tune(args: argparse.Namespace) -> int:
 def _table1(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"table1.seeds={args.seeds}"] if args.seeds is not None else [])]
     cfg = load_config(args.config, overrides)
+    from cmd_ray.evaluation.loading import ModelLoadError
+    from cmd_ray.evaluation.results import ResultsError
     from cmd_ray.evaluation.runner import EvaluationError
     from cmd_ray.table1 import ROW_MEANINGS, run_table1
 
     started = time.perf_counter()
     try:
         result = run_table1(cfg)
-    except EvaluationError as exc:
+    except (EvaluationError, ResultsError, ModelLoadError) as exc:
         print(f"cmd-ray: {exc}", file=sys.stderr)
         return 2
     print(f"\n{result.table}\n")

@@ -120,3 +120,10 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_deltas_to_the_reference(
     assert "0.700 ± 0.100" in d3_line and "+0.200" in d3_line and d3_line.rstrip().endswith("3")
     with pytest.raises(ValueError, match="reference row"):
         summarise_rows({"D3": scores["D3"]}, "A1")
+
+
+def test_the_job_refuses_a_table_without_a_teacher_before_any_cluster_work(capsys):
+    from cmd_ray import cli
+
+    assert cli.main(["table1", "--seeds", "2"]) == 2
+    assert "table1 needs model.init_checkpoint" in capsys.readouterr().err

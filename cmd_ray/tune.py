@@ -83,11 +83,16 @@ class SweepResult:
         return sorted(self.trial_table, key=key)
 
     def loss_success_correlation(self) -> tuple[float, int]:
-        """Spearman's rank correlation of ``-val_loss`` and ``val_success`` over the trials that reported both
-        (each trial's last values), and how many trials that is: 1 means ``val_loss`` ranks the trials exactly
-        as tracking does, 0 not at all, -1 backwards. NaN for fewer than two trials or a constant column."""
-        both = [t for t in self.trial_table.values() if "val_loss" in t and "val_success" in t]
-        return rank_correlation([-t["val_loss"] for t in both], [t["val_success"] for t in both]), len(both)
+        """:func:`loss_success_correlation` of :attr:`trial_table`."""
+        return loss_success_correlation(self.trial_table)
+
+
+def loss_success_correlation(trial_table: dict[str, dict[str, float]]) -> tuple[float, int]:
+    """Spearman's rank correlation of ``-val_loss`` and ``val_success`` over the trials that reported both (each
+    trial's last values), and how many trials that is: +1 means ``val_loss`` ranks the trials exactly as tracking
+    does, 0 not at all, -1 backwards. NaN for fewer than two trials or a constant column."""
+    both = [row for row in trial_table.values() if "val_loss" in row and "val_success" in row]
+    return rank_correlation([-row["val_loss"] for row in both], [row["val_success"] for row in both]), len(both)
 
 
 def tracking_epochs(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
@@ -304,7 +309,11 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         mlflow_runs.set_tags(
             cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}
         )
-        mlflow_runs.log_metrics(cfg, sweep_run, {f"best_{metric}": trial_metrics[best_trial]}, step=0)
+        summary = {f"best_{metric}": trial_metrics[best_trial]}
+        rho, _ = loss_success_correlation(trial_table)
+        if not math.isnan(rho):  # how well val_loss ranked the trials against tracking (format_trial_table)
+            summary["val_loss_success_spearman"] = rho
+        mlflow_runs.log_metrics(cfg, sweep_run, summary, step=0)
     return SweepResult(
         sweep_run_id=sweep_run,
         trial_run_ids=trial_runs,

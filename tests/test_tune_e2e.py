@@ -140,6 +140,11 @@ def test_a_sweep_on_val_success_tracks_every_trial_and_picks_the_highest(
         assert 0 in history and set(history) <= {0, 2}
         assert result.trial_metrics[trial_id] in history.values()
 
+    rho, _ = result.loss_success_correlation()  # NaN (not logged) when every trial tracked alike
+    logged = client.get_run(result.sweep_run_id).data.metrics
+    assert logged["best_val_success"] == result.best_metric
+    assert logged.get("val_loss_success_spearman", float("nan")) == pytest.approx(rho, nan_ok=True)
+
     table = format_trial_table(result)
     assert [line.split()[0] for line in table.splitlines()[2:5]] == result.ranked_trials()
     assert result.ranked_trials()[0] == result.best_trial_id

@@ -213,14 +213,13 @@ def _tune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from cmd_ray.data.distill_stream import list_pairs
     from cmd_ray.train.trainer import check_trainable
-    from cmd_ray.tune import run_sweep
+    from cmd_ray.tune import format_trial_table, run_sweep
 
     check_trainable(cfg)
     pairs = list_pairs(cfg)
     result = run_sweep(cfg, pairs)
-    print(f"\nsweep finished: {len(result.trial_run_ids)} trials")
-    for trial_id, value in sorted(result.trial_metrics.items(), key=lambda item: item[1]):
-        print(f"  {trial_id}  {cfg.tune.metric}={value:.4f}")
+    print(f"\nsweep finished: {len(result.trial_run_ids)} trials, by {result.metric} ({result.mode}), best first")
+    print(format_trial_table(result))
     print(f"best trial:    {result.best_trial_id} {cfg.tune.metric}={result.best_metric:.4f} {result.best_params}")
     print(f"MLflow run:    {result.run_location}")
     print(f"registered:    {result.registered.uri} (version {result.registered.version})")

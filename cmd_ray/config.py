@@ -555,8 +555,23 @@ class MlflowConfig(_Strict):
     alias: str = Field("candidate", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
+TuneMetric = Literal["val_loss", "loss", "loss_tcl", "loss_bbe", "val_success", "val_precision"]
+TRACKING_METRICS: tuple[str, ...] = ("val_success", "val_precision")
+"""Sweep metrics measured by tracking ``tune.eval_root`` (higher is better); the others are losses (lower is better)."""
+
+
+def metric_mode(metric: str) -> Literal["min", "max"]:
+    """``"max"`` for a tracking metric (:data:`TRACKING_METRICS`), ``"min"`` for a loss."""
+    return "max" if metric in TRACKING_METRICS else "min"
+
+
 class TuneSettings(_Strict):
-    """Ray Tune sweep over lr_bbe, lr_tcl and lambda (log-uniform ranges)."""
+    """Ray Tune sweep over lr_bbe, lr_tcl and lambda (log-uniform ranges).
+
+    ``metric`` is what ASHA and the best pick compare: a loss (lowest wins) or ``val_success`` / ``val_precision``
+    (highest wins): the OPE Success / Precision of the online tracker on the labeled TIR sequences of ``eval_root``
+    (``eval_benchmark``'s layout, ``evaluation.protocol``), tracked by each trial at the epochs ASHA compares.
+    """
 
     num_samples: int = Field(3, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
@@ -565,8 +580,25 @@ class TuneSettings(_Strict):
     loss_weight_bbe: tuple[float, float] = (0.1, 10.0)
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: int = Field(2, ge=2)
-    metric: Literal["val_loss", "loss", "loss_tcl", "loss_bbe"] = "val_loss"
+    metric: TuneMetric = Field(
+        "val_loss",
+        description="what ASHA and the best pick compare: a loss (min) or val_success / val_precision (max), the "
+        "tracker's OPE scores on eval_root",
+    )
     trial_cpus: float = Field(0.1, gt=0.0, description="CPU share of the trial function itself")
+    eval_root: str | None = Field(
+        None,
+        description="labeled TIR validation sequences each trial tracks (local folder or s3:// prefix); needed by "
+        "metric val_success / val_precision. Keep it apart from evaluation.root: tuning on the test set biases it",
+    )
+    eval_benchmark: BenchmarkName | None = Field(None, description="eval_root's layout (default: evaluation.benchmark)")
+    eval_sequences: list[str] | None = Field(None, description="track only these sequences of eval_root (default: all)")
+    eval_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="most sequence tasks a trial runs at once while its rank-0 worker waits (default: "
+        "scaling.cpus_per_worker rounded down, at least 1)",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> TuneSettings:
@@ -574,6 +606,27 @@ class TuneSettings(_Strict):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} range must satisfy 0 < low <= high, got [{low}, {high}]")
+        return self
+
+    @model_validator(mode="after")
+    def _tracking_set(self) -> TuneSettings:
+        if self.metric in TRACKING_METRICS and not (self.eval_root and self.eval_root.strip()):
+            raise ValueError(
+                f"tune.metric={self.metric} tracks labeled TIR sequences: set tune.eval_root (a local folder or "
+                "s3:// prefix of validation sequences, e.g. the tir_sequences folder of cmd-ray synth)"
+            )
+        if self.eval_root is not None:
+            if self.eval_root.startswith("s3://"):
+                if not self.eval_root[len("s3://") :].strip("/"):
+                    raise ValueError(f"tune.eval_root {self.eval_root!r} names no bucket: use s3://bucket/prefix")
+            elif "://" in self.eval_root and not self.eval_root.startswith("file://"):
+                raise ValueError(f"tune.eval_root must be a local folder, file:// or s3:// URI, got {self.eval_root!r}")
+        if self.eval_sequences is not None:
+            if not self.eval_sequences:
+                raise ValueError("tune.eval_sequences, when given, must name at least one sequence")
+            repeated = sorted({s for s in self.eval_sequences if self.eval_sequences.count(s) > 1})
+            if repeated:
+                raise ValueError(f"tune.eval_sequences are repeated: {repeated}")
         return self
 
 

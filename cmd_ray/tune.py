@@ -4,11 +4,20 @@ Each trial is a Tune function trainable that fits its own ``TorchTrainer``;
 ``TuneReportCallback`` forwards every epoch's report so ASHA can stop bad trials
 early. The sweep is one MLflow run; every trial is a run nested under it. At the
 end the best trial's final model is registered with the configured alias.
+
+The sweep metric (``tune.metric``) is a loss (``val_loss`` by default; the lowest wins) or a tracking objective,
+``val_success`` / ``val_precision`` (the highest wins): each trial then tracks the labeled TIR sequences of
+``tune.eval_root`` with the online tracker (:mod:`cmd_ray.evaluation.validation`: read once here, one Ray task per
+sequence run by the trial's rank-0 worker) at the epochs ASHA compares (:func:`tracking_epochs`) and carries the
+last figures into every other epoch's report. :func:`format_trial_table` lists every trial's losses and tracking
+figures, best first, with the rank correlation of ``-val_loss`` and ``val_success`` over the trials.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -18,13 +27,18 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from cmd_ray import mlflow_runs, registry
-from cmd_ray.config import Config
+from cmd_ray.config import TRACKING_METRICS, Config, metric_mode
 from cmd_ray.data.distill_stream import list_pairs
+from cmd_ray.evaluation.validation import TrackingValidator, tracking_validator
 from cmd_ray.storage import ray_storage
 from cmd_ray.train.trainer import check_trainable, fit
 
 SEARCHED = ("lr_tcl", "lr_bbe", "loss_weight_bbe")
 TRIAL_TAG = "cmd_ray.tune_trial_id"
+
+
+TABLE_METRICS = ("val_loss", "loss", "val_success", "val_precision")
+"""Each trial's last reported values that :attr:`SweepResult.trial_table` keeps (those a trial reported)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +56,124 @@ class SweepResult:
     """The MLflow status each trial run ended with, by trial id (:func:`trial_status`: KILLED when ASHA stopped it)."""
     registered: registry.RegisteredModel
     run_location: str
+    metric: str = "val_loss"
+    """The sweep metric (``tune.metric``)."""
+    mode: str = "min"
+    """``min`` for a loss, ``max`` for ``val_success`` / ``val_precision`` (:func:`cmd_ray.config.metric_mode`)."""
+    trial_table: dict[str, dict[str, float]] = field(default_factory=dict)
+    """By trial id: its last reported :data:`TABLE_METRICS` (those it reported), ``epochs`` (the epochs Tune saw) and,
+    with a tracking objective, ``val_tracked_epoch`` (the 0-based epoch its tracking figures come from)."""
+    trial_params: dict[str, dict[str, float]] = field(default_factory=dict)
+    """By trial id: its sampled :data:`SEARCHED` values."""
 
     @property
     def best_metric(self) -> float:
-        """The best trial's sweep metric (the lowest of :attr:`trial_metrics`)."""
+        """The best trial's sweep metric: the lowest of :attr:`trial_metrics` for a loss, the highest for
+        ``val_success`` / ``val_precision``."""
         return self.trial_metrics[self.best_trial_id]
+
+    def ranked_trials(self) -> list[str]:
+        """Every trial id of :attr:`trial_table`, best first by the sweep metric (trials without it last)."""
+        sign = -1.0 if self.mode == "max" else 1.0
+
+        def key(trial: str) -> tuple[int, float, str]:
+            value = self.trial_metrics.get(trial)
+            return (1, 0.0, trial) if value is None else (0, sign * value, trial)
+
+        return sorted(self.trial_table, key=key)
+
+    def loss_success_correlation(self) -> tuple[float, int]:
+        """:func:`loss_success_correlation` of :attr:`trial_table`."""
+        return loss_success_correlation(self.trial_table)
+
+
+def loss_success_correlation(trial_table: dict[str, dict[str, float]]) -> tuple[float, int]:
+    """Spearman's rank correlation of ``-val_loss`` and ``val_success`` over the trials that reported both (each
+    trial's last values), and how many trials that is: +1 means ``val_loss`` ranks the trials exactly as tracking
+    does, 0 not at all, -1 backwards. NaN for fewer than two trials or a constant column."""
+    both = [row for row in trial_table.values() if "val_loss" in row and "val_success" in row]
+    return rank_correlation([-row["val_loss"] for row in both], [row["val_success"] for row in both]), len(both)
+
+
+def tracking_epochs(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """The 0-based epochs at which ASHA compares trials, and the last epoch, in order.
+
+    ASHA (one bracket) compares a trial at ``training_iteration = grace_period · reduction_factor^k`` for
+    ``k = 0 … ⌊log(max_t / grace_period) / log(reduction_factor)⌋`` (Ray's ``_Bracket`` rungs, the same formula),
+    ``max_t = epochs``; iteration ``i`` is the report of epoch ``i - 1``. The last epoch gives each finished trial's
+    final figure (what the best pick compares).
+    """
+    if epochs < 1:
+        return []
+    rungs = int(math.log(epochs / grace_period) / math.log(reduction_factor) + 1) if grace_period <= epochs else 0
+    iterations = {grace_period * reduction_factor**k for k in range(max(rungs, 0))}
+    return sorted({i - 1 for i in iterations if 1 <= i <= epochs} | {epochs - 1})
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks of ``values``, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y``: the Pearson correlation of their ranks (ties get their mean
+    rank). NaN for fewer than two pairs or when either side is constant."""
+    if len(x) != len(y):
+        raise ValueError(f"rank_correlation needs pairs, got {len(x)} and {len(y)} values")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return float("nan")
+    return sxy / math.sqrt(sxx * syy)
+
+
+def format_trial_table(result: SweepResult) -> str:
+    """Every trial of the sweep, best first: its status, the epochs Tune saw, its sampled values, its last
+    ``val_loss``, ``val_success`` and ``val_precision`` (``-`` where it reported none), then the rank correlation
+    of ``-val_loss`` with ``val_success`` when both were reported."""
+    columns = ["trial", "status", "epochs", *SEARCHED, "val_loss", "val_success", "val_precision"]
+    rows = []
+    for trial in result.ranked_trials():
+        figures = result.trial_table.get(trial, {})
+        params = result.trial_params.get(trial, {})
+        row = [trial, result.trial_statuses.get(trial, "-"), _cell(figures.get("epochs"), "d")]
+        row += [_cell(params.get(name), ".3g") for name in SEARCHED]
+        row += [_cell(figures.get(name), ".4f") for name in ("val_loss", "val_success", "val_precision")]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        for row in [columns, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    rho, count = result.loss_success_correlation()
+    if count:
+        lines.append(
+            f"Spearman rank correlation of -val_loss with val_success over {count} trials: "
+            f"{'n/a' if math.isnan(rho) else f'{rho:+.2f}'} (each trial's last values; best first by {result.metric})"
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    if value is None:
+        return "-"
+    return format(int(value) if spec == "d" else float(value), spec)
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
@@ -77,7 +204,13 @@ def _child_runs(cfg: Config, parent: str) -> dict[str, str]:
     return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs if TRIAL_TAG in run.data.tags}
 
 
-def _run_trial(params: dict[str, float], base: dict[str, Any], pairs: list[tuple[str, str]], parent: str) -> None:
+def _run_trial(
+    params: dict[str, float],
+    base: dict[str, Any],
+    pairs: list[tuple[str, str]],
+    parent: str,
+    validator: TrackingValidator | None = None,
+) -> None:
     context = tune.get_context()
     cfg = trial_config(Config.model_validate(base), params, context.get_trial_name())
     # a trial resumed with its sweep (Tuner.restore) continues its own MLflow run and its own checkpoints
@@ -91,8 +224,9 @@ def _run_trial(params: dict[str, float], base: dict[str, Any], pairs: list[tuple
         )
     else:
         mlflow_runs.reopen_run(cfg, run_id)
+    epochs = tracking_epochs(cfg.distill.epochs, cfg.tune.grace_period, cfg.tune.reduction_factor)
     with mlflow_runs.terminated(cfg, run_id):
-        fit(cfg, pairs, run_id, callbacks=[TuneReportCallback()])
+        fit(cfg, pairs, run_id, callbacks=[TuneReportCallback()], tracking_validator=validator, tracking_epochs=epochs)
 
 
 SWEEP_TAG = "cmd_ray.sweep"
@@ -117,6 +251,10 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     check_trainable(cfg)
     if pairs is None:
         pairs = list_pairs(cfg)
+    metric = cfg.tune.metric
+    mode = metric_mode(metric)
+    # the tracking objective's sequences are read here, once, before any cluster work (a bad eval_root fails now)
+    validator = tracking_validator(cfg) if metric in TRACKING_METRICS else None
     cfg = mlflow_runs.pin_tracking_uri(cfg)
     if not ray.is_initialized():
         ray.init()
@@ -127,10 +265,11 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     restoring = tune.Tuner.can_restore(sweep_folder, storage_filesystem=filesystem)
     sweep_run = _sweep_run(cfg, name, restoring)
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), pairs=pairs, parent=sweep_run),
+        tune.with_parameters(
+            _run_trial, base=cfg.model_dump(mode="json"), pairs=pairs, parent=sweep_run, validator=validator
+        ),
         {"cpu": cfg.tune.trial_cpus},
     )
-    metric = cfg.tune.metric
     if restoring:
         tuner = tune.Tuner.restore(
             sweep_folder, trainable, resume_errored=True, param_space=search_space(cfg), storage_filesystem=filesystem
@@ -139,7 +278,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         tuner = _new_tuner(cfg, trainable, name, storage_path, filesystem)
     with mlflow_runs.terminated(cfg, sweep_run):
         grid = tuner.fit()
-        best = grid.get_best_result(metric=metric, mode="min")
+        best = grid.get_best_result(metric=metric, mode=mode)
         if best.metrics is None or "checkpoint_path" not in best.metrics:
             raise RuntimeError(f"no trial of sweep {cfg.storage.run_name} reported a checkpoint")
         trial_runs = _child_runs(cfg, sweep_run)
@@ -153,18 +292,28 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
             registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
         trial_metrics: dict[str, float] = {}
         trial_statuses: dict[str, str] = {}
+        trial_table: dict[str, dict[str, float]] = {}
+        trial_params: dict[str, dict[str, float]] = {}
         for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
             trial_id = str((trial.metrics or {}).get("trial_id", ""))
+            if not trial_id:
+                continue
             if trial_id in trial_runs:
                 trial_statuses[trial_id] = trial_status(trial, cfg.distill.epochs)
                 mlflow_runs.end_run(cfg, trial_runs[trial_id], trial_statuses[trial_id])
             if trial.metrics and metric in trial.metrics:
                 trial_metrics[trial_id] = float(trial.metrics[metric])
+            trial_table[trial_id] = _table_row(trial.metrics or {})
+            trial_params[trial_id] = {name: float(trial.config[name]) for name in SEARCHED if name in trial.config}
         best_params = {name: float(best.config[name]) for name in SEARCHED}
         mlflow_runs.set_tags(
             cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}
         )
-        mlflow_runs.log_metrics(cfg, sweep_run, {f"best_{metric}": trial_metrics[best_trial]}, step=0)
+        summary = {f"best_{metric}": trial_metrics[best_trial]}
+        rho, _ = loss_success_correlation(trial_table)
+        if not math.isnan(rho):  # how well val_loss ranked the trials against tracking (format_trial_table)
+            summary["val_loss_success_spearman"] = rho
+        mlflow_runs.log_metrics(cfg, sweep_run, summary, step=0)
     return SweepResult(
         sweep_run_id=sweep_run,
         trial_run_ids=trial_runs,
@@ -174,7 +323,18 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         trial_statuses=trial_statuses,
         registered=registered,
         run_location=mlflow_runs.run_url(cfg, sweep_run),
+        metric=metric,
+        mode=mode,
+        trial_table=trial_table,
+        trial_params=trial_params,
     )
+
+
+def _table_row(metrics: dict[str, Any]) -> dict[str, float]:
+    """A trial's row of :attr:`SweepResult.trial_table` from its last reported metrics."""
+    row = {name: float(metrics[name]) for name in (*TABLE_METRICS, "val_tracked_epoch") if name in metrics}
+    row["epochs"] = float(metrics.get("training_iteration", 0))
+    return row
 
 
 def _registered_before(cfg: Config, run_id: str) -> registry.RegisteredModel | None:
@@ -195,7 +355,7 @@ def _new_tuner(cfg: Config, trainable: Any, name: str, storage_path: str, filesy
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
             metric=metric,
-            mode="min",
+            mode=metric_mode(metric),
             num_samples=cfg.tune.num_samples,
             max_concurrent_trials=cfg.tune.max_concurrent_trials,
             scheduler=ASHAScheduler(

@@ -78,3 +78,74 @@ def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
     assert {run.info.run_id: run.info.status for run in rerun_children} == statuses
     versions = client.search_model_versions("name = 'sweep-tracker'")
     assert [str(v.version) for v in versions] == [result.registered.version]
+
+
+def test_a_sweep_on_val_success_tracks_every_trial_and_picks_the_highest(
+    ray_session, local_pairs, tmp_path, tiny_overrides
+):
+    import json
+
+    from cmd_ray.config import SynthConfig
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+    from cmd_ray.tune import format_trial_table
+
+    synth = SynthConfig(num_pairs=1, num_rgb_sequences=0, num_tir_sequences=2, sequence_length=6)
+    tir = write_synthetic_dataset(str(tmp_path / "val"), synth, progress=False).tir_sequences_uri
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "tracker.preset=tiny",
+            f"data.uri={local_pairs}",
+            f"storage.storage_path={tmp_path}/ray_results",
+            "storage.run_name=sweep-track",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "mlflow.registered_model_name=sweep-track-tracker",
+            "distill.epochs=3",
+            "tune.num_samples=3",
+            "tune.max_concurrent_trials=2",
+            "tune.lr_tcl=[1e-5, 1e-3]",
+            "tune.lr_bbe=[1e-4, 1e-2]",
+            "tune.reduction_factor=3",  # ASHA compares at iterations 1 and 3: epochs 0 and 2 are tracked, 1 is not
+            "tune.metric=val_success",
+            f"tune.eval_root={tir}",
+        ],
+    )
+
+    result = run_sweep(cfg)
+
+    assert (result.metric, result.mode) == ("val_success", "max")
+    assert set(result.trial_metrics) == set(result.trial_run_ids) == set(result.trial_table)
+    assert result.best_metric == max(result.trial_metrics.values())
+    for trial_id, row in result.trial_table.items():
+        assert 0.0 <= row["val_success"] <= 1.0 and 0.0 <= row["val_precision"] <= 1.0
+        assert row["val_success"] == result.trial_metrics[trial_id] and "val_loss" in row
+    client = store_client(tracking_uri)
+    assert (
+        client.get_model_version_by_alias("sweep-track-tracker", "candidate").run_id
+        == (result.trial_run_ids[result.best_trial_id])
+    )
+
+    # Tune saw val_success in every report, carried forward on epoch 1 (val_tracked_epoch 0); MLflow has it only at
+    # the tracked epochs 0 and 2
+    sweep_folder = tmp_path / "ray_results" / "sweep-track-sweep"
+    reports = [json.loads(line) for f in sweep_folder.glob("*/result.json") for line in f.read_text().splitlines()]
+    assert len({r["trial_id"] for r in reports}) == 3
+    for report in reports:
+        assert "val_success" in report and "val_loss" in report
+        assert report["val_tracked_epoch"] == (0 if report["epoch"] < 2 else 2)
+    for trial_id, run_id in result.trial_run_ids.items():
+        history = {m.step: m.value for m in client.get_metric_history(run_id, "val_success")}
+        assert 0 in history and set(history) <= {0, 2}
+        assert result.trial_metrics[trial_id] in history.values()
+
+    rho, _ = result.loss_success_correlation()  # NaN (not logged) when every trial tracked alike
+    logged = client.get_run(result.sweep_run_id).data.metrics
+    assert logged["best_val_success"] == result.best_metric
+    assert logged.get("val_loss_success_spearman", float("nan")) == pytest.approx(rho, nan_ok=True)
+
+    table = format_trial_table(result)
+    assert [line.split()[0] for line in table.splitlines()[2:5]] == result.ranked_trials()
+    assert result.ranked_trials()[0] == result.best_trial_id
+    assert "Spearman rank correlation of -val_loss with val_success over 3 trials" in table

@@ -9,6 +9,7 @@
   the frames (TIR, ``[H, W]``), tracks (:func:`cmd_ray.tracking.track_sequence`: per-frame seconds of the tracker's
   calls only, frame 1's being the initialisation) and writes the result files atomically
   (:func:`cmd_ray.evaluation.results.write_result`), frames and results on local disk or S3 alike.
+  :func:`track_frames` is the same without the files (the sweep's tracking objective scores the boxes in memory).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from cmd_ray.models.loading import network_with_weights
 
 if TYPE_CHECKING:
     from cmd_ray.tracking.base import Tracker
+    from cmd_ray.tracking.run import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,39 @@ class SequenceRun:
     result_path: str
 
 
+def track_frames(
+    *,
+    tracker_name: str,
+    kind: str,
+    frames: list[str],
+    init_box: list[float],
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    model_config: dict[str, Any] | None = None,
+    tracker_params: dict[str, Any] | None = None,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    endpoint_url: str | None = None,
+) -> TrackResult:
+    """Build the tracker (``dimp``: its network from ``state_dict`` and ``model_config``), read the frames and track
+    them from ``init_box``; nothing is written. Arguments as :func:`run_sequence`'s."""
+    if num_threads is not None:
+        torch.set_num_threads(max(1, num_threads))
+    net = None
+    if kind == "dimp":
+        if state_dict is None or model_config is None:
+            raise ValueError(f"tracker {tracker_name!r}: a dimp tracker needs weights and their config")
+        try:
+            net = network_with_weights(Config.model_validate(model_config), state_dict, tracker_name).to(device)
+        except SourceError as exc:  # its message names the tracker and the keys that do not fit
+            raise ModelLoadError(str(exc)) from exc
+    params = TrackerConfig.model_validate(tracker_params or {})
+    tracker = make_tracker(kind, net, params, device)
+    from cmd_ray.tracking import track_sequence
+
+    # No inference_mode here: the DiMP tracker refines boxes by gradient ascent on IoU-Net's output.
+    return track_sequence(tracker, read_frames(frames, endpoint_url), np.asarray(init_box, dtype=np.float64))
+
+
 def run_sequence(
     *,
     tracker_name: str,
@@ -153,22 +188,18 @@ def run_sequence(
         num_threads: torch intra-op threads (the task's CPU share), if given.
         endpoint_url: S3 endpoint for ``s3://`` frames and results (default: ``AWS_ENDPOINT_URL``).
     """
-    if num_threads is not None:
-        torch.set_num_threads(max(1, num_threads))
-    net = None
-    if kind == "dimp":
-        if state_dict is None or model_config is None:
-            raise ValueError(f"tracker {tracker_name!r}: a dimp tracker needs weights and their config")
-        try:
-            net = network_with_weights(Config.model_validate(model_config), state_dict, tracker_name).to(device)
-        except SourceError as exc:  # its message names the tracker and the keys that do not fit
-            raise ModelLoadError(str(exc)) from exc
-    params = TrackerConfig.model_validate(tracker_params or {})
-    tracker = make_tracker(kind, net, params, device)
-    from cmd_ray.tracking import track_sequence
-
-    # No inference_mode here: the DiMP tracker refines boxes by gradient ascent on IoU-Net's output.
-    result = track_sequence(tracker, read_frames(frames, endpoint_url), np.asarray(init_box, dtype=np.float64))
+    result = track_frames(
+        tracker_name=tracker_name,
+        kind=kind,
+        frames=frames,
+        init_box=init_box,
+        state_dict=state_dict,
+        model_config=model_config,
+        tracker_params=tracker_params,
+        device=device,
+        num_threads=num_threads,
+        endpoint_url=endpoint_url,
+    )
     boxes, times = result.boxes, result.times
     if boxes.shape[0] != len(frames):
         raise RuntimeError(f"{tracker_name}/{sequence}: tracked {boxes.shape[0]} of {len(frames)} frames")

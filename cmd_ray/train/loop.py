@@ -5,6 +5,13 @@ Each worker builds the network, loads the teacher, trains exactly the parameters
 sample stream, and at the end of every epoch reports the global mean losses with a checkpoint (rank 0 writes
 it and logs the metrics to MLflow). A restarted worker group resumes from the latest checkpoint: model,
 optimizer, scheduler, RNG states and the position in the sample stream (the :class:`EpochCursor`).
+
+A sweep with a tracking objective also hands the loop a ``tracking_validator``: any callable ``model →
+{name: value}`` (the sweep builds :class:`cmd_ray.evaluation.validation.TrackingValidator`; this layer does not
+import it) and its ``tracking_epochs``. Rank 0 calls it with the in-memory network after writing the epoch's
+checkpoint, at those epochs and at the first epoch this worker group trains (a restart included), and adds what it
+returns to every later report until the next call (Tune needs the sweep metric in each report); MLflow gets the
+values only at the epochs that computed them, with ``val_tracked_epoch`` naming that epoch in every report.
 """
 
 from __future__ import annotations
@@ -139,7 +146,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     ``loop_config``: ``config`` (a Config dump), ``job`` (``distill`` | ``pretrain``), ``mlflow_run_id``,
     ``teacher`` (a :class:`~cmd_ray.train.teacher.Teacher` or an object ref to one), ``skip_counter`` and
-    ``epoch_cursor`` (actor handles, optional) and ``has_val`` (whether a ``val`` dataset was given).
+    ``epoch_cursor`` (actor handles, optional), ``has_val`` (whether a ``val`` dataset was given), and
+    optionally ``tracking_validator`` with ``tracking_epochs`` (0-based epochs; see the module docstring).
     """
     cfg = Config.model_validate(loop_config["config"])
     schedule = schedule_for(cfg, loop_config.get("job", "distill"))
@@ -147,6 +155,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     skip_counter = loop_config.get("skip_counter")
     cursor = loop_config.get("epoch_cursor")
     teacher = loop_config.get("teacher")
+    tracking_validator = loop_config.get("tracking_validator")
+    tracking_epochs = frozenset(int(e) for e in loop_config.get("tracking_epochs") or ())
     if isinstance(teacher, ray.ObjectRef):
         teacher = ray.get(teacher)
     context = ray.train.get_context()
@@ -184,6 +194,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         teacher_metrics = {f"teacher_{k}": v for k, v in validate(core, val_shard, cfg, schedule, device).items()}
     batches = iter(shard.iter_torch_batches(batch_size=schedule.batch_size, drop_last=True, device=device))
     steps = schedule.steps_per_epoch(context.get_world_size())
+    tracked: dict[str, float] = {}  # rank 0: the last tracking figures, carried into every later report
 
     for epoch in range(start_epoch, schedule.epochs):
         model.train()
@@ -244,6 +255,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     },
                 )
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
+                logged = {k: v for k, v in metrics.items() if k != "epoch"}
+                if tracking_validator is not None:
+                    if epoch in tracking_epochs or not tracked:
+                        tracked = {**tracking_validator(core), "val_tracked_epoch": float(epoch)}
+                        logged.update(tracked)
+                    metrics.update(tracked)
                 if run_id:
-                    mlflow_runs.log_metrics(cfg, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, epoch)
+                    mlflow_runs.log_metrics(cfg, run_id, logged, epoch)
             ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")

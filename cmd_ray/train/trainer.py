@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,8 +254,10 @@ def _fit(
     skip_counter: Any,
     cursor: Any,
     callbacks: Sequence[Any] = (),
+    tracking: dict[str, Any] | None = None,
 ) -> ray.train.Result:
     loop_config = {
+        **(tracking or {}),
         "config": cfg.model_dump(mode="json"),
         "job": schedule.job,
         "mlflow_run_id": run_id,
@@ -274,8 +276,14 @@ def fit(
     run_id: str,
     callbacks: Sequence[Any] = (),
     teacher: Teacher | None = None,
+    tracking_validator: Callable[[Any], dict[str, float]] | None = None,
+    tracking_epochs: Collection[int] = (),
 ) -> tuple[ray.train.Result, SkipReport]:
     """Fit one distillation run on ``pairs``; metrics go to MLflow run ``run_id`` every epoch.
+
+    ``tracking_validator`` (a picklable ``model → {name: value}``, e.g. the sweep's tracking objective) is called by
+    rank 0 at ``tracking_epochs`` (0-based) and at the first epoch it trains; its values are in every later report
+    (:mod:`cmd_ray.train.loop`).
 
     Returns the Ray Train result and the pairs skipped as unreadable.
     """
@@ -288,7 +296,10 @@ def fit(
     if val_pairs and cfg.distill.val_samples:
         datasets["val"] = validation_dataset(cfg, val_pairs, skip_counter)
     mlflow_runs.log_metrics(cfg, run_id, {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs)}, step=0)
-    result = _fit(cfg, schedule, datasets, run_id, teacher, skip_counter, cursor, callbacks)
+    tracking = None
+    if tracking_validator is not None:
+        tracking = {"tracking_validator": tracking_validator, "tracking_epochs": sorted(tracking_epochs)}
+    result = _fit(cfg, schedule, datasets, run_id, teacher, skip_counter, cursor, callbacks, tracking)
     report = ray.get(skip_counter.report.remote())
     totals = {
         "skipped_pairs_total": report.skipped,

@@ -287,7 +287,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
             model, _ = registry.load_model(directory, best_cfg)
         # registered before the trial runs get their final status: logging the model reopens the best trial's run
-        registered = _registered_before(best_cfg, trial_runs[best_trial]) if restoring else None
+        registered = registry.version_from_run(best_cfg, trial_runs[best_trial]) if restoring else None
         if registered is None:
             registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
         trial_metrics: dict[str, float] = {}
@@ -335,17 +335,6 @@ def _table_row(metrics: dict[str, Any]) -> dict[str, float]:
     row = {name: float(metrics[name]) for name in (*TABLE_METRICS, "val_tracked_epoch") if name in metrics}
     row["epochs"] = float(metrics.get("training_iteration", 0))
     return row
-
-
-def _registered_before(cfg: Config, run_id: str) -> registry.RegisteredModel | None:
-    """The version a restored sweep registered from run ``run_id`` before (a finished sweep rerun registers
-    nothing new), or ``None``."""
-    name = cfg.mlflow.registered_model_name
-    versions = mlflow_runs.client(cfg).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if not versions:
-        return None
-    latest = max(versions, key=lambda v: int(v.version))
-    return registry.RegisteredModel(name, str(latest.version), cfg.mlflow.alias, run_id)
 
 
 def _new_tuner(cfg: Config, trainable: Any, name: str, storage_path: str, filesystem: Any) -> tune.Tuner:

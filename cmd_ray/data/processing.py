@@ -523,10 +523,7 @@ def make_sample(
         With ``cfg.proposal_method == "gmm"`` the proposals come from :func:`sample_gmm_proposals`
         and two more keys are added: ``proposal_density`` and ``gt_density``, float32 [P].
     """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"RGB image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    if tir.shape != rgb.shape[:2]:
-        raise ValueError(f"TIR {tir.shape} and RGB {rgb.shape[:2]} differ in size: align_pair first")
+    _check_pair(rgb, tir)
     tir = normalize_tir(tir)
     box = _check_box(box)
 
@@ -541,6 +538,14 @@ def make_sample(
         "ref_box": ref.box_to_crop(box).astype(np.float32),
         **search_targets(test.box_to_crop(box).astype(np.float32), cfg, rng),
     }
+
+
+def _check_pair(rgb: np.ndarray, tir: np.ndarray) -> None:
+    """An aligned pair: RGB ``uint8 [H, W, 3]`` and TIR ``[H, W]`` (``ValueError`` naming what is off)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"RGB image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    if tir.shape != rgb.shape[:2]:
+        raise ValueError(f"TIR {tir.shape} and RGB {rgb.shape[:2]} differ in size: align_pair first")
 
 
 def side_by_side_images(rgb: np.ndarray, tir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -578,10 +583,7 @@ def make_side_by_side_sample(
         the keys name the per-sample modalities ``rgb_tir`` / ``tir_rgb`` of
         :meth:`cmd_ray.vocabulary.Variant.sample_modalities`.
     """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"RGB image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    if tir.shape != rgb.shape[:2]:
-        raise ValueError(f"TIR {tir.shape} and RGB {rgb.shape[:2]} differ in size: align_pair first")
+    _check_pair(rgb, tir)
     reference_image, test_image = side_by_side_images(rgb, normalize_tir(tir))
     box = _check_box(box)
     size = reference_image.shape[:2]

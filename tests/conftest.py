@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,13 +154,39 @@ def ray_session(s3_server: S3Server) -> Iterator[None]:
     ray.init(
         address="local",
         num_cpus=4,  # logical CPUs: trials, train workers and data actors of the tiny runs fit together
-        include_dashboard=False,
+        # as on the clusters users run: Ray Train's placement-group cleaner asks the state API (served by the
+        # dashboard) whether a run's controller is gone; without it an ASHA-stopped trial's workers keep their CPUs
+        include_dashboard=True,
         runtime_env={"env_vars": env_vars},
     )
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_session_gets_its_cpus_back(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared cluster, every CPU must come back within a minute.
+
+    A run that leaves actors holding CPUs (a controller kept alive, a Ray Data actor never released) would stall
+    the next test's data pipeline until Ray Data's 30-minute no-progress timeout; fail here, naming the actors.
+    """
+    yield
+    if "ray_session" not in request.fixturenames:
+        return
+    import ray
+    from ray.util.state import list_actors
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + 60.0
+    while ray.available_resources().get("CPU", 0.0) < total:
+        if time.monotonic() > deadline:
+            alive = sorted(actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")]))
+            pytest.fail(f"{request.node.nodeid} left CPUs in use on the shared Ray cluster; alive actors: {alive}")
+        time.sleep(0.2)  # polling a condition with a deadline, not a fixed wait
 
 
 def make_random_batch(batch_size: int = 4, crop: int = 64, num_proposals: int = 4, seed: int = 0) -> dict:

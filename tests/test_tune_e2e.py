@@ -1,4 +1,5 @@
-"""End to end: a tiny Ray Tune sweep; every trial is a Ray Train run and an MLflow run nested under the sweep."""
+"""End to end: a tiny Ray Tune sweep ranked by tracking; every trial is a Ray Train run and an MLflow run nested under
+the sweep; a rerun restores the sweep."""
 
 import pytest
 
@@ -9,78 +10,7 @@ from cmd_ray.tune import run_sweep
 pytestmark = pytest.mark.e2e
 
 
-def test_sweep_leaves_one_mlflow_run_per_trial_and_registers_the_best(
-    ray_session, local_pairs, tmp_path, tiny_overrides
-):
-    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = load_config(
-        None,
-        [
-            *tiny_overrides,
-            f"data.uri={local_pairs}",
-            f"storage.storage_path={tmp_path}/ray_results",
-            "storage.run_name=sweep-e2e",
-            f"mlflow.tracking_uri={tracking_uri}",
-            "mlflow.registered_model_name=sweep-tracker",
-            "mlflow.alias=best",
-            "distill.epochs=2",
-            "tune.num_samples=3",
-            "tune.max_concurrent_trials=2",
-        ],
-    )
-
-    result = run_sweep(cfg)
-
-    client = store_client(tracking_uri)
-    children = client.search_runs(
-        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'",
-    )
-    assert len(children) == 3
-    assert {run.info.run_id for run in children} == set(result.trial_run_ids.values())
-    assert all(run.info.status in ("FINISHED", "KILLED") for run in children)
-    # every trial run, the registered best included, ends with the status Tune gave it (KILLED: stopped by ASHA)
-    assert {run.info.run_id: run.info.status for run in children} == {
-        result.trial_run_ids[trial]: status for trial, status in result.trial_statuses.items()
-    }
-    for run in children:
-        for name in ("lr_tcl", "lr_bbe", "loss_weight_bbe"):
-            low, high = getattr(cfg.tune, name)
-            assert low <= float(run.data.params[f"distill.{name}"]) <= high
-    version = client.get_model_version_by_alias("sweep-tracker", "best")
-    assert version.run_id == result.trial_run_ids[result.best_trial_id]
-
-    # The best trial is the lowest of the sweep metric (val_loss) as Tune saw it, and every value Tune compared
-    # is one that the trial's MLflow run logged. An ASHA-stopped trial may log one more epoch than Tune saw, so
-    # only FINISHED runs must end on the value Tune has.
-    metric = cfg.tune.metric
-    assert metric == "val_loss"
-    assert set(result.trial_metrics) == set(result.trial_run_ids)
-    assert result.best_metric == pytest.approx(min(result.trial_metrics.values()), rel=1e-9)
-    assert result.trial_metrics[result.best_trial_id] == pytest.approx(result.best_metric, rel=1e-9)
-    for trial_id, run_id in result.trial_run_ids.items():
-        logged = [m.value for m in client.get_metric_history(run_id, metric)]
-        assert any(value == pytest.approx(result.trial_metrics[trial_id], rel=1e-6) for value in logged)
-        run = client.get_run(run_id)
-        if run.info.status == "FINISHED":
-            assert run.data.metrics[metric] == pytest.approx(result.trial_metrics[trial_id], rel=1e-6)
-
-    # Rerun: the sweep folder exists, so the sweep is restored (Tuner.restore), not redone: the same sweep run and
-    # trial runs, no new trial, each trial's status as before, and no new model version.
-    statuses = {run.info.run_id: run.info.status for run in children}
-    again = run_sweep(cfg)
-    assert again.sweep_run_id == result.sweep_run_id and again.trial_run_ids == result.trial_run_ids
-    assert again.best_trial_id == result.best_trial_id and again.registered.version == result.registered.version
-    rerun_children = client.search_runs(
-        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'",
-    )
-    assert {run.info.run_id: run.info.status for run in rerun_children} == statuses
-    versions = client.search_model_versions("name = 'sweep-tracker'")
-    assert [str(v.version) for v in versions] == [result.registered.version]
-
-
-def test_a_sweep_on_val_success_tracks_every_trial_and_picks_the_highest(
+def test_a_sweep_on_val_success_tracks_every_trial_registers_the_highest_and_restores(
     ray_session, local_pairs, tmp_path, tiny_overrides
 ):
     import json
@@ -115,13 +45,26 @@ def test_a_sweep_on_val_success_tracks_every_trial_and_picks_the_highest(
 
     result = run_sweep(cfg)
 
+    # one MLflow run per trial, nested under the sweep's run, each ending with the status Tune gave it (KILLED:
+    # stopped by ASHA), the registered best included
+    client = store_client(tracking_uri)
+    experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'")
+    assert len(children) == 3
+    statuses = {run.info.run_id: run.info.status for run in children}
+    assert statuses == {result.trial_run_ids[trial]: status for trial, status in result.trial_statuses.items()}
+    assert set(statuses.values()) <= {"FINISHED", "KILLED"}
+    for run in children:
+        for name in ("lr_tcl", "lr_bbe"):
+            low, high = getattr(cfg.tune, name)
+            assert low <= float(run.data.params[f"distill.{name}"]) <= high
+
     assert (result.metric, result.mode) == ("val_success", "max")
     assert set(result.trial_metrics) == set(result.trial_run_ids) == set(result.trial_table)
     assert result.best_metric == max(result.trial_metrics.values())
     for trial_id, row in result.trial_table.items():
         assert 0.0 <= row["val_success"] <= 1.0 and 0.0 <= row["val_precision"] <= 1.0
         assert row["val_success"] == result.trial_metrics[trial_id] and "val_loss" in row
-    client = store_client(tracking_uri)
     assert (
         client.get_model_version_by_alias("sweep-track-tracker", "candidate").run_id
         == (result.trial_run_ids[result.best_trial_id])
@@ -149,3 +92,13 @@ def test_a_sweep_on_val_success_tracks_every_trial_and_picks_the_highest(
     assert [line.split()[0] for line in table.splitlines()[2:5]] == result.ranked_trials()
     assert result.ranked_trials()[0] == result.best_trial_id
     assert "Spearman rank correlation of -val_loss with val_success over 3 trials" in table
+
+    # Rerun: the sweep folder exists, so the sweep is restored (Tuner.restore), not redone: the same sweep run and
+    # trial runs, no new trial, each trial's status as before, and no new model version.
+    again = run_sweep(cfg)
+    assert again.sweep_run_id == result.sweep_run_id and again.trial_run_ids == result.trial_run_ids
+    assert again.best_trial_id == result.best_trial_id and again.registered.version == result.registered.version
+    rerun = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.sweep_run_id}'")
+    assert {run.info.run_id: run.info.status for run in rerun} == statuses
+    versions = client.search_model_versions("name = 'sweep-track-tracker'")
+    assert [str(v.version) for v in versions] == [result.registered.version]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import signal
+import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -267,7 +269,23 @@ def _fit(
         "has_val": "val" in datasets,
     }
     trainer = build_trainer(cfg, datasets, loop_config, callbacks, schedule.run_name)
-    return trainer.fit()
+    return fit_releasing_the_controller(trainer)
+
+
+def fit_releasing_the_controller(trainer: TorchTrainer) -> ray.train.Result:
+    """``trainer.fit()``, then the driver's SIGINT handler as it was before.
+
+    On the main thread Ray Train installs a SIGINT handler that holds the run's controller actor. Left in place,
+    that handle keeps the finished run's controller alive, and with it the Ray Data actors of its datasets and
+    their CPUs: the next run in the same driver (table1's rows, a test session) waits for CPUs that never free.
+    """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if on_main_thread else None
+    try:
+        return trainer.fit()
+    finally:
+        if on_main_thread and previous is not None:  # None: a handler not set from Python, nothing to restore
+            signal.signal(signal.SIGINT, previous)
 
 
 def fit(

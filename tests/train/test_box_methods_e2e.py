@@ -1,4 +1,4 @@
-"""End to end: the distill job with each pseudo-box method (D3 center, D4 random, D5 detection) on pairs in moto-S3.
+"""End to end: the distill job with the D4 (random) and D5 (detection) pseudo-box methods on pairs in moto-S3.
 
 The detection run uses a tiny randomly initialised torchvision detector whose weights lie in S3 (nothing is
 downloaded), detecting on RGB and TIR and merging with NMS inside the Ray Data actors.
@@ -36,8 +36,8 @@ def s3_pairs(s3_server, tmp_path_factory) -> str:
     return bucket
 
 
+# D3 (center boxes) on S3 is tests/train/test_distill_e2e.py's run
 BOX_METHODS = {
-    "D3": ["data.boxes=center"],
     "D4": ["data.boxes=random", "data.random_boxes_per_pair=2"],
     "D5": [
         "data.boxes=detection",

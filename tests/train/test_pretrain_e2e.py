@@ -19,7 +19,10 @@ pytestmark = pytest.mark.e2e
 SECRET = "wJalrXUtnFEMI-K7MDENG-cmdray-e2e-secret"
 
 
-def test_pretrained_teacher_is_distilled_with_full_lineage(ray_session, tmp_path, tiny_overrides):
+def test_pretrained_teacher_is_distilled_with_full_lineage_and_no_secret_logged(
+    ray_session, tmp_path, tiny_overrides, monkeypatch
+):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     summary = write_synthetic_dataset(
         str(tmp_path / "synth"),
         SynthConfig(num_pairs=24, num_rgb_sequences=4, num_tir_sequences=0, sequence_length=16),
@@ -53,7 +56,14 @@ def test_pretrained_teacher_is_distilled_with_full_lineage(ray_session, tmp_path
     # 16 steps of batch 4 are all the student gets: at the tiny runs' lr_bbe of 1e-3 the IoU-Net's TIR loss
     # can rise by more than the classifier's falls (seen once in CI: 7.195 -> 7.413); 1e-4 keeps its steps small.
     student_cfg = load_config(
-        None, [*common, "model.init_checkpoint=models:/e2e-teacher@candidate", "distill.lr_bbe=1e-4"]
+        None,
+        [
+            *common,
+            "model.init_checkpoint=models:/e2e-teacher@candidate",
+            "distill.lr_bbe=1e-4",
+            # the secret inside a config value (a field the distillation does not use to reach anything)
+            f"pretrain.sequences_uri=s3://{SECRET}@bucket/sequences",
+        ],
     )
     student = run_distillation(student_cfg)
 
@@ -74,30 +84,12 @@ def test_pretrained_teacher_is_distilled_with_full_lineage(ray_session, tmp_path
     assert metrics["lr_tcl"] == pytest.approx(student_cfg.distill.lr_tcl)
     assert metrics["lr_bbe"] == pytest.approx(student_cfg.distill.lr_bbe)
 
-
-def test_no_secret_reaches_params_tags_or_logged_files(ray_session, tmp_path, tiny_overrides, monkeypatch, local_pairs):
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = load_config(
-        None,
-        [
-            *tiny_overrides,
-            "distill.epochs=1",
-            f"data.uri={local_pairs}",
-            f"storage.storage_path={tmp_path / 'checkpoints'}",
-            f"mlflow.tracking_uri={tracking_uri}",
-            "mlflow.registered_model_name=e2e-secret",
-            # the secret inside a config value (a field this run does not use to reach anything)
-            f"pretrain.sequences_uri=s3://{SECRET}@bucket/sequences",
-        ],
-    )
-    result = run_distillation(cfg)
-
-    client = store_client(tracking_uri)
-    run = client.get_run(result.run_id)
-    assert run.data.params["pretrain.sequences_uri"] == "s3://***@bucket/sequences"
-    for key, value in {**run.data.params, **run.data.tags}.items():
-        assert SECRET not in value, key
+    # no secret (environment or config value) in any param, tag or logged file of either run
+    assert client.get_run(student.run_id).data.params["pretrain.sequences_uri"] == "s3://***@bucket/sequences"
+    for run_id in (teacher.run_id, student.run_id):
+        run = client.get_run(run_id)
+        for key, value in {**run.data.params, **run.data.tags}.items():
+            assert SECRET not in value, key
     artifacts = Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
     files = [p for p in artifacts.rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in files)

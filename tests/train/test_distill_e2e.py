@@ -1,5 +1,7 @@
 """End to end: synthetic pairs in moto-S3 ─▶ Ray Data ─▶ Ray Train (2 DDP workers) ─▶ checkpoints on S3 ─▶ registry."""
 
+import signal
+
 import boto3
 import pytest
 import ray.train
@@ -42,8 +44,11 @@ def test_distill_job_reads_and_checkpoints_on_s3(s3_server, ray_session, tmp_pat
         ],
     )
 
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     result = run_distillation(cfg)
 
+    # Ray Train's own SIGINT handler (it holds the finished run's controller and its data actors) is gone again
+    assert signal.getsignal(signal.SIGINT) is interrupt_handler
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     teacher = result.history[0]["teacher_val_loss"]
     val_losses = [row["val_loss"] for row in result.history]

@@ -3,7 +3,8 @@
 One tiny 1-epoch run, then three reruns of it: with another learning rate (a ``ConfigError`` naming
 ``distill.lr_tcl``, before any training), unchanged through the CLI ("nothing to train", no new model version),
 and with ``distill.epochs=2`` (resumes at epoch 1, in the same MLflow run, and registers version 2). Only the
-first and the last invocation run Ray Train. Checkpoints on local disk (the S3 case: test_fault_tolerance_e2e).
+first and the last invocation run Ray Train. Checkpoints in moto-S3, as on a cluster without a shared folder (a
+worker lost mid-run, restarted from the checkpoint before: tests/multinode/test_cluster_e2e.py).
 """
 
 import pytest
@@ -21,14 +22,16 @@ MODEL = "resume-tracker"
 
 
 def test_rerun_checks_config_trains_nothing_when_done_and_resumes_more_epochs(
-    ray_session, tmp_path, tiny_overrides, local_pairs, monkeypatch, capsys
+    s3_server, ray_session, tmp_path, tiny_overrides, local_pairs, monkeypatch, capsys
 ):
+    bucket = s3_server.make_bucket("resume-e2e")
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = [
         *tiny_overrides,
         "distill.val_samples=4",
         f"data.uri={local_pairs}",
-        f"storage.storage_path={tmp_path / 'checkpoints'}",
+        f"storage.storage_path=s3://{bucket}/checkpoints",
+        f"storage.s3_endpoint_url={s3_server.endpoint_url}",
         f"storage.run_name={RUN}",
         f"mlflow.tracking_uri={tracking_uri}",
         f"mlflow.registered_model_name={MODEL}",

@@ -510,6 +510,12 @@ class ScalingSettings(_Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per training worker (null: Ray's default, the worker's whole CPUs). "
+        "More than cpus_per_worker lets a worker use cores that Ray has reserved for lightly loaded data actors",
+    )
     amp: bool = Field(False, description="bf16/fp16 autocast on GPU workers; ignored on CPU")
     label_selector: dict[str, str] = Field(
         default_factory=dict,

@@ -163,6 +163,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     variant = schedule.variant
     options = loss_options(cfg.distill)
+    if cfg.scaling.torch_threads is not None:
+        torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(schedule.seed + rank)
     device = ray.train.torch.get_device()
 
@@ -231,6 +233,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["samples_per_s"] = steps * schedule.batch_size * context.get_world_size() / elapsed
         metrics["data_wait_s"] = wait
         metrics["data_wait_fraction"] = wait / elapsed if elapsed > 0 else 0.0
+        metrics["torch_threads"] = torch.get_num_threads()  # with samples_per_s: what a worker's speed came from
         if skip_counter is not None:
             report = ray.get(skip_counter.report.remote())
             metrics["skipped_pairs"] = report.skipped

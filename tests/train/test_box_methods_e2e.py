@@ -68,6 +68,7 @@ def test_distill_runs_with_each_box_method(variant, s3_server, ray_session, s3_p
             f"mlflow.tracking_uri={tracking_uri}",
             f"mlflow.registered_model_name=boxes-{variant}",
             "scaling.num_workers=1",
+            "scaling.torch_threads=2",  # more intra-op threads than the worker's 0.5 CPUs (Ray's default gives 1)
             "distill.epochs=1",
             "distill.samples_per_epoch=8",
             "distill.batch_size=4",
@@ -86,3 +87,4 @@ def test_distill_runs_with_each_box_method(variant, s3_server, ray_session, s3_p
     assert run.info.status == "FINISHED"
     assert run.data.params["data.boxes"] == cfg.data.boxes and run.data.params["distill.variant"] == variant
     assert result.registered is not None
+    assert run.data.metrics["torch_threads"] == 2

@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
@@ -128,12 +129,24 @@ def validate(model: nn.Module, shard: Any, cfg: Config, schedule: Schedule, devi
     return out
 
 
+def _read_training_state(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
+    """The checkpoint's training state; a remote one is downloaded into this worker's own temporary folder.
+
+    ``Checkpoint.as_directory()`` shares one download folder among the workers of a node and deletes it when they
+    are done. Once, after a lost node, a worker restarting next to another read a truncated ``training_state.pt``
+    ("PytorchStreamReader failed reading file"); a private copy (a few MB) takes the shared folder out of the way.
+    """
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return load_training_state(checkpoint.path)
+    with tempfile.TemporaryDirectory(prefix="cmd-ray-restore-") as directory:
+        return load_training_state(checkpoint.to_directory(directory))
+
+
 def _restore(
     checkpoint: ray.train.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> int:
     """Load a training checkpoint into model, optimizer, scheduler and the RNGs; returns the next epoch."""
-    with checkpoint.as_directory() as directory:
-        state = load_training_state(directory)
+    state = _read_training_state(checkpoint)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

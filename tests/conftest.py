@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,15 +177,16 @@ def _ray_session_gets_its_cpus_back(request: pytest.FixtureRequest) -> Iterator[
     import ray
     from ray.util.state import list_actors
 
+    from cmd_ray.local_cluster import wait_until
+
     if not ray.is_initialized():
         return
     total = ray.cluster_resources().get("CPU", 0.0)
-    deadline = time.monotonic() + 60.0
-    while ray.available_resources().get("CPU", 0.0) < total:
-        if time.monotonic() > deadline:
-            alive = sorted(actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")]))
-            pytest.fail(f"{request.node.nodeid} left CPUs in use on the shared Ray cluster; alive actors: {alive}")
-        time.sleep(0.2)  # polling a condition with a deadline, not a fixed wait
+    try:
+        wait_until(lambda: ray.available_resources().get("CPU", 0.0) >= total, "every CPU back", timeout_s=60.0)
+    except TimeoutError:
+        alive = sorted(actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")]))
+        pytest.fail(f"{request.node.nodeid} left CPUs in use on the shared Ray cluster; alive actors: {alive}")
 
 
 def make_random_batch(batch_size: int = 4, crop: int = 64, num_proposals: int = 4, seed: int = 0) -> dict:

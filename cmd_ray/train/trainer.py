@@ -284,7 +284,7 @@ def fit_releasing_the_controller(trainer: TorchTrainer) -> ray.train.Result:
     try:
         return trainer.fit()
     finally:
-        if on_main_thread and previous is not None:  # None: a handler not set from Python, nothing to restore
+        if previous is not None:  # None: off the main thread, or a handler not set from Python
             signal.signal(signal.SIGINT, previous)
 
 

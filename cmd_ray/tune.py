@@ -74,17 +74,30 @@ class SweepResult:
 
     def ranked_trials(self) -> list[str]:
         """Every trial id of :attr:`trial_table`, best first by the sweep metric (trials without it last)."""
-        sign = -1.0 if self.mode == "max" else 1.0
-
-        def key(trial: str) -> tuple[int, float, str]:
-            value = self.trial_metrics.get(trial)
-            return (1, 0.0, trial) if value is None else (0, sign * value, trial)
-
-        return sorted(self.trial_table, key=key)
+        return sorted(self.trial_table, key=lambda trial: _rank_key(trial, self.trial_metrics.get(trial), self.mode))
 
     def loss_success_correlation(self) -> tuple[float, int]:
         """:func:`loss_success_correlation` of :attr:`trial_table`."""
         return loss_success_correlation(self.trial_table)
+
+
+def _rank_key(trial: str, value: float | None, mode: str) -> tuple[int, float, str]:
+    """Sort key of a trial, best first: by the sweep metric (``mode`` min or max), trials without it last, ties
+    broken by trial id so that a sweep and its restore pick the same trial."""
+    sign = -1.0 if mode == "max" else 1.0
+    return (1, 0.0, trial) if value is None else (0, sign * value, trial)
+
+
+def pick_best(trial_metrics: dict[str, float], mode: str) -> str:
+    """The best trial id of ``trial_metrics`` (the lowest value for ``mode="min"``, the highest for ``"max"``); among
+    equal values the smallest trial id, so the pick never depends on the order Tune lists its trials in.
+
+    Raises:
+        ValueError: ``trial_metrics`` is empty.
+    """
+    if not trial_metrics:
+        raise ValueError("no trial reported the sweep metric")
+    return min(trial_metrics, key=lambda trial: _rank_key(trial, trial_metrics[trial], mode))
 
 
 def loss_success_correlation(trial_table: dict[str, dict[str, float]]) -> tuple[float, int]:
@@ -278,11 +291,26 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         tuner = _new_tuner(cfg, trainable, name, storage_path, filesystem)
     with mlflow_runs.terminated(cfg, sweep_run):
         grid = tuner.fit()
-        best = grid.get_best_result(metric=metric, mode=mode)
-        if best.metrics is None or "checkpoint_path" not in best.metrics:
-            raise RuntimeError(f"no trial of sweep {cfg.storage.run_name} reported a checkpoint")
         trial_runs = _child_runs(cfg, sweep_run)
-        best_trial = str(best.metrics["trial_id"])
+        trial_metrics: dict[str, float] = {}
+        trial_statuses: dict[str, str] = {}
+        trial_table: dict[str, dict[str, float]] = {}
+        trial_params: dict[str, dict[str, float]] = {}
+        checkpointed: dict[str, Any] = {}
+        for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
+            trial_id = str((trial.metrics or {}).get("trial_id", ""))
+            if not trial_id:
+                continue
+            if trial.metrics and metric in trial.metrics:
+                trial_metrics[trial_id] = float(trial.metrics[metric])
+                if "checkpoint_path" in trial.metrics:
+                    checkpointed[trial_id] = trial
+            trial_table[trial_id] = _table_row(trial.metrics or {})
+            trial_params[trial_id] = {name: float(trial.config[name]) for name in SEARCHED if name in trial.config}
+        if not checkpointed:
+            raise RuntimeError(f"no trial of sweep {cfg.storage.run_name} reported a checkpoint")
+        best_trial = pick_best({trial: trial_metrics[trial] for trial in checkpointed}, mode)
+        best = checkpointed[best_trial]
         best_cfg = trial_config(cfg, best.config, best_trial)
         with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
             model, _ = registry.load_model(directory, best_cfg)
@@ -290,21 +318,11 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         registered = registry.version_from_run(best_cfg, trial_runs[best_trial]) if restoring else None
         if registered is None:
             registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
-        trial_metrics: dict[str, float] = {}
-        trial_statuses: dict[str, str] = {}
-        trial_table: dict[str, dict[str, float]] = {}
-        trial_params: dict[str, dict[str, float]] = {}
-        for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
+        for trial in grid:
             trial_id = str((trial.metrics or {}).get("trial_id", ""))
-            if not trial_id:
-                continue
             if trial_id in trial_runs:
                 trial_statuses[trial_id] = trial_status(trial, cfg.distill.epochs)
                 mlflow_runs.end_run(cfg, trial_runs[trial_id], trial_statuses[trial_id])
-            if trial.metrics and metric in trial.metrics:
-                trial_metrics[trial_id] = float(trial.metrics[metric])
-            trial_table[trial_id] = _table_row(trial.metrics or {})
-            trial_params[trial_id] = {name: float(trial.config[name]) for name in SEARCHED if name in trial.config}
         best_params = {name: float(best.config[name]) for name in SEARCHED}
         mlflow_runs.set_tags(
             cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}

@@ -265,7 +265,14 @@ VARIANTS: dict[str, Variant] = {
         ),
         _joint("D1", "TCL+BBE jointly learnt on the test branch (TIR there)", "rgb", "tir", "test", "center"),
         _joint("D2", "TCL+BBE jointly learnt on the reference branch (TIR there)", "tir", "rgb", "reference", "center"),
-        _joint("D3", f"TCL+BBE jointly learnt on both branches, {_MIX} (best row)", "mix", "mix", "both", "center"),
+        _joint(
+            "D3",
+            f"TCL+BBE jointly learnt on both branches, {_MIX} (the paper's best row)",
+            "mix",
+            "mix",
+            "both",
+            "center",
+        ),
         _joint("D4", "D3 with 'random sampling' pseudo boxes", "mix", "mix", "both", "random"),
         _joint("D5", "D3 with detector pseudo boxes", "mix", "mix", "both", "detection"),
     )

@@ -11,7 +11,7 @@ import pytest
 
 from cmd_ray.config import ConfigError, load_config, metric_mode
 from cmd_ray.registry import RegisteredModel
-from cmd_ray.tune import SweepResult, format_trial_table, rank_correlation, tracking_epochs
+from cmd_ray.tune import SweepResult, format_trial_table, pick_best, rank_correlation, tracking_epochs
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -147,6 +147,22 @@ def test_trials_are_listed_best_first_by_the_sweep_metric_and_its_mode():
     assert _sweep("val_success", "max", FIGURES).ranked_trials() == ["t3", "t1", "t2", "t4"]
     assert _sweep("val_loss", "min", FIGURES).ranked_trials() == ["t3", "t2", "t1", "t4"]
     assert _sweep("val_success", "max", FIGURES).best_metric == 0.50
+
+
+@pytest.mark.parametrize("mode, expected", [("max", "a_00001"), ("min", "a_00000")])
+def test_the_best_pick_breaks_a_tie_by_trial_id_whatever_order_tune_lists_the_trials_in(mode, expected):
+    # two trials tie at the best value; a restored sweep may list them in another order
+    figures = {"a_00002": 0.5, "a_00001": 0.75, "a_00003": 0.75, "a_00000": 0.25, "a_00004": 0.25}
+    for order in (list(figures), list(reversed(figures))):
+        assert pick_best({trial: figures[trial] for trial in order}, mode) == expected
+
+
+def test_the_best_pick_agrees_with_the_ranking_and_needs_a_trial():
+    for metric, mode in (("val_success", "max"), ("val_loss", "min")):
+        sweep = _sweep(metric, mode, FIGURES)
+        assert pick_best(sweep.trial_metrics, mode) == sweep.ranked_trials()[0]
+    with pytest.raises(ValueError, match="sweep metric"):
+        pick_best({}, "min")
 
 
 def test_the_correlation_of_loss_and_success_uses_the_trials_with_both():

@@ -584,6 +584,11 @@ class TuneSettings(_Strict):
     lr_tcl: tuple[float, float] = (1e-8, 1e-6)
     lr_bbe: tuple[float, float] = (1e-8, 1e-6)
     loss_weight_bbe: tuple[float, float] = (0.1, 10.0)
+    seed: int | None = Field(
+        0,
+        description="seeds the searcher's draws of lr_tcl, lr_bbe and loss_weight_bbe: the same seed samples the same "
+        "trials on every new sweep (each trial trains at distill.seed); null: fresh draws every sweep",
+    )
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: int = Field(2, ge=2)
     metric: TuneMetric = Field(

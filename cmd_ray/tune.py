@@ -25,6 +25,7 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import TRACKING_METRICS, Config, metric_mode
@@ -192,6 +193,12 @@ def _cell(value: float | None, spec: str) -> str:
 def search_space(cfg: Config) -> dict[str, Any]:
     """Log-uniform ranges of ``cfg.tune`` for each searched knob."""
     return {name: tune.loguniform(*getattr(cfg.tune, name)) for name in SEARCHED}
+
+
+def search_algorithm(cfg: Config) -> BasicVariantGenerator:
+    """Random draws from :func:`search_space`, ``tune.num_samples`` trials, at most ``tune.max_concurrent_trials``
+    at once, seeded by ``tune.seed`` (``None``: unseeded)."""
+    return BasicVariantGenerator(max_concurrent=cfg.tune.max_concurrent_trials, random_state=cfg.tune.seed)
 
 
 def trial_config(base: Config, params: dict[str, float], trial_name: str) -> Config:
@@ -364,7 +371,7 @@ def _new_tuner(cfg: Config, trainable: Any, name: str, storage_path: str, filesy
             metric=metric,
             mode=metric_mode(metric),
             num_samples=cfg.tune.num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            search_alg=search_algorithm(cfg),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 max_t=cfg.distill.epochs,

@@ -11,7 +11,15 @@ import pytest
 
 from cmd_ray.config import ConfigError, load_config, metric_mode
 from cmd_ray.registry import RegisteredModel
-from cmd_ray.tune import SweepResult, format_trial_table, pick_best, rank_correlation, tracking_epochs
+from cmd_ray.tune import (
+    SweepResult,
+    format_trial_table,
+    pick_best,
+    rank_correlation,
+    search_algorithm,
+    search_space,
+    tracking_epochs,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -48,6 +56,43 @@ def test_losses_are_minimised(metric):
 def test_a_tracking_objective_without_usable_sequences_is_refused_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def _drawn_trials(seed: str, storage: Path) -> list[dict[str, float]]:
+    from ray.tune.experiment import Experiment
+
+    cfg = load_config(None, ["tune.num_samples=4", "tune.max_concurrent_trials=4", f"tune.seed={seed}"])
+    searcher = search_algorithm(cfg)
+    searcher.add_configurations(
+        [
+            Experiment(
+                "draws",
+                run=lambda config: None,
+                config=search_space(cfg),
+                num_samples=cfg.tune.num_samples,
+                storage_path=str(storage),
+            )
+        ]
+    )
+    trials = []
+    while (trial := searcher.next_trial()) is not None:
+        trials.append(dict(trial.config))
+    return trials
+
+
+def test_a_seeded_sweep_draws_the_same_trials_and_another_seed_others(tmp_path):
+    first = _drawn_trials("0", tmp_path)
+    assert len(first) == 4 and first == _drawn_trials("0", tmp_path)
+    assert first != _drawn_trials("1", tmp_path)
+    cfg = load_config(None, [])
+    for trial in first:
+        for name, value in trial.items():
+            low, high = getattr(cfg.tune, name)
+            assert low <= value <= high
+
+
+def test_an_unseeded_sweep_draws_fresh_trials(tmp_path):
+    assert _drawn_trials("null", tmp_path) != _drawn_trials("null", tmp_path)
 
 
 def test_val_loss_needs_no_eval_root():

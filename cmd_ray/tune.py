@@ -303,7 +303,7 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         trial_statuses: dict[str, str] = {}
         trial_table: dict[str, dict[str, float]] = {}
         trial_params: dict[str, dict[str, float]] = {}
-        checkpointed: dict[str, Any] = {}
+        checkpointed: dict[str, ray.tune.Result] = {}  # trials that reported the metric and a checkpoint
         for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
             trial_id = str((trial.metrics or {}).get("trial_id", ""))
             if not trial_id:

@@ -299,25 +299,19 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     with mlflow_runs.terminated(cfg, sweep_run):
         grid = tuner.fit()
         trial_runs = _child_runs(cfg, sweep_run)
-        trial_metrics: dict[str, float] = {}
-        trial_statuses: dict[str, str] = {}
-        trial_table: dict[str, dict[str, float]] = {}
-        trial_params: dict[str, dict[str, float]] = {}
-        checkpointed: dict[str, ray.tune.Result] = {}  # trials that reported the metric and a checkpoint
-        for trial in grid:  # the trial itself cannot tell an ASHA stop from a failure; Tune can
+        results: dict[str, ray.tune.Result] = {}
+        for trial in grid:
             trial_id = str((trial.metrics or {}).get("trial_id", ""))
-            if not trial_id:
-                continue
-            if trial.metrics and metric in trial.metrics:
-                trial_metrics[trial_id] = float(trial.metrics[metric])
-                if "checkpoint_path" in trial.metrics:
-                    checkpointed[trial_id] = trial
-            trial_table[trial_id] = _table_row(trial.metrics or {})
-            trial_params[trial_id] = {name: float(trial.config[name]) for name in SEARCHED if name in trial.config}
+            if trial_id:
+                results[trial_id] = trial
+        trial_metrics = {t: float(r.metrics[metric]) for t, r in results.items() if r.metrics and metric in r.metrics}
+        trial_table = {t: _table_row(r.metrics or {}) for t, r in results.items()}
+        trial_params = {t: {n: float(r.config[n]) for n in SEARCHED if n in r.config} for t, r in results.items()}
+        checkpointed = {t: value for t, value in trial_metrics.items() if "checkpoint_path" in results[t].metrics}
         if not checkpointed:
             raise RuntimeError(f"no trial of sweep {cfg.storage.run_name} reported a checkpoint")
-        best_trial = pick_best({trial: trial_metrics[trial] for trial in checkpointed}, mode)
-        best = checkpointed[best_trial]
+        best_trial = pick_best(checkpointed, mode)
+        best = results[best_trial]
         best_cfg = trial_config(cfg, best.config, best_trial)
         with _checkpoint(cfg, best.metrics["checkpoint_path"]).as_directory() as directory:
             model, _ = registry.load_model(directory, best_cfg)
@@ -325,12 +319,12 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         registered = registry.version_from_run(best_cfg, trial_runs[best_trial]) if restoring else None
         if registered is None:
             registered = registry.log_and_register(best_cfg, trial_runs[best_trial], model)
-        for trial in grid:
-            trial_id = str((trial.metrics or {}).get("trial_id", ""))
+        trial_statuses: dict[str, str] = {}
+        for trial_id, trial in results.items():  # the trial itself cannot tell an ASHA stop from a failure; Tune can
             if trial_id in trial_runs:
                 trial_statuses[trial_id] = trial_status(trial, cfg.distill.epochs)
                 mlflow_runs.end_run(cfg, trial_runs[trial_id], trial_statuses[trial_id])
-        best_params = {name: float(best.config[name]) for name in SEARCHED}
+        best_params = trial_params[best_trial]
         mlflow_runs.set_tags(
             cfg, sweep_run, {"cmd_ray.best_trial": best_trial, "cmd_ray.best_run": trial_runs[best_trial]}
         )

@@ -286,6 +286,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result.skipped} skipped (complete results)\n"
     )
     print(result.table)
+    if result.gap_table:
+        print()
+        print(result.gap_table)
     print()
     print(result.attribute_tables)
     print(f"\nresults:       {result.results_dir}")

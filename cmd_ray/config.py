@@ -70,7 +70,16 @@ class SynthConfig(_Strict):
     image_width: int = Field(160, ge=32)
     image_height: int = Field(128, ge=32)
     num_rgb_sequences: int = Field(4, ge=0, description="labeled RGB sequences (teacher training)")
-    num_tir_sequences: int = Field(4, ge=0, description="labeled TIR sequences (evaluation)")
+    num_tir_sequences: int = Field(4, ge=0, description="labeled TIR sequences (the evaluation's test split)")
+    rgb_twins: bool = Field(
+        True, description="also write the pixel-aligned RGB twin of each test sequence (tir_sequences_rgb/)"
+    )
+    num_tir_val_sequences: int = Field(
+        0, ge=0, description="labeled TIR validation split (tir_val_sequences/): tuning and epoch selection"
+    )
+    num_tir_train_sequences: int = Field(
+        0, ge=0, description="labeled TIR training split (tir_train_sequences/): the supervised upper bound"
+    )
     sequence_length: int = Field(30, ge=2)
     seed: int = 0
 
@@ -883,6 +892,14 @@ class EvaluationConfig(_Strict):
         description="the benchmark: a local folder (shared by the Ray nodes) or an s3:// prefix (synthetic: the "
         "tir_sequences folder; lsotb: the evaluation set; ptb: the folder holding tirsequences/ and tiranno/)",
     )
+    rgb_root: str | None = Field(
+        None,
+        description="the pixel-aligned RGB twins of root's sequences (same layout and names; synthetic: the "
+        "tir_sequences_rgb folder): every tracker is tracked on both, and the table shows the modality gap",
+    )
+    gap_reference: str = Field(
+        "teacher", description="with rgb_root: the tracker whose RGB-twin minus TIR gap the others are measured against"
+    )
     sequences: list[str] | None = Field(None, description="evaluate only these sequences (default: all)")
     lsotb_subset: Literal["119", "120"] = Field("119", description="119: the paper's set (without cat_D_001)")
     protocol: Literal["lsotb", "pytracking"] = "lsotb"
@@ -910,15 +927,23 @@ class EvaluationConfig(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"tracker names must be unique, repeated: {duplicates}")
-        if "plots" in names:
-            raise ValueError("a tracker cannot be named 'plots' (results_dir/plots holds the plots)")
-        for key in ("root", "results_dir"):
+        for reserved, holds in (("plots", "the plots"), ("rgb_twins", "the results on the RGB twins")):
+            if reserved in names:
+                raise ValueError(f"a tracker cannot be named {reserved!r} (results_dir/{reserved} holds {holds})")
+        for key in ("root", "results_dir", "rgb_root"):
             value = getattr(self, key)
+            if value is None:
+                continue
             if value.startswith("s3://"):
                 if not value[len("s3://") :].strip("/"):
                     raise ValueError(f"{key} {value!r} names no bucket: use s3://bucket/prefix")
             elif "://" in value and not value.startswith("file://"):
                 raise ValueError(f"{key} must be a local folder, file:// or s3:// URI, got {value!r}")
+        if self.rgb_root is not None:
+            if self.rgb_root.rstrip("/") == self.root.rstrip("/"):
+                raise ValueError(f"rgb_root must hold the RGB twins, not the TIR sequences of root ({self.root!r})")
+            if self.gap_reference not in names:
+                raise ValueError(f"gap_reference {self.gap_reference!r} is not one of the trackers {names}")
         if self.sequences is not None:
             if not self.sequences:
                 raise ValueError("sequences, when given, must name at least one sequence")

@@ -96,6 +96,8 @@ MIXINGS: tuple[str, ...] = ("batch_split", "side_by_side")
 # --------------------------------------------------------------------------- Table 1
 
 Modality = Literal["rgb", "tir", "mix"]
+SequenceModality = Literal["tir", "rgb"]
+"""What an evaluation pass decodes: the TIR benchmark, or its pixel-aligned RGB twins (the modality gap)."""
 Branch = Literal["reference", "test", "both"]
 
 BBE_REFERENCE_MODULES: tuple[str, ...] = ("conv3_1r", "conv4_1r", "fc3_1r", "fc34_3r", "fc34_4r")

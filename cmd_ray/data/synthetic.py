@@ -66,13 +66,16 @@ _WRITE_QUALITY = 95  # files are written near-losslessly: the RGB sensor model a
 __all__ = [
     "ATTRIBUTES",
     "OBJECT_KINDS",
+    "SEQUENCE_SPLITS",
     "PairInfo",
+    "SequenceSplit",
     "SyntheticSummary",
     "generate_pair",
     "generate_pair_with_info",
     "generate_sequence",
     "item_rng",
     "sequence_name",
+    "split_sizes",
     "write_synthetic_dataset",
 ]
 
@@ -965,26 +968,89 @@ def generate_sequence(
 
 
 @dataclass(frozen=True)
+class SequenceSplit:
+    """One labeled sequence split of the data set: where it goes, which scenes it draws and how it renders them.
+
+    Attributes:
+        folder: its folder below the data set's root.
+        scenes: the :func:`item_rng` kind its scenes come from; a twin split shares its partner's, so sequence ``i``
+            of both shows the same scene, boxes and attributes.
+        modality: what is rendered: ``"rgb"`` (``uint8 [H, W, 3]`` frames) or ``"tir"`` (``uint8 [H, W]``).
+        prefix: sequence ``i`` is named ``synth_<prefix>_<i:03d>`` (a twin keeps its partner's names).
+    """
+
+    folder: str
+    scenes: str
+    modality: str
+    prefix: str
+
+    def sequence_name(self, index: int) -> str:
+        return sequence_name(self.prefix, index)
+
+
+SEQUENCE_SPLITS: dict[str, SequenceSplit] = {
+    "rgb": SequenceSplit("rgb_sequences", "rgb_sequence", "rgb", "rgb"),
+    "tir": SequenceSplit("tir_sequences", "tir_sequence", "tir", "tir"),
+    "tir_rgb_twins": SequenceSplit("tir_sequences_rgb", "tir_sequence", "rgb", "tir"),
+    "tir_val": SequenceSplit("tir_val_sequences", "tir_val_sequence", "tir", "tir_val"),
+    "tir_train": SequenceSplit("tir_train_sequences", "tir_train_sequence", "tir", "tir_train"),
+}
+"""The labeled splits ``cmd-ray synth`` writes, each from its own seeded scenes (the twins aside): the teacher's RGB
+sequences, the TIR test sequences and their RGB twins, a TIR validation split and a TIR training split."""
+
+
+def split_sizes(cfg: SynthConfig) -> dict[str, int]:
+    """How many sequences each split of :data:`SEQUENCE_SPLITS` gets under ``cfg``."""
+    return {
+        "rgb": cfg.num_rgb_sequences,
+        "tir": cfg.num_tir_sequences,
+        "tir_rgb_twins": cfg.num_tir_sequences if cfg.rgb_twins else 0,
+        "tir_val": cfg.num_tir_val_sequences,
+        "tir_train": cfg.num_tir_train_sequences,
+    }
+
+
+@dataclass(frozen=True)
 class SyntheticSummary:
-    """What ``write_synthetic_dataset`` wrote."""
+    """What ``write_synthetic_dataset`` wrote: the pairs and each split's sequence count and folder."""
 
     root: str
     num_pairs: int
-    num_rgb_sequences: int
-    num_tir_sequences: int
     sequence_length: int
     num_files: int
     pairs_uri: str
-    rgb_sequences_uri: str
-    tir_sequences_uri: str
+    splits: dict[str, int]
+
+    def split_uri(self, split: str) -> str:
+        return storage.join(self.root, SEQUENCE_SPLITS[split].folder)
+
+    @property
+    def num_rgb_sequences(self) -> int:
+        return self.splits["rgb"]
+
+    @property
+    def num_tir_sequences(self) -> int:
+        return self.splits["tir"]
+
+    @property
+    def rgb_sequences_uri(self) -> str:
+        return self.split_uri("rgb")
+
+    @property
+    def tir_sequences_uri(self) -> str:
+        return self.split_uri("tir")
+
+    @property
+    def tir_twins_uri(self) -> str:
+        return self.split_uri("tir_rgb_twins")
 
     def __str__(self) -> str:
-        return (
-            f"pairs:         {self.num_pairs} at {self.pairs_uri}\n"
-            f"RGB sequences: {self.num_rgb_sequences} x {self.sequence_length} frames at {self.rgb_sequences_uri}\n"
-            f"TIR sequences: {self.num_tir_sequences} x {self.sequence_length} frames at {self.tir_sequences_uri}\n"
-            f"files written: {self.num_files}"
-        )
+        lines = [f"pairs: {self.num_pairs} at {self.pairs_uri}"]
+        for split, count in self.splits.items():
+            if count:
+                spec = SEQUENCE_SPLITS[split]
+                lines.append(f"{spec.folder} ({spec.modality}): {count} x {self.sequence_length} frames")
+        return "\n".join([*lines, f"files written: {self.num_files}"])
 
 
 def item_rng(seed: int, kind: str, index: int) -> np.random.Generator:
@@ -992,8 +1058,8 @@ def item_rng(seed: int, kind: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed % 2**64, zlib.crc32(kind.encode()), index]))
 
 
-def sequence_name(modality: str, index: int) -> str:
-    return f"synth_{modality}_{index:03d}"
+def sequence_name(prefix: str, index: int) -> str:
+    return f"synth_{prefix}_{index:03d}"
 
 
 def _pair_files(root: str, cfg: SynthConfig, index: int) -> list[tuple[str, bytes]]:
@@ -1005,18 +1071,21 @@ def _pair_files(root: str, cfg: SynthConfig, index: int) -> list[tuple[str, byte
     ]
 
 
-def _sequence_files(root: str, cfg: SynthConfig, modality: str, index: int) -> list[tuple[str, bytes]]:
-    rng = item_rng(cfg.seed, f"{modality}_sequence", index)
-    frames, boxes, attributes = generate_sequence(rng, cfg.image_width, cfg.image_height, cfg.sequence_length, modality)
-    seq = storage.join(root, f"{modality}_sequences", sequence_name(modality, index))
-    encode = encode_rgb if modality == "rgb" else encode_tir
+def _sequence_files(root: str, cfg: SynthConfig, split: str, index: int) -> list[tuple[str, bytes]]:
+    spec = SEQUENCE_SPLITS[split]
+    rng = item_rng(cfg.seed, spec.scenes, index)
+    frames, boxes, attributes = generate_sequence(
+        rng, cfg.image_width, cfg.image_height, cfg.sequence_length, spec.modality
+    )
+    seq = storage.join(root, spec.folder, spec.sequence_name(index))
+    encode = encode_rgb if spec.modality == "rgb" else encode_tir
     files = [
         (storage.join(seq, "img", f"{t + 1:04d}.jpg"), encode(frame, quality=_WRITE_QUALITY))
         for t, frame in enumerate(frames)
     ]
     gt = "".join(f"{x:.2f},{y:.2f},{w:.2f},{h:.2f}\n" for x, y, w, h in boxes.tolist())
     files.append((storage.join(seq, "groundtruth_rect.txt"), gt.encode()))
-    if modality == "tir":
+    if split != "rgb":  # the evaluation's readers take attributes; the teacher's training sequences need none
         text = "".join(f"{name},{int(attributes[name])}\n" for name in ATTRIBUTES)
         files.append((storage.join(seq, "attributes.txt"), text.encode()))
     return files
@@ -1040,11 +1109,11 @@ def write_synthetic_dataset(
         cmd_ray.storage.StorageError: when a file cannot be written.
     """
     root = out_uri.rstrip("/") or out_uri
+    sizes = split_sizes(cfg)
     jobs: list[tuple[str, int]] = [("pair", i) for i in range(cfg.num_pairs)]
-    jobs += [("rgb", i) for i in range(cfg.num_rgb_sequences)]
-    jobs += [("tir", i) for i in range(cfg.num_tir_sequences)]
+    jobs += [(split, i) for split, count in sizes.items() for i in range(count)]
     total = 2 * cfg.num_pairs
-    total += cfg.num_rgb_sequences * (cfg.sequence_length + 1) + cfg.num_tir_sequences * (cfg.sequence_length + 2)
+    total += sum(count * (cfg.sequence_length + (1 if split == "rgb" else 2)) for split, count in sizes.items())
 
     def render(job: tuple[str, int]) -> list[tuple[str, bytes]]:
         kind, index = job
@@ -1087,11 +1156,8 @@ def write_synthetic_dataset(
     return SyntheticSummary(
         root=root,
         num_pairs=cfg.num_pairs,
-        num_rgb_sequences=cfg.num_rgb_sequences,
-        num_tir_sequences=cfg.num_tir_sequences,
         sequence_length=cfg.sequence_length,
         num_files=written,
         pairs_uri=storage.join(root, "pairs"),
-        rgb_sequences_uri=storage.join(root, "rgb_sequences"),
-        tir_sequences_uri=storage.join(root, "tir_sequences"),
+        splits=sizes,
     )

@@ -6,8 +6,9 @@
   (network built from the evaluation config's ``model`` section). Weights that do not fit the network fail here,
   naming the URI and the keys.
 - :func:`run_sequence` (one task): builds the network from the state dict, builds the tracker, reads and decodes
-  the frames (TIR, ``[H, W]``), tracks (:func:`cmd_ray.tracking.track_sequence`: per-frame seconds of the tracker's
-  calls only, frame 1's being the initialisation) and writes the result files atomically
+  the frames (TIR ``[H, W]``, or RGB ``[H, W, 3]`` for a benchmark's RGB twins), tracks
+  (:func:`cmd_ray.tracking.track_sequence`: per-frame seconds of the tracker's calls only, frame 1's being the
+  initialisation) and writes the result files atomically
   (:func:`cmd_ray.evaluation.results.write_result`), frames and results on local disk or S3 alike.
   :func:`track_frames` is the same without the files (the sweep's tracking objective scores the boxes in memory).
 """
@@ -27,10 +28,11 @@ from torch import nn
 
 from cmd_ray import storage
 from cmd_ray.config import Config, TrackerConfig
-from cmd_ray.data.images import decode_tir
+from cmd_ray.data.images import decode_rgb, decode_tir
 from cmd_ray.evaluation.results import write_result
 from cmd_ray.models.loading import ModelLoadError as SourceError
 from cmd_ray.models.loading import network_with_weights
+from cmd_ray.vocabulary import SequenceModality as Modality
 
 if TYPE_CHECKING:
     from cmd_ray.tracking.base import Tracker
@@ -111,10 +113,14 @@ def make_tracker(
     raise ValueError(f"unknown tracker kind {kind!r}; expected 'dimp' or 'static'")
 
 
-def read_frames(paths: Iterable[str | Path], endpoint_url: str | None = None) -> Iterator[np.ndarray]:
-    """Decode each frame (local path or ``s3://`` URI) as TIR (``[H, W]`` uint8/uint16), lazily, in order."""
+def read_frames(
+    paths: Iterable[str | Path], endpoint_url: str | None = None, modality: Modality = "tir"
+) -> Iterator[np.ndarray]:
+    """Decode each frame (local path or ``s3://`` URI), lazily, in order: as TIR (``[H, W]`` uint8/uint16), or as
+    RGB (``[H, W, 3]`` uint8) for the RGB twins of a benchmark."""
+    decode = decode_tir if modality == "tir" else decode_rgb
     for p in paths:
-        yield decode_tir(storage.read_bytes(str(p), endpoint_url), str(p))
+        yield decode(storage.read_bytes(str(p), endpoint_url), str(p))
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ def track_frames(
     device: str = "cpu",
     num_threads: int | None = None,
     endpoint_url: str | None = None,
+    modality: Modality = "tir",
 ) -> TrackResult:
     """Build the tracker (``dimp``: its network from ``state_dict`` and ``model_config``), read the frames and track
     them from ``init_box``; nothing is written. Arguments as :func:`run_sequence`'s."""
@@ -158,7 +165,8 @@ def track_frames(
     from cmd_ray.tracking import track_sequence
 
     # No inference_mode here: the DiMP tracker refines boxes by gradient ascent on IoU-Net's output.
-    return track_sequence(tracker, read_frames(frames, endpoint_url), np.asarray(init_box, dtype=np.float64))
+    frames_read = read_frames(frames, endpoint_url, modality)
+    return track_sequence(tracker, frames_read, np.asarray(init_box, dtype=np.float64))
 
 
 def run_sequence(
@@ -175,6 +183,7 @@ def run_sequence(
     device: str = "cpu",
     num_threads: int | None = None,
     endpoint_url: str | None = None,
+    modality: Modality = "tir",
 ) -> SequenceRun:
     """Track one sequence and write ``out_dir/<sequence>.txt`` and ``<sequence>_time.txt`` atomically.
 
@@ -187,6 +196,7 @@ def run_sequence(
         tracker_params: a :class:`TrackerConfig` dump (``dimp`` only).
         num_threads: torch intra-op threads (the task's CPU share), if given.
         endpoint_url: S3 endpoint for ``s3://`` frames and results (default: ``AWS_ENDPOINT_URL``).
+        modality: how the frames are decoded: ``tir`` (the benchmark) or ``rgb`` (its RGB twins).
     """
     result = track_frames(
         tracker_name=tracker_name,
@@ -199,6 +209,7 @@ def run_sequence(
         device=device,
         num_threads=num_threads,
         endpoint_url=endpoint_url,
+        modality=modality,
     )
     boxes, times = result.boxes, result.times
     if boxes.shape[0] != len(frames):

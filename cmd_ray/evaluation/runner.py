@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from mlflow.exceptions import MlflowException
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from cmd_ray import mlflow_runs, registry, storage
 from cmd_ray.config import Config, EvaluatedTracker
 from cmd_ray.evaluation.benchmarks import Sequence, benchmark_options, read_benchmark
+from cmd_ray.evaluation.gap import GAP_METRICS, ModalityGap, modality_gap
 from cmd_ray.evaluation.loading import LoadedNetwork, load_network, registry_version, run_sequence
 from cmd_ray.evaluation.metrics import DatasetScores
 from cmd_ray.evaluation.plots import write_plots
@@ -60,11 +62,14 @@ from cmd_ray.evaluation.results import (
     sequence_frame_rates,
     write_per_sequence,
 )
-from cmd_ray.evaluation.tables import format_attribute_table, format_comparison
+from cmd_ray.evaluation.tables import format_attribute_table, format_comparison, format_gap_table
+from cmd_ray.vocabulary import SequenceModality
 
 logger = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
+RGB_TWINS_DIR = "rgb_twins"
+"""``results_dir/rgb_twins/<tracker>/``: the results on the RGB twins of the sequences (``evaluation.rgb_root``)."""
 TABLES_FILE = "ope_tables.txt"
 
 
@@ -81,8 +86,11 @@ class EvaluationResult:
         plots: where the plots were written (local paths or ``s3://`` URIs).
         scores: tracker name → dataset scores, in the config's order (the first is the comparison's reference).
         fps: tracker name → frames per second over all its sequences (from the time files).
-        tracked / skipped: (tracker, sequence) tasks run now / skipped because their results were complete.
+        tracked / skipped: (tracker, sequence) tasks run now / skipped because their results were complete (both
+            passes counted when RGB twins are configured).
         tracking_wall_s: wall time of the Ray tasks (0 when everything was skipped).
+        rgb_scores / gap / gap_table: with ``evaluation.rgb_root``: every tracker's scores on the RGB twins, the
+            modality gap of ``evaluation.gap_reference`` (:mod:`cmd_ray.evaluation.gap`) and its tables.
     """
 
     run_id: str
@@ -99,26 +107,83 @@ class EvaluationResult:
     skipped: int
     tracking_wall_s: float
     wall_s: float
+    rgb_scores: dict[str, DatasetScores] | None = None
+    gap: ModalityGap | None = None
+    gap_table: str | None = None
 
 
-def load_sequences(cfg: Config) -> list[Sequence]:
-    """The sequences ``cfg.evaluation`` names; a missing folder or malformed file raises :class:`EvaluationError`."""
+def load_sequences(cfg: Config, modality: SequenceModality = "tir") -> list[Sequence]:
+    """The sequences ``cfg.evaluation`` names (``rgb``: their RGB twins under ``evaluation.rgb_root``); a missing
+    folder or malformed file raises :class:`EvaluationError`, naming the setting."""
     ev = cfg.evaluation
+    key, root_setting = ("root", ev.root) if modality == "tir" else ("rgb_root", ev.rgb_root)
+    if root_setting is None:
+        raise EvaluationError(f"evaluation.{key} is not set")
     try:
         # An absolute root gives the tasks absolute frame paths, whatever their working directory.
-        root = location(ev.root)
+        root = location(root_setting)
         options = benchmark_options(ev.benchmark, {"subset": ev.lsotb_subset})
         sequences = read_benchmark(
             ev.benchmark, root, ev.sequences, endpoint_url=cfg.storage.s3_endpoint_url, options=options
         )
     except (OSError, ValueError) as exc:
-        raise EvaluationError(f"evaluation.root={ev.root!r} ({ev.benchmark}): {exc}") from exc
+        raise EvaluationError(f"evaluation.{key}={root_setting!r} ({ev.benchmark}): {exc}") from exc
     if not sequences:
-        raise EvaluationError(f"evaluation.root={ev.root!r} holds no {ev.benchmark} sequences")
+        raise EvaluationError(f"evaluation.{key}={root_setting!r} holds no {ev.benchmark} sequences")
     return sequences
 
 
-def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Sequence]) -> ResultMeta:
+def check_twins(tir: list[Sequence], rgb: list[Sequence], rgb_root: str) -> None:
+    """The RGB twins must be the TIR sequences' own: the same names, frame counts and first-frame boxes.
+
+    Raises:
+        EvaluationError: naming ``rgb_root`` and the first sequences that differ.
+    """
+    tir_by_name, rgb_by_name = {s.name: s for s in tir}, {s.name: s for s in rgb}
+    missing = sorted(set(tir_by_name) - set(rgb_by_name))
+    if missing:
+        raise EvaluationError(f"evaluation.rgb_root={rgb_root!r} lacks the RGB twins of {missing[:10]}")
+    differ = [
+        name
+        for name, t in tir_by_name.items()
+        if len(t) != len(rgb_by_name[name])
+        or not np.allclose(t.ground_truth[0], rgb_by_name[name].ground_truth[0], atol=0.5, equal_nan=True)
+    ]
+    if differ:
+        raise EvaluationError(
+            f"evaluation.rgb_root={rgb_root!r}: these sequences differ from their TIR twins in frame count or "
+            f"first box, so they are not pixel-aligned twins: {differ[:10]}"
+        )
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One set of sequences every tracker runs on: the TIR benchmark, or its RGB twins (``results_dir/rgb_twins``)."""
+
+    modality: SequenceModality
+    root: str
+    sequences: list[Sequence]
+    results_dir: str
+    tracker_dirs: dict[str, str]
+
+
+def _passes(cfg: Config, results_dir: str) -> list[_Pass]:
+    ev = cfg.evaluation
+    tir = load_sequences(cfg)
+    names = [t.name for t in ev.trackers]
+    passes = [_Pass("tir", location(ev.root), tir, results_dir, {n: storage.join(results_dir, n) for n in names})]
+    if ev.rgb_root is not None:
+        rgb = load_sequences(cfg, "rgb")
+        check_twins(tir, rgb, ev.rgb_root)
+        order = [s.name for s in tir]
+        rgb = sorted(rgb, key=lambda s: order.index(s.name))  # the TIR pass's order
+        rgb_dir = storage.join(results_dir, RGB_TWINS_DIR)
+        dirs = {n: storage.join(rgb_dir, n) for n in names}
+        passes.append(_Pass("rgb", location(ev.rgb_root), rgb, rgb_dir, dirs))
+    return passes
+
+
+def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Sequence], root: str) -> ResultMeta:
     ev = cfg.evaluation
     version = registry_version(tracker.model, cfg) if tracker.model and tracker.model.startswith("models:/") else None
     return ResultMeta(
@@ -127,7 +192,7 @@ def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Se
         model=tracker.model,
         model_version=version,
         benchmark=ev.benchmark,
-        root=location(ev.root),
+        root=root,
         lsotb_subset=ev.lsotb_subset if ev.benchmark == "lsotb" else None,
         protocol=ev.protocol,
         sequences=tuple(s.name for s in sequences),
@@ -176,7 +241,12 @@ def _check_resources(cfg: Config) -> None:
 
 
 def _task_kwargs(
-    cfg: Config, tracker: EvaluatedTracker, seq: Sequence, net: LoadedNetwork | None, out_dir: str
+    cfg: Config,
+    tracker: EvaluatedTracker,
+    seq: Sequence,
+    net: LoadedNetwork | None,
+    out_dir: str,
+    modality: SequenceModality = "tir",
 ) -> dict[str, Any]:
     """Arguments of :func:`run_sequence` for one (tracker, sequence), the state dict aside."""
     ev = cfg.evaluation
@@ -192,6 +262,7 @@ def _task_kwargs(
         "device": "cuda" if ev.use_gpu else "cpu",
         "num_threads": max(1, int(ev.cpus_per_task)),
         "endpoint_url": cfg.storage.s3_endpoint_url,
+        "modality": modality,
     }
 
 
@@ -200,14 +271,13 @@ def _failure_line(label: str, exc: Exception) -> str:
     return f"{label}: {text.splitlines()[-1] if text else repr(exc)}"  # a task error's last line is its cause
 
 
+_Task = tuple[EvaluatedTracker, Sequence, _Pass]
+
+
 def _run_tasks(
-    cfg: Config,
-    todo: list[tuple[EvaluatedTracker, Sequence]],
-    networks: dict[str, LoadedNetwork],
-    tracker_dirs: dict[str, str],
-    progress: bool,
+    cfg: Config, todo: list[_Task], networks: dict[str, LoadedNetwork], progress: bool
 ) -> tuple[int, list[str]]:
-    """Run the tasks, at most ``num_workers`` in flight; returns (finished, failure messages)."""
+    """Run the (tracker, sequence, pass) tasks, at most ``num_workers`` in flight; returns (finished, failures)."""
     ev = cfg.evaluation
     _check_resources(cfg)
     weight_refs = {name: ray.put(net.state_dict) for name, net in networks.items()}
@@ -219,11 +289,13 @@ def _run_tasks(
         try:
             while queue or in_flight:
                 while queue and len(in_flight) < ev.num_workers:
-                    tracker, seq = queue.popleft()
-                    kwargs = _task_kwargs(cfg, tracker, seq, networks.get(tracker.name), tracker_dirs[tracker.name])
+                    tracker, seq, where = queue.popleft()
+                    out_dir = where.tracker_dirs[tracker.name]
+                    net = networks.get(tracker.name)
+                    kwargs = _task_kwargs(cfg, tracker, seq, net, out_dir, where.modality)
                     # A top-level ObjectRef argument reaches the task as its value: the state dict is stored once.
                     ref = _sequence_task.options(**options).remote(**kwargs, state_dict=weight_refs.get(tracker.name))
-                    in_flight[ref] = f"{tracker.name}/{seq.name}"
+                    in_flight[ref] = f"{tracker.name}/{seq.name}" + (" (RGB twin)" if where.modality == "rgb" else "")
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in done:
                     label = in_flight.pop(ref)
@@ -387,23 +459,31 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
     ev = cfg.evaluation
     endpoint = cfg.storage.s3_endpoint_url
     cfg = mlflow_runs.pin_tracking_uri(cfg)
-    sequences = load_sequences(cfg)
     results_dir = location(ev.results_dir)
-    tracker_dirs = {t.name: storage.join(results_dir, t.name) for t in ev.trackers}
-    metas = {
-        tracker.name: prepare_tracker_dir(
-            tracker_dirs[tracker.name], _meta(cfg, tracker, i, sequences), ev.overwrite, endpoint
-        )
-        for i, tracker in enumerate(ev.trackers)
-    }
-    todo, skipped = plan(cfg, sequences, dict(tracker_dirs))
-    pending = {t.name for t, _ in todo}
+    passes = _passes(cfg, results_dir)
+    tir_pass = passes[0]
+    tracker_dirs = tir_pass.tracker_dirs
+    metas = {}
+    todo: list[_Task] = []
+    skipped = 0
+    for where in passes:
+        for i, tracker in enumerate(ev.trackers):
+            meta = _meta(cfg, tracker, i, where.sequences, where.root)
+            meta = prepare_tracker_dir(where.tracker_dirs[tracker.name], meta, ev.overwrite, endpoint)
+            if where is tir_pass:
+                metas[tracker.name] = meta
+        pass_todo, pass_skipped = plan(cfg, where.sequences, dict(where.tracker_dirs))
+        todo += [(tracker, seq, where) for tracker, seq in pass_todo]
+        skipped += pass_skipped
+    pending = {t.name for t, _, _ in todo}
     networks = {
         t.name: load_network(t.model, cfg) for t in ev.trackers if t.kind == "dimp" and t.name in pending and t.model
     }
+    sequences = tir_pass.sequences
     logger.info(
-        "%d sequence(s) x %d tracker(s): %d to track, %d skipped (complete results)",
+        "%d sequence(s)%s x %d tracker(s): %d to track, %d skipped (complete results)",
         len(sequences),
+        " and their RGB twins" if len(passes) > 1 else "",
         len(ev.trackers),
         len(todo),
         skipped,
@@ -422,14 +502,14 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
             if not ray.is_initialized():
                 ray.init()
             t0 = time.perf_counter()
-            tracked, failures = _run_tasks(cfg, todo, networks, tracker_dirs, progress)
+            tracked, failures = _run_tasks(cfg, todo, networks, progress)
             tracking_wall = time.perf_counter() - t0
         if failures:
             raise EvaluationError(
                 f"{len(failures)} of {len(todo)} sequence task(s) failed (finished ones are kept; rerun to retry "
                 "only the rest):\n  " + "\n  ".join(failures[:20])
             )
-        scored = read_and_score({t.name: tracker_dirs[t.name] for t in ev.trackers}, sequences, ev.protocol, endpoint)
+        scored = read_and_score(dict(tracker_dirs), sequences, ev.protocol, endpoint)
         scores = scored.scores
         fps = {t.name: frames_per_second(scored.times[t.name], scored.times[t.name], t.kind) for t in ev.trackers}
         sequence_fps = {t.name: sequence_frame_rates(scored.times[t.name], t.kind) for t in ev.trackers}
@@ -439,8 +519,9 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
         full = format_comparison(
             scores, dataset=ev.benchmark, show_norm_precision=show_np, deltas=False, per_attribute=True
         )
+        twins = _score_twins(cfg, passes, scores, show_np)
         staging = Path(tmp)
-        tables = f"{table}\n\n{attribute_tables}\n\n{full}\n"
+        tables = "\n\n".join([table, *([twins.tables] if twins else []), attribute_tables, full]) + "\n"
         tables_paths, local_plots, plots = _write_outputs(
             cfg, results_dir, staging, tables, scores, show_np, sequence_fps
         )
@@ -450,7 +531,12 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
             "sequences_skipped": skipped,
             "tracking_wall_s": tracking_wall,
         }
-        result_files = _stage_results(cfg, tracker_dirs, staging)
+        staged_dirs = {name: d for name, d in tracker_dirs.items()}
+        for name, d in passes[1].tracker_dirs.items() if twins else ():
+            staged_dirs[f"{RGB_TWINS_DIR}/{name}"] = d
+        result_files = _stage_results(cfg, staged_dirs, staging)
+        if twins:
+            counts.update(twins.metrics)
         _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_paths, local_plots, staging, metas)
     return EvaluationResult(
         run_id=run_id,
@@ -467,4 +553,42 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
         skipped=skipped,
         tracking_wall_s=tracking_wall,
         wall_s=time.perf_counter() - started,
+        rgb_scores=twins.scores if twins else None,
+        gap=twins.gap if twins else None,
+        gap_table=twins.tables if twins else None,
     )
+
+
+@dataclass(frozen=True)
+class _TwinScores:
+    """The RGB-twin pass scored: its scores, the modality gap, their tables and their MLflow metrics."""
+
+    scores: dict[str, DatasetScores]
+    gap: ModalityGap
+    tables: str
+    metrics: dict[str, float]
+
+
+def _score_twins(
+    cfg: Config, passes: list[_Pass], tir_scores: dict[str, DatasetScores], show_np: bool
+) -> _TwinScores | None:
+    """Score the RGB-twin pass, if any, and measure the gap of ``evaluation.gap_reference`` (None without twins)."""
+    if len(passes) < 2:
+        return None
+    ev = cfg.evaluation
+    rgb = passes[1]
+    scored = read_and_score(dict(rgb.tracker_dirs), rgb.sequences, ev.protocol, cfg.storage.s3_endpoint_url)
+    gap = modality_gap(tir_scores, scored.scores, ev.gap_reference)
+    twin_table = format_comparison(
+        scored.scores, dataset=f"{ev.benchmark} (RGB twins)", show_norm_precision=show_np, deltas=False
+    )
+    metrics_shown = GAP_METRICS if show_np else ("success", "precision")
+    tables = f"{format_gap_table(gap, metrics_shown)}\n\n{twin_table}"
+    metrics: dict[str, float] = {}
+    for m in metrics_shown:
+        metrics[f"gap/{m}"] = gap.gap[m]
+        for row in gap.rows:
+            metrics[f"rgb_twins/{row.tracker}/{m}"] = row.rgb[m]
+            if row.closed[m] == row.closed[m]:  # NaN when there is no gap to close
+                metrics[f"{row.tracker}/gap_closed_{m}"] = row.closed[m]
+    return _TwinScores(scored.scores, gap, tables, metrics)

@@ -4,6 +4,7 @@
   number of sequences averaged), titled with the protocol and the data set; optionally the deltas of every row to
   the first tracker, and optionally one indented row per (tracker, attribute).
 - :func:`format_attribute_table`: one row per attribute, one column per tracker, for one metric.
+- :func:`format_gap_table`: the modality gap, one row per tracker: TIR and RGB-twin scores, share of the gap closed.
 - :func:`format_table1`: the paper's Table 1, one line per row, ``mean ± std`` over seeds (:func:`summarise_rows`).
 
 Every table names the protocol its scores were computed under (docs/evaluation.md). The ``Seqs`` column says how many
@@ -20,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from cmd_ray.evaluation.gap import GAP_METRICS, ModalityGap
 from cmd_ray.evaluation.metrics import DatasetScores, Scores
 
 
@@ -125,6 +127,31 @@ def format_comparison(
     if deltas and len(results) > 1:
         title += f" — deltas to {next(iter(results))}"
     return _render(title, header, rows, exclusion_note(results))
+
+
+_GAP_LABELS = {"success": "Success", "precision": "Prec@20px", "norm_precision": "NormPrec"}
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:+.0f}%" if math.isfinite(value) else "–"
+
+
+def format_gap_table(gap: ModalityGap, metrics: tuple[str, ...] = GAP_METRICS) -> str:
+    """The modality-gap table (:mod:`cmd_ray.evaluation.gap`): per tracker and metric its TIR score, its RGB-twin
+    score and the share of the reference's gap it closed; the title states the reference's gap per metric."""
+    header = ["Tracker"]
+    for m in metrics:
+        header += [f"{_GAP_LABELS[m]} TIR", "RGB", "closed"]
+    rows = []
+    for r in gap.rows:
+        cells = [r.tracker + (" (reference)" if r.tracker == gap.reference else "")]
+        for m in metrics:
+            cells += [f"{r.tir[m]:.3f}", f"{r.rgb[m]:.3f}" if m in r.rgb else "–", _percent(r.closed[m])]
+        rows.append(cells)
+    gaps = ", ".join(f"{_GAP_LABELS[m]} {gap.gap[m]:+.3f}" for m in metrics)
+    title = f"Modality gap of {gap.reference} (RGB twins − TIR): {gaps}; closed: share of that gap closed on TIR"
+    notes = [f"no {_GAP_LABELS[m]} gap to close (RGB twins not better)" for m in metrics if not gap.gap[m] > 0]
+    return _render(title, header, rows, "\n".join(notes) or None)
 
 
 def format_attribute_table(

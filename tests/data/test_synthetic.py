@@ -197,16 +197,24 @@ def test_sequence_rejects_bad_arguments() -> None:
 TINY = SynthConfig(
     num_pairs=3, image_width=64, image_height=48, num_rgb_sequences=1, num_tir_sequences=2, sequence_length=4, seed=11
 )
+SPLITS = TINY.model_copy(update={"num_tir_val_sequences": 2, "num_tir_train_sequences": 1, "num_tir_sequences": 1})
 
 
 def _expected_files(cfg: SynthConfig) -> set[str]:
     files = {f"pairs/{m}/{i:06d}.jpg" for m in ("rgb", "tir") for i in range(cfg.num_pairs)}
-    for modality, count in (("rgb", cfg.num_rgb_sequences), ("tir", cfg.num_tir_sequences)):
+    splits = [
+        ("rgb_sequences", "rgb", cfg.num_rgb_sequences),
+        ("tir_sequences", "tir", cfg.num_tir_sequences),
+        ("tir_sequences_rgb", "tir", cfg.num_tir_sequences if cfg.rgb_twins else 0),
+        ("tir_val_sequences", "tir_val", cfg.num_tir_val_sequences),
+        ("tir_train_sequences", "tir_train", cfg.num_tir_train_sequences),
+    ]
+    for folder, prefix, count in splits:
         for i in range(count):
-            seq = f"{modality}_sequences/synth_{modality}_{i:03d}"
+            seq = f"{folder}/synth_{prefix}_{i:03d}"
             files |= {f"{seq}/img/{t:04d}.jpg" for t in range(1, cfg.sequence_length + 1)}
             files.add(f"{seq}/groundtruth_rect.txt")
-            if modality == "tir":
+            if folder != "rgb_sequences":
                 files.add(f"{seq}/attributes.txt")
     return files
 
@@ -238,6 +246,39 @@ def test_writer_local_layout_and_labels(tmp_path) -> None:
         assert (boxes[:, 2:] > 0).all() and (boxes[:, 0] + boxes[:, 2] <= 64.01).all()
     attrs = dict(line.split(",") for line in (out / "tir_sequences/synth_tir_000/attributes.txt").read_text().split())
     assert list(attrs) == list(ATTRIBUTES) and set(attrs.values()) <= {"0", "1"}
+
+
+def _boxes(folder) -> np.ndarray:
+    return np.loadtxt(folder / "groundtruth_rect.txt", delimiter=",")
+
+
+def test_writer_splits_are_separate_and_twins_aligned(tmp_path) -> None:
+    out = tmp_path / "synth"
+    summary = write_synthetic_dataset(str(out), SPLITS, progress=False)
+    assert _local_files(out) == _expected_files(SPLITS)
+    assert summary.splits == {"rgb": 1, "tir": 1, "tir_rgb_twins": 1, "tir_val": 2, "tir_train": 1}
+    assert summary.tir_twins_uri == str(out / "tir_sequences_rgb")
+    assert summary.split_uri("tir_val") == str(out / "tir_val_sequences")
+    # a twin is its TIR sequence's scene seen in RGB: the same boxes and attributes, colour frames
+    tir, twin = out / "tir_sequences/synth_tir_000", out / "tir_sequences_rgb/synth_tir_000"
+    np.testing.assert_array_equal(_boxes(tir), _boxes(twin))
+    assert (tir / "attributes.txt").read_text() == (twin / "attributes.txt").read_text()
+    assert decode_rgb((twin / "img/0002.jpg").read_bytes()).shape == (48, 64, 3)
+    # every split draws its own scenes: no two splits share a sequence
+    first_boxes = [
+        _boxes(out / folder / name)[0].tolist()
+        for folder, name in (
+            ("rgb_sequences", "synth_rgb_000"),
+            ("tir_sequences", "synth_tir_000"),
+            ("tir_val_sequences", "synth_tir_val_000"),
+            ("tir_val_sequences", "synth_tir_val_001"),
+            ("tir_train_sequences", "synth_tir_train_000"),
+        )
+    ]
+    assert len({tuple(b) for b in first_boxes}) == len(first_boxes)
+    # without twins, no tir_sequences_rgb folder
+    plain = write_synthetic_dataset(str(tmp_path / "plain"), TINY.model_copy(update={"rgb_twins": False}), False)
+    assert plain.splits["tir_rgb_twins"] == 0 and not (tmp_path / "plain/tir_sequences_rgb").exists()
 
 
 def test_writer_output_does_not_depend_on_threads(tmp_path) -> None:

@@ -1,6 +1,6 @@
-"""``cmd-ray evaluate`` end to end: 4 synthetic TIR sequences, a static baseline and a tiny DiMP checkpoint, 2 Ray
-workers, result files, plots, the MLflow run (sqlite) with metrics and artifacts, a rerun that skips everything,
-and ``cmd-ray compare`` on the folder."""
+"""``cmd-ray evaluate`` end to end: 4 synthetic TIR sequences and their RGB twins, a static baseline and a tiny DiMP
+checkpoint, 2 Ray workers, result files, plots, the modality gap, the MLflow run (sqlite) with metrics and artifacts, a
+rerun that skips everything, and ``cmd-ray compare`` on the folder."""
 
 from __future__ import annotations
 
@@ -39,19 +39,23 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
     argv = [
         "evaluate",
         f"evaluation.root={summary.tir_sequences_uri}",
+        f"evaluation.rgb_root={summary.tir_twins_uri}",
+        "evaluation.gap_reference=dimp",
         f"evaluation.results_dir={results}",
         f"evaluation.trackers={trackers}",
         "evaluation.num_workers=2",
         "evaluation.cpus_per_task=1",
         "tracker.preset=tiny",
+        "tracker.target_not_found_threshold=0.0",  # the random network's low peaks still move the box
         f"mlflow.tracking_uri={db}",
         "mlflow.experiment=eval-e2e",
     ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "4 sequences x 2 trackers; 8 tracked" in out and "0 skipped" in out
+    assert "4 sequences x 2 trackers; 16 tracked" in out and "0 skipped" in out  # both passes
     assert "OPE — protocol: lsotb — dataset: synthetic — deltas to static" in out
     assert "Per attribute — Success" in out and "MLflow run:" in out
+    assert "Modality gap of dimp (RGB twins − TIR)" in out and "dataset: synthetic (RGB twins)" in out
 
     for tracker in ("static", "dimp"):
         meta = read_meta(results / tracker)
@@ -60,6 +64,11 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
             boxes, times = read_result(results / tracker, s)
             assert boxes.shape == (15, 4) and times.shape == (15,) and np.all(np.isfinite(boxes))
     assert read_meta(results / "dimp").model == str(tmp_path / "ckpt")
+    twin_meta = read_meta(results / "rgb_twins" / "dimp")
+    assert twin_meta.root == summary.tir_twins_uri and twin_meta.sequences == tuple(SEQUENCES)
+    twin_boxes = read_result(results / "rgb_twins" / "dimp", SEQUENCES[0])[0]
+    # colour frames, another input: the network follows other peaks than on the TIR frames
+    assert twin_boxes.shape == (15, 4) and not np.allclose(twin_boxes, read_result(results / "dimp", SEQUENCES[0])[0])
     plots = sorted(p.name for p in (results / "plots").iterdir())
     assert plots == ["norm_precision_plot.png", "precision_plot.png", "success_plot.png"]
     assert all((results / "plots" / p).stat().st_size > 5000 for p in plots)
@@ -71,7 +80,15 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
         for metric in ("success", "precision", "norm_precision"):
             assert 0.0 <= run.data.metrics[f"{tracker}/{metric}"] <= 1.0
     assert run.data.metrics["dimp/fps"] > 0 and "static/fps" not in run.data.metrics  # the baseline has no speed
-    assert run.data.metrics["sequences_tracked"] == 8
+    assert run.data.metrics["sequences_tracked"] == 16
+    metrics = run.data.metrics
+    gap = metrics["rgb_twins/dimp/success"] - metrics["dimp/success"]
+    assert metrics["gap/success"] == pytest.approx(gap)
+    if gap > 0:  # the static baseline's share of the random network's gap
+        closed = (metrics["static/success"] - metrics["dimp/success"]) / gap
+        assert metrics["static/gap_closed_success"] == pytest.approx(closed)
+    else:
+        assert "static/gap_closed_success" not in metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "results", "ope_tables.txt"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {f"plots/{p}" for p in plots}
@@ -81,9 +98,9 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
     # A rerun finds every result complete: nothing is tracked, the scores are the same.
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "0 tracked" in out and "8 skipped" in out
+    assert "0 tracked" in out and "16 skipped" in out
     runs = client.search_runs([client.get_experiment_by_name("eval-e2e").experiment_id], order_by=["start_time DESC"])
-    assert runs[0].data.metrics["sequences_skipped"] == 8
+    assert runs[0].data.metrics["sequences_skipped"] == 16
     assert runs[0].data.metrics["dimp/success"] == run.data.metrics["dimp/success"]
 
     assert cli.main(["compare", str(results)]) == 0

@@ -11,7 +11,7 @@ import pytest
 from cmd_ray.config import ConfigError, SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
 from cmd_ray.evaluation.results import ResultsError, read_result, result_paths, write_result
-from cmd_ray.evaluation.runner import EvaluationError, load_sequences, plan, run_evaluation
+from cmd_ray.evaluation.runner import EvaluationError, check_twins, load_sequences, plan, run_evaluation
 from cmd_ray.mlflow_runs import store_client
 
 STATIC_PAIR = "evaluation.trackers=[{name: first, kind: static}, {name: second, kind: static}]"
@@ -65,6 +65,10 @@ def _cfg(tmp_path, seq_root, *overrides, db: str | None = None):
         ("evaluation.lsotb_subset=118", "evaluation.lsotb_subset"),
         ("evaluation.root=s3://", "root 's3://' names no bucket"),
         ("evaluation.results_dir=gs://bucket/results", "results_dir must be a local folder, file:// or s3://"),
+        ("evaluation.trackers=[{name: rgb_twins, kind: static}]", "results_dir/rgb_twins holds"),
+        ("evaluation.rgb_root=data/demo/tir_sequences", "rgb_root must hold the RGB twins"),
+        ("evaluation.rgb_root=twins", "gap_reference 'teacher' is not one of the trackers \\['static'\\]"),
+        ("evaluation.rgb_root=gs://b/twins", "rgb_root must be a local folder"),
     ],
 )
 def test_bad_evaluation_config_names_the_key(override, message):
@@ -92,6 +96,30 @@ def test_load_sequences_names_a_bad_root(tmp_path, seq_root):
         load_sequences(_cfg(tmp_path, tmp_path / "nowhere"))
     with pytest.raises(EvaluationError, match="synth_tir_404"):
         load_sequences(_cfg(tmp_path, seq_root, "evaluation.sequences=[synth_tir_404]"))
+
+
+def test_rgb_twins_must_match_their_tir_sequences(tmp_path, seq_root):
+    import shutil
+
+    twins = str(Path(seq_root).parent / "tir_sequences_rgb")
+    cfg = _cfg(tmp_path, seq_root, f"evaluation.rgb_root={twins}", "evaluation.gap_reference=first")
+    tir, rgb = load_sequences(cfg), load_sequences(cfg, "rgb")
+    assert [s.name for s in rgb] == [s.name for s in tir]
+    assert rgb[0].frames[0].startswith(twins) and rgb[0].ground_truth.tolist() == tir[0].ground_truth.tolist()
+    check_twins(tir, rgb, twins)
+
+    odd = tmp_path / "odd"
+    shutil.copytree(twins, odd)
+    shutil.rmtree(odd / "synth_tir_002")
+    gt = odd / "synth_tir_001" / "groundtruth_rect.txt"
+    gt.write_text("1,1,5,5\n" + "".join(gt.read_text().splitlines(keepends=True)[1:]))
+    odd_cfg = _cfg(tmp_path, seq_root, f"evaluation.rgb_root={odd}", "evaluation.gap_reference=first")
+    with pytest.raises(EvaluationError, match=r"lacks the RGB twins of \['synth_tir_002'\]"):
+        check_twins(tir, load_sequences(odd_cfg, "rgb"), str(odd))
+    with pytest.raises(EvaluationError, match=r"not pixel-aligned twins: \['synth_tir_001'\]"):
+        check_twins(tir[:2], load_sequences(odd_cfg, "rgb"), str(odd))
+    with pytest.raises(EvaluationError, match="evaluation.rgb_root is not set"):
+        load_sequences(_cfg(tmp_path, seq_root), "rgb")
 
 
 def test_cli_evaluate_fails_before_any_cluster_work(tmp_path, capsys):

@@ -118,7 +118,7 @@ def test_rgb_twins_must_match_their_tir_sequences(tmp_path, seq_root):
         check_twins(tir, load_sequences(odd_cfg, "rgb"), str(odd))
     with pytest.raises(EvaluationError, match=r"not pixel-aligned twins: \['synth_tir_001'\]"):
         check_twins(tir[:2], load_sequences(odd_cfg, "rgb"), str(odd))
-    with pytest.raises(EvaluationError, match="evaluation.rgb_root is not set"):
+    with pytest.raises(EvaluationError, match=r"evaluation\.rgb_root is not set"):
         load_sequences(_cfg(tmp_path, seq_root), "rgb")
 
 

@@ -204,7 +204,8 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
     print(f"MLflow run:    {result.run_location or result.run_id or '(unknown)'}")
     if result.registered:
         reg = result.registered
-        print(f"registered:    {reg.uri} (version {reg.version})")
+        again = "; nothing new" if result.nothing_to_train else ""
+        print(f"registered:    {reg.uri} (version {reg.version}{again})")
     elif result.nothing_to_train:
         print("registered:    nothing new")
 

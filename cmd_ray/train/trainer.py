@@ -446,28 +446,49 @@ def _finish(
     )
 
 
-def _nothing_to_train(cfg: Config, schedule: Schedule, previous: PreviousRun) -> TrainingResult:
-    """The result of a rerun whose run already holds ``schedule.epochs`` epochs: no training, no registration."""
+def _register_finished(cfg: Config, schedule: Schedule, run_id: str, checkpoint_path: str) -> registry.RegisteredModel:
+    """The version registered from finished run ``run_id``; registered now from its last checkpoint when this store
+    has the run but no version of it (the registration was lost, or the store holds the run without the model)."""
+    name = schedule.registered_model_name
+    registered = registry.version_from_run(cfg, run_id, name)
+    if registered is not None:
+        return registered
+    model, _ = registry.load_model(checkpoint_path, cfg)
+    logger.warning("run %s finished but %s holds no version of it: registering %s now", run_id, name, checkpoint_path)
+    return registry.log_and_register(cfg, run_id, model, name)
+
+
+def _nothing_to_train(cfg: Config, schedule: Schedule, previous: PreviousRun, register: bool = True) -> TrainingResult:
+    """The result of a rerun whose run already holds ``schedule.epochs`` epochs: no training. Its model stays
+    registered as it was; a store that has the run but lost its registration gets it now (with ``register``)."""
     done = previous.last_epoch + 1
     note = (
         f"nothing to train: {_run_label(cfg, schedule)} already holds {done} epoch(s) and {schedule.job}.epochs is "
-        f"{schedule.epochs}; no new model version registered. To train on, raise {schedule.job}.epochs; to train "
+        f"{schedule.epochs}. To train on, raise {schedule.job}.epochs; to train "
         f"anew, set {RUN_NAME_KEY[schedule.job]}=<new name> (or another storage.storage_path)."
     )
     logger.warning("%s", note)
     run_id = previous.mlflow_run_id or ""
     history: list[dict[str, Any]] = []
     location = ""
+    registered = None
     if run_id:
         try:
             history = epoch_history(cfg, run_id)
             location = mlflow_runs.run_url(cfg, run_id)
         except Exception as exc:  # the run's MLflow record is elsewhere (another tracking_uri): report without it
             logger.info("MLflow run %s not readable from %s: %s", run_id, mlflow_runs.tracking_uri(cfg), exc)
+            note += (
+                f" Its MLflow run {run_id} is not in {mlflow_runs.tracking_uri(cfg)}, so nothing is registered there:"
+                f" train anew under another {RUN_NAME_KEY[schedule.job]} to record it in this store."
+            )
+        else:
+            if register:
+                registered = _register_finished(cfg, schedule, run_id, previous.checkpoint_path)
     return TrainingResult(
         run_id=run_id,
         run_location=location,
-        registered=None,
+        registered=registered,
         metrics=previous.metrics,
         history=history,
         checkpoint_path=previous.checkpoint_path,
@@ -513,7 +534,7 @@ def run_distillation(
     schedule = schedule_for(cfg, "distill")
     previous = check_resume(cfg, schedule)
     if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
-        return _nothing_to_train(cfg, schedule, previous)
+        return _nothing_to_train(mlflow_runs.pin_tracking_uri(cfg), schedule, previous, register)
     if pairs is None:
         pairs = list_pairs(cfg)  # fails on an empty prefix before any cluster work
     cfg = mlflow_runs.pin_tracking_uri(cfg)
@@ -547,7 +568,7 @@ def run_pretraining(cfg: Config, sequences: list[LabeledSequence] | None = None)
     schedule = schedule_for(cfg, "pretrain")
     previous = check_resume(cfg, schedule)
     if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
-        return _nothing_to_train(cfg, schedule, previous)
+        return _nothing_to_train(mlflow_runs.pin_tracking_uri(cfg), schedule, previous)
     if sequences is None:
         sequences = list_pretraining_sequences(cfg)
     cfg = mlflow_runs.pin_tracking_uri(cfg)

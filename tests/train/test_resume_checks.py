@@ -62,3 +62,38 @@ def test_a_run_at_other_rates_than_its_rows_carries_them_as_a_tag(caplog):
         tags = rate_override_tags(load_config(None, ["distill.variant=B2", "distill.lr_bbe=4e-6"]))
     assert tags == {RATE_OVERRIDES_TAG: "lr_bbe=4e-06 (row B2: 1e-06)"}
     assert "rates other than the paper's for row B2" in caplog.text
+
+
+def test_a_finished_run_whose_store_lost_its_version_is_registered_again(tmp_path, monkeypatch):
+    """Run state and store state agree after a rerun: the store that has the run gets its model version back."""
+    import torch
+
+    from cmd_ray import mlflow_runs, registry
+    from cmd_ray.models.dimpnet import build_model
+    from cmd_ray.models.training_state import save_training_state
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(
+        None,
+        [f"storage.storage_path={tmp_path}", "pretrain.epochs=1", "pretrain.run_name=teach", "model.preset=tiny"]
+        + [f"mlflow.tracking_uri={db}", "pretrain.registered_model_name=lost-teacher"],
+    )
+    folder = tmp_path / "teach" / "epoch_0000"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    save_training_state(folder, {"model": net.state_dict(), "config": cfg.model_dump(mode="json")})
+    run_id = mlflow_runs.start_run(mlflow_runs.pin_tracking_uri(cfg), "teach", tags={})
+    mlflow_runs.client(cfg).set_terminated(run_id)
+    previous = PreviousRun(0, str(folder), {"epoch": 0}, cfg.model_dump(mode="json"), "pretrain", run_id)
+    monkeypatch.setattr(trainer, "previous_run", lambda cfg, schedule: previous)
+    monkeypatch.setattr(trainer.ray, "init", lambda *a, **k: pytest.fail("reached the cluster"))
+
+    first = run_pretraining(cfg)
+    assert first.nothing_to_train and first.registered is not None and first.registered.version == "1"
+    pulled, _ = registry.load_model("models:/lost-teacher@candidate", cfg)
+    for key, value in net.state_dict().items():
+        assert torch.equal(pulled.state_dict()[key], value), key
+    again = run_pretraining(cfg)  # registered now: found, not registered twice
+    assert again.registered is not None and again.registered.version == "1"
+    assert len(mlflow_runs.client(cfg).search_model_versions("name = 'lost-teacher'")) == 1

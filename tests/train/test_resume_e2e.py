@@ -67,7 +67,7 @@ def test_rerun_checks_config_trains_nothing_when_done_and_resumes_more_epochs(
         assert main(["distill", *overrides, "distill.epochs=1", "data.progress=false"]) == 0
         out = capsys.readouterr().out
         assert "nothing to train" in out and "already holds 1 epoch(s)" in out, out
-        assert "registered:    nothing new" in out, out
+        assert "(version 1; nothing new)" in out, out
         assert "distillation finished" not in out
         assert versions() == ["1"]
 
@@ -81,7 +81,7 @@ def test_rerun_checks_config_trains_nothing_when_done_and_resumes_more_epochs(
 
     # the API form of "nothing to train"
     done = run_distillation(load_config(None, [*overrides, "distill.epochs=2"]))
-    assert done.nothing_to_train and done.registered is None
+    assert done.nothing_to_train and done.registered is not None and done.registered.version == "2"
     assert done.run_id == first.run_id and [row["epoch"] for row in done.history] == [0, 1]
     assert done.checkpoint_path.endswith("epoch_0001")
     assert versions() == ["1", "2"]

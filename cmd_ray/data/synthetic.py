@@ -325,8 +325,8 @@ class _Look:
 
 def _sample_look(rng: np.random.Generator, width: int, height: int) -> _Look:
     night = bool(rng.random() < 0.25)
-    cols = rng.standard_normal(width, dtype=np.float32) * _u(rng, 0.8, 3.0)
-    rows = rng.standard_normal(height, dtype=np.float32) * _u(rng, 0.0, 0.8)
+    cols = rng.standard_normal(width, dtype=np.float32) * _u(rng, 3.0, 8.0)
+    rows = rng.standard_normal(height, dtype=np.float32) * _u(rng, 0.5, 2.5)
     x, y = _grid(height, width)
     r2 = ((x - width / 2) / (width / 2)) ** 2 + ((y - height / 2) / (height / 2)) ** 2
     vignette = -_u(rng, 0.0, 10.0) * r2 / 2
@@ -338,10 +338,10 @@ def _sample_look(rng: np.random.Generator, width: int, height: int) -> _Look:
         white_balance=rng.uniform(0.88, 1.12, 3).astype(np.float32),
         rgb_noise=_u(rng, 0.02, 0.045) if night else _u(rng, 0.006, 0.02),
         jpeg_quality=int(rng.integers(60, 93)),
-        tir_blur=_u(rng, 0.5, 1.1),
-        tir_downscale=float(rng.choice([1.5, 2.0, 2.0])),
+        tir_blur=_u(rng, 0.9, 1.8),
+        tir_downscale=float(rng.choice([2.0, 2.5, 3.0])),
         tir_pattern=(cols[None, :] + rows[:, None] + vignette).astype(np.float32),
-        tir_noise=_u(rng, 1.0, 3.0),
+        tir_noise=_u(rng, 3.0, 6.0),
         horizon=_u(rng, 0.15, 0.5) if rng.random() < 0.55 else None,
     )
 
@@ -715,6 +715,30 @@ def _tir_sensor(scene: _Scene, temp: np.ndarray, rng: np.random.Generator) -> np
     return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
 
 
+def _add_heat_decoys(
+    scene: _Scene, rng: np.random.Generator, near: list[tuple[float, float]], size: float, count: int
+) -> None:
+    """Paint ``count`` warm, target-sized heat signatures that RGB cannot see into the scene's temperature canvas.
+
+    They stand for residual heat, heat reflected by glass or wet ground and heated surfaces: warm like a body,
+    with a soft edge, but with no colour, texture or outline in the visible image. Each sits one to two ``size``
+    (target side, pixels) away from a point of ``near`` (world coordinates), so it enters the tracker's search area.
+    """
+    ch, cw = scene.bg_temp.shape
+    pad_x, pad_y = scene.pad
+    y, x = np.mgrid[0:ch, 0:cw].astype(np.float32) + 0.5
+    for _ in range(count):
+        wx, wy = near[int(rng.integers(len(near)))]
+        angle, dist = _u(rng, 0, 2 * np.pi), _u(rng, 0.8, 1.6) * size
+        cx, cy = wx + pad_x + math.cos(angle) * dist, wy + pad_y + math.sin(angle) * dist
+        aspect = _u(rng, 0.4, 2.0)
+        rx, ry = 0.5 * size * math.sqrt(aspect) * _u(rng, 0.6, 1.1), 0.5 * size / math.sqrt(aspect) * _u(rng, 0.6, 1.1)
+        shape = _ellipse_alpha(x, y, cx, cy, rx, ry)
+        r2 = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+        heat = shape * (0.5 + 0.5 * np.clip(1.0 - r2, 0.0, 1.0) ** 0.6) * _u(rng, 0.15, 0.35)
+        scene.bg_temp += cv2.GaussianBlur(heat, (0, 0), max(0.6, 0.08 * size))
+
+
 def _split_rng(rng: np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent noise streams for the two sensors, so rendering one modality does not change the other."""
     seeds = rng.integers(0, 2**63 - 1, size=2)
@@ -796,6 +820,9 @@ def generate_pair_with_info(
             scene.occluders.append(_make_occluder(rng, vertical, center, _u(rng, 0.015, 0.05) * unit, t_amb))
 
     rng_rgb, rng_tir = _split_rng(rng)
+    if main is not None:  # warm decoys around the main object (TIR stream: the RGB image does not change)
+        size = math.sqrt(float(main.bw[0] * main.bh[0]))
+        _add_heat_decoys(scene, rng_tir, [(float(main.cx[0]), float(main.cy[0]))], size, int(rng_tir.integers(3, 7)))
     rgb, tir, _, visible = _render(scene, 0, True, True, rng_rgb, rng_tir)
     assert rgb is not None and tir is not None
     box = None
@@ -940,6 +967,9 @@ def generate_sequence(
         scene.occluders.append(_make_occluder(rng, vertical, centre, _u(rng, 0.015, 0.04) * unit, t_amb))
 
     rng_rgb, rng_tir = _split_rng(rng)
+    # warm decoys near the target's path, drawn from the TIR stream: the RGB render of the scene does not change
+    path = [scene.to_world(t, float(pos[t, 0]), float(pos[t, 1])) for t in range(0, n, max(1, n // 6))]
+    _add_heat_decoys(scene, rng_tir, path, float(base), int(rng_tir.integers(3, 7)))
     frames: list[np.ndarray] = []
     boxes = np.zeros((n, 4), np.float32)
     max_occluded = 0.0

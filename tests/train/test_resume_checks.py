@@ -73,11 +73,9 @@ def test_a_finished_run_whose_store_lost_its_version_is_registered_again(tmp_pat
     from cmd_ray.models.training_state import save_training_state
 
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = load_config(
-        None,
-        [f"storage.storage_path={tmp_path}", "pretrain.epochs=1", "pretrain.run_name=teach", "model.preset=tiny"]
-        + [f"mlflow.tracking_uri={db}", "pretrain.registered_model_name=lost-teacher"],
-    )
+    settings = ["pretrain.epochs=1", "pretrain.run_name=teach", "model.preset=tiny"]
+    settings += [f"mlflow.tracking_uri={db}", "pretrain.registered_model_name=lost-teacher"]
+    cfg = load_config(None, [f"storage.storage_path={tmp_path}", *settings])
     folder = tmp_path / "teach" / "epoch_0000"
     folder.mkdir(parents=True)
     torch.manual_seed(0)

@@ -3,7 +3,10 @@ merged weights, and the summary table (mean ± std over seeds, deltas to A1)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from checkpoint_fakes import CLF_KEY, REF_KEY, TEST_KEY, tiny_state
 from cmd_ray.config import ConfigError, load_config
 from cmd_ray.evaluation.metrics import Scores
 from cmd_ray.evaluation.tables import format_table1, summarise_rows
-from cmd_ray.table1 import check_table, merge_into, row_config
+from cmd_ray.table1 import check_table, merge_into, read_merged_from, row_config
 from cmd_ray.vocabulary import VARIANT_NAMES, row_dependencies, table1_rows
 
 
@@ -84,9 +87,59 @@ def test_merges_give_b3_and_the_d_rows_start(tmp_path):
     assert not torch.equal(start[CLF_KEY], b1[CLF_KEY])
     backbone = next(k for k in start if k.startswith("feature_extractor."))
     assert torch.equal(start[backbone], b1[backbone])
-    # a rerun keeps what exists
-    assert not merge_into(cfg, start_uri, b3_uri, tcl=str(tmp_path / "b2.pt"))
-    assert torch.equal(torch.load(start_uri, weights_only=True)[CLF_KEY], c1[CLF_KEY])
+    # a rerun with the same sources keeps what exists
+    assert not merge_into(cfg, b3_uri, str(tmp_path / "b1.pt"), bbe_test=str(tmp_path / "b2.pt"))
+    assert not merge_into(cfg, start_uri, b3_uri, tcl=str(tmp_path / "c1.pt"))
+    # another source rebuilds it
+    assert merge_into(cfg, start_uri, b3_uri, tcl=str(tmp_path / "b2.pt"))
+    assert torch.equal(torch.load(start_uri, weights_only=True)[CLF_KEY], b2[CLF_KEY])
+
+
+def test_a_merged_file_records_its_sources_and_is_rebuilt_when_one_changes(tmp_path, caplog):
+    for name, seed in (("b1", 1), ("b2", 2), ("c1", 3)):
+        torch.save(tiny_state(seed), tmp_path / f"{name}.pt")
+    cfg = load_config(None, [])
+    b1, b2, c1 = (str(tmp_path / f"{n}.pt") for n in ("b1", "b2", "c1"))
+    b3_uri, start_uri = str(tmp_path / "out" / "B3.pt"), str(tmp_path / "out" / "D-start.pt")
+    about = {"base": {"row": "B1", "seed": 0, "run_id": "run-b1"}, "bbe_test": {"row": "B2", "seed": 0, "run_id": "r2"}}
+    assert merge_into(cfg, b3_uri, b1, about=about, bbe_test=b2)
+    assert merge_into(cfg, start_uri, b3_uri, about={"tcl": {"row": "C1", "run_id": "run-c1"}}, tcl=c1)
+
+    record = json.loads((tmp_path / "out" / "B3.merged_from.json").read_text())
+    assert record["weights"] == b3_uri
+    assert record["merged_from"]["base"]["run_id"] == "run-b1" and record["merged_from"]["base"]["uri"] == b1
+    assert record["merged_from"]["bbe_test"]["file"]["size"] == os.path.getsize(b2)
+    assert read_merged_from(start_uri)["base"]["merged_from"] == record["merged_from"]  # B3's sources, nested
+    # the loaders still read the merged file as the plain state dict it is
+    assert set(torch.load(b3_uri, weights_only=True)) == set(tiny_state(1))
+
+    # unchanged: kept, and the file is not touched
+    before = os.stat(b3_uri).st_mtime_ns
+    assert not merge_into(cfg, b3_uri, b1, about=about, bbe_test=b2)
+    assert os.stat(b3_uri).st_mtime_ns == before
+
+    # B1 retrained into another MLflow run: rebuilt, saying why
+    other_run = {**about, "base": {**about["base"], "run_id": "run-b1-again"}}
+    with caplog.at_level(logging.INFO, logger="cmd_ray.table1"):
+        assert merge_into(cfg, b3_uri, b1, about=other_run, bbe_test=b2)
+    assert "base.run_id: 'run-b1' → 'run-b1-again'" in caplog.text
+
+    # B2's checkpoint file rewritten in place (same URI, same run): its stamp changed, so B3 is rebuilt, and the
+    # D rows' start, made from the old B3, is rebuilt in turn
+    torch.save(tiny_state(4), b2)
+    os.utime(b2, ns=(before + 10**9, before + 10**9))
+    assert merge_into(cfg, b3_uri, b1, about=other_run, bbe_test=b2)
+    assert torch.equal(torch.load(b3_uri, weights_only=True)[TEST_KEY], tiny_state(4)[TEST_KEY])
+    assert merge_into(cfg, start_uri, b3_uri, about={"tcl": {"row": "C1", "run_id": "run-c1"}}, tcl=c1)
+    assert not merge_into(cfg, start_uri, b3_uri, about={"tcl": {"row": "C1", "run_id": "run-c1"}}, tcl=c1)
+
+    # a merged file without a record (an older cmd-ray, or a merge cut short before the record was written)
+    (tmp_path / "out" / "B3.merged_from.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cmd_ray.table1"):
+        assert merge_into(cfg, b3_uri, b1, about=other_run, bbe_test=b2)
+    assert "records no sources" in caplog.text
+    assert (tmp_path / "out" / "B3.merged_from.json").is_file()
 
 
 def _scores(success: float, precision: float, norm: float) -> Scores:

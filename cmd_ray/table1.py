@@ -20,6 +20,9 @@ resumes, :mod:`cmd_ray.train.trainer`), merged weights are kept while their sour
 records them beside it, :func:`merge_into`; a changed source rebuilds it), complete tracking results are reused while
 the tracker settings and the weights file are the same (:func:`cmd_ray.evaluation.results.prepare_tracker_dir`), and
 a model registered from the same run is not registered again.
+
+Table 1's Δ of each row is its paired difference to A1 over seeds × sequences, with a bootstrap interval and a mark
+where it excludes 0 (:mod:`cmd_ray.evaluation.paired`).
 """
 
 from __future__ import annotations
@@ -305,6 +308,34 @@ def _train_row(cfg: Config, row: str, seed: int, start: str, parent: str, pairs:
     )
 
 
+def _paired_columns(summary: RowSummary) -> dict[str, Any]:
+    """The table JSON's paired-comparison columns of one row (None for the reference row): per metric the paired
+    mean difference, the interval, whether it excludes 0 and the Wilcoxon p; then the pairs and the bootstrap."""
+    cols: dict[str, Any] = {}
+    for m in TABLE1_METRICS:
+        p = summary.paired.get(m)
+        d = p.to_dict() if p else {}
+        cols.update(
+            {
+                f"{m}_paired_diff": d.get("mean"),
+                f"{m}_ci_low": d.get("low"),
+                f"{m}_ci_high": d.get("high"),
+                f"{m}_ci_excludes_zero": d.get("excludes_zero"),
+                f"{m}_wilcoxon_p": d.get("p_value"),
+            }
+        )
+    first = next(iter(summary.paired.values()), None)
+    cols.update(
+        {
+            "paired_sequences": first.num_sequences if first else None,
+            "ci_confidence": first.confidence if first else None,
+            "bootstrap_resamples": first.resamples if first else None,
+            "bootstrap_seed": first.seed if first else None,
+        }
+    )
+    return cols
+
+
 def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str, plot: Path) -> None:
     client = mlflow_runs.client(cfg)
     frame = pd.DataFrame(
@@ -315,6 +346,7 @@ def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str
                 **{f"{m}_mean": s.mean[m] for m in TABLE1_METRICS},
                 **{f"{m}_std": s.std[m] for m in TABLE1_METRICS},
                 **{f"{m}_delta": s.delta[m] for m in TABLE1_METRICS},
+                **_paired_columns(s),
             }
             for s in summaries
         ]
@@ -324,6 +356,11 @@ def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str
     client.log_artifact(parent, str(plot), "table1")
     metrics = {f"{s.row}/{m}_mean": s.mean[m] for s in summaries for m in TABLE1_METRICS}
     metrics.update({f"{s.row}/{m}_std": s.std[m] for s in summaries for m in TABLE1_METRICS if s.seeds > 1})
+    for s in summaries:
+        for m, p in s.paired.items():
+            metrics.update(
+                {f"{s.row}/{m}_paired_diff": p.mean, f"{s.row}/{m}_ci_low": p.low, f"{s.row}/{m}_ci_high": p.high}
+            )
     mlflow_runs.log_metrics(cfg, parent, metrics, step=0)
 
 

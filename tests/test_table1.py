@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,15 @@ import torch
 from checkpoint_fakes import CLF_KEY, REF_KEY, TEST_KEY, tiny_state
 
 from cmd_ray.config import ConfigError, load_config
-from cmd_ray.evaluation.metrics import Scores
+from cmd_ray.evaluation.metrics import (
+    NORM_PRECISION_THRESHOLDS,
+    PRECISION_THRESHOLDS,
+    SUCCESS_THRESHOLDS,
+    DatasetScores,
+    Scores,
+    SequenceCurves,
+    aggregate,
+)
 from cmd_ray.evaluation.tables import format_table1, summarise_rows
 from cmd_ray.table1 import check_table, merge_into, read_merged_from, row_config
 from cmd_ray.vocabulary import VARIANT_NAMES, row_dependencies, table1_rows
@@ -173,6 +182,72 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_deltas_to_the_reference(
     assert "0.700 ± 0.100" in d3_line and "+0.200" in d3_line and d3_line.rstrip().endswith("3")
     with pytest.raises(ValueError, match="reference row"):
         summarise_rows({"D3": scores["D3"]}, "A1")
+
+
+def _dataset(per_sequence: dict[str, float]) -> DatasetScores:
+    """Dataset scores whose every sequence scores ``per_sequence[name]`` on each metric (flat curves)."""
+    curves = {
+        name: SequenceCurves(
+            protocol="lsotb",
+            success=np.full(SUCCESS_THRESHOLDS.shape, v),
+            precision=np.full(PRECISION_THRESHOLDS.shape, v),
+            norm_precision=np.full(NORM_PRECISION_THRESHOLDS.shape, v),
+            num_frames=10,
+        )
+        for name, v in per_sequence.items()
+    }
+    return aggregate(curves)
+
+
+def test_table1_marks_rows_whose_paired_interval_excludes_zero():
+    rng = np.random.default_rng(0)
+    names = [f"s{i:02d}" for i in range(30)]
+    teacher = rng.uniform(0.3, 0.7, len(names))  # sequences of very different difficulty
+    a1 = _dataset(dict(zip(names, teacher, strict=True)))
+    gain = [_dataset(dict(zip(names, teacher + 0.03 + rng.normal(0, 0.01, len(names)), strict=True))) for _ in range(5)]
+    same = [a1] * 5  # e.g. rows that train a module the tracker does not use
+    noise = [_dataset(dict(zip(names, teacher + rng.normal(0, 0.02, len(names)), strict=True))) for _ in range(5)]
+    a1_row, d3, b1, c1 = summarise_rows({"A1": [a1], "D3": gain, "B1": same, "C1": noise}, "A1")
+
+    assert a1_row.paired == {}
+    assert d3.paired["success"].excludes_zero and d3.paired["success"].low > 0
+    # flat curves: every metric sees the same per-sequence differences
+    assert d3.paired["precision"].mean == pytest.approx(d3.paired["success"].mean)
+    diffs = np.mean([[g.per_sequence[n].success_score - teacher[i] for i, n in enumerate(names)] for g in gain])
+    assert d3.paired["success"].mean == pytest.approx(diffs)
+    assert (b1.paired["success"].low, b1.paired["success"].high) == (0.0, 0.0)
+    assert not b1.paired["success"].excludes_zero
+    assert not c1.paired["success"].excludes_zero
+
+    text = format_table1([a1_row, d3, b1, c1], protocol="lsotb", dataset="synthetic")
+    lines = text.splitlines()
+    assert "Δ to A1 paired over seeds × sequences" in lines[0]
+    assert "95% CI" in lines[1] and lines[1].split()[-2:] == ["p(Success)", "Seeds"]
+    d3_line = next(line for line in lines if line.startswith("D3"))
+    p = d3.paired["success"]
+    assert f"{p.mean:+.3f}  [{p.low:+.3f}, {p.high:+.3f}] *" in d3_line
+    assert "*" not in next(line for line in lines if line.startswith("B1"))
+    assert "*" not in next(line for line in lines if line.startswith("C1"))
+    assert any(line.startswith("*: the interval excludes 0") for line in lines)
+    assert any("10000 resamples, generator seed 0" in line for line in lines)
+    # the same scores give the same table
+    again = summarise_rows({"A1": [a1], "D3": gain, "B1": same, "C1": noise}, "A1")
+    assert format_table1(again, protocol="lsotb", dataset="synthetic") == text
+    assert "all-zero success" not in format_table1(again, protocol="pytracking")  # no drops under pytracking
+
+
+def test_table1_plot_adds_the_paired_differences_when_there_are_some(tmp_path):
+    from PIL import Image
+
+    from cmd_ray.evaluation.plots import table1_plot
+
+    names = ["a", "b", "c"]
+    a1 = _dataset(dict.fromkeys(names, 0.5))
+    paired = summarise_rows({"A1": [a1], "D3": [_dataset(dict.fromkeys(names, 0.6))] * 2}, "A1")
+    plain = [replace(s, paired={}) for s in paired]
+    with_ci = table1_plot(paired, tmp_path / "paired.png", protocol="lsotb")
+    without = table1_plot(plain, tmp_path / "plain.png", protocol="lsotb")
+    assert Image.open(with_ci).size[1] > Image.open(without).size[1]  # a second panel below the bars
 
 
 def test_the_job_refuses_a_table_without_a_teacher_before_any_cluster_work(capsys):

@@ -16,14 +16,21 @@
 5. the row with the best mean Success (A1 aside) has its best seed's model registered with ``mlflow.alias``.
 
 A rerun skips what is done: a row whose training run holds every epoch is not trained again (an interrupted one
-resumes, :mod:`cmd_ray.train.trainer`), merged weights that exist are kept, complete tracking results are reused, and
+resumes, :mod:`cmd_ray.train.trainer`), merged weights are kept while their sources are the same (each merged file
+records them beside it, :func:`merge_into`; a changed source rebuilds it), complete tracking results are reused while
+the tracker settings and the weights file are the same (:func:`cmd_ray.evaluation.results.prepare_tracker_dir`), and
 a model registered from the same run is not registered again.
+
+Table 1's Δ of each row is its paired difference to A1 over seeds × sequences, with a bootstrap interval and a mark
+where it excludes 0 (:mod:`cmd_ray.evaluation.paired`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +43,10 @@ from cmd_ray.data.distill_stream import list_pairs
 from cmd_ray.distill.merge import merge_modules
 from cmd_ray.evaluation.metrics import DatasetScores
 from cmd_ray.evaluation.plots import table1_plot
-from cmd_ray.evaluation.results import location
+from cmd_ray.evaluation.results import atomic_write_text, describe_changes, location
 from cmd_ray.evaluation.runner import EvaluationResult, load_sequences, run_evaluation
 from cmd_ray.evaluation.tables import TABLE1_METRICS, RowSummary, format_table1, summarise_rows
-from cmd_ray.models.loading import checkpoint_file
+from cmd_ray.models.loading import checkpoint_file, weights_stamp
 from cmd_ray.train.teacher import resolve_teacher
 from cmd_ray.train.trainer import check_trainable, run_distillation, storage_uri
 from cmd_ray.vocabulary import VARIANTS, get_variant, table1_rows
@@ -51,6 +58,9 @@ ROW_TAG = "cmd_ray.table1_row"
 SEED_TAG = "cmd_ray.table1_seed"
 REFERENCE_ROW = "A1"
 MERGED_FILE = "{row}.pt"
+MERGED_FROM_SUFFIX = ".merged_from.json"
+"""Beside each merged file: the sources it was merged from (:func:`merge_into`)."""
+MERGED_FROM_VERSION = 1
 D_START = "D-start"
 """The D rows' starting weights: B3's IoU-Net with C1's classifier."""
 
@@ -196,25 +206,82 @@ def _local_copy(uri: str, endpoint: str | None, folder: Path) -> Path:
     return path
 
 
-def merge_into(cfg: Config, out_uri: str, base: str, **parts: str) -> bool:
-    """Write ``merge_modules(base, **parts)`` to ``out_uri`` (local or S3); False when it exists already (a rerun)."""
+def merged_from_uri(out_uri: str) -> str:
+    """The sidecar of a merged weights file (``…/B3.pt`` → ``…/B3.merged_from.json``): what it was merged from."""
+    return (out_uri[: -len(".pt")] if out_uri.endswith(".pt") else out_uri) + MERGED_FROM_SUFFIX
+
+
+def read_merged_from(uri: str, endpoint: str | None = None) -> dict[str, Any] | None:
+    """The sources recorded beside the merged file ``uri`` (:func:`merge_into`); None when there is no (readable)
+    record: not a merged file, one merged before cmd-ray recorded its sources, or one whose merge was cut short."""
+    try:
+        tree = json.loads(storage.read_bytes(merged_from_uri(uri), endpoint))
+    except (storage.StorageError, ValueError):
+        return None
+    sources = tree.get("merged_from") if isinstance(tree, dict) else None
+    return sources if isinstance(sources, dict) else None
+
+
+def source_identity(uri: str, endpoint: str | None = None, about: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a merge input is: its URI, ``about`` it (the row, seed and MLflow run it came from), its file's stamp
+    (:func:`~cmd_ray.models.loading.weights_stamp`: size and modification time) and, for a merged file, what that
+    was merged from in turn; through JSON, as read back from a sidecar."""
+    tree: dict[str, Any] = {"uri": uri, **dict(about or {}), "file": weights_stamp(uri, endpoint)}
+    upstream = read_merged_from(uri, endpoint)
+    if upstream is not None:
+        tree["merged_from"] = upstream
+    return json.loads(json.dumps(tree))
+
+
+def merge_into(
+    cfg: Config, out_uri: str, base: str, *, about: Mapping[str, Mapping[str, Any]] | None = None, **parts: str
+) -> bool:
+    """Write ``merge_modules(base, **parts)`` to ``out_uri`` (local or S3), and beside it what it was merged from
+    (:func:`merged_from_uri`: each input's :func:`source_identity`, ``about[part]`` naming its row, seed and run,
+    the base under ``"base"``).
+
+    A file that exists is kept (False: nothing merged) when its record names the same sources; it is rebuilt
+    (True), saying why in the log, when a source changed (another run, checkpoint or file) or no record exists.
+    The record is removed before the weights are written and written after them, so a merge cut short leaves no
+    record and is rebuilt by the next run.
+    """
     endpoint = cfg.storage.s3_endpoint_url
+    about = about or {}
+    sources = {"base": source_identity(base, endpoint, about.get("base"))}
+    sources.update({part: source_identity(uri, endpoint, about.get(part)) for part, uri in parts.items()})
     filesystem, path = storage.resolve(out_uri, endpoint)
     if filesystem.get_file_info(path).is_file:
-        return False
+        recorded = read_merged_from(out_uri, endpoint)
+        if recorded == sources:
+            return False
+        why = (
+            "it records no sources (merged before cmd-ray recorded them, or cut short)"
+            if recorded is None
+            else f"its sources changed ({describe_changes(recorded, sources)})"
+        )
+        logger.info("rebuilding merged weights %s: %s", out_uri, why)
+    record = merged_from_uri(out_uri)
+    storage.delete_file(record, endpoint)
     with tempfile.TemporaryDirectory(prefix="cmd-ray-merge-") as tmp:
         folder = Path(tmp)
         local_parts = {part: _local_copy(uri, endpoint, folder) for part, uri in parts.items()}
         merged = merge_modules(_local_copy(base, endpoint, folder), folder / "merged.pt", **local_parts)
         storage.write_bytes(out_uri, merged.read_bytes(), endpoint)
+    tree = {"version": MERGED_FROM_VERSION, "weights": out_uri, "merged_from": sources}
+    atomic_write_text(record, json.dumps(tree, indent=1) + "\n", endpoint)
     return True
+
+
+def _about(run: RowRun) -> dict[str, Any]:
+    """A merge input's row, seed index and MLflow run (the checkpoint folder, and so the epoch, is in its URI)."""
+    return {"row": run.row, "seed": run.seed, "run_id": run.run_id}
 
 
 def _merge_row(cfg: Config, parent: str, seed: int, runs: dict[tuple[str, int], RowRun]) -> RowRun:
     """B3 for seed index ``seed``: B1's weights with B2's IoU-Net test branch."""
     b1, b2 = runs[("B1", seed)], runs[("B2", seed)]
     out = merged_uri(cfg, "B3", seed)
-    made = merge_into(cfg, out, b1.weights, bbe_test=b2.weights)
+    made = merge_into(cfg, out, b1.weights, about={"base": _about(b1), "bbe_test": _about(b2)}, bbe_test=b2.weights)
     run_id = _child_run(
         cfg, parent, "B3", seed, {"cmd_ray.merge_base": b1.weights, "cmd_ray.merge_bbe_test": b2.weights}
     )
@@ -223,8 +290,9 @@ def _merge_row(cfg: Config, parent: str, seed: int, runs: dict[tuple[str, int], 
 
 def _d_start(cfg: Config, seed: int, runs: dict[tuple[str, int], RowRun]) -> str:
     """The D rows' starting weights for seed index ``seed``: B3 with C1's classifier (§4.3)."""
+    b3, c1 = runs[("B3", seed)], runs[("C1", seed)]
     out = merged_uri(cfg, D_START, seed)
-    merge_into(cfg, out, runs[("B3", seed)].weights, tcl=runs[("C1", seed)].weights)
+    merge_into(cfg, out, b3.weights, about={"base": _about(b3), "tcl": _about(c1)}, tcl=c1.weights)
     return out
 
 
@@ -240,6 +308,34 @@ def _train_row(cfg: Config, row: str, seed: int, start: str, parent: str, pairs:
     )
 
 
+def _paired_columns(summary: RowSummary) -> dict[str, Any]:
+    """The table JSON's paired-comparison columns of one row (None for the reference row): per metric the paired
+    mean difference, the interval, whether it excludes 0 and the Wilcoxon p; then the pairs and the bootstrap."""
+    cols: dict[str, Any] = {}
+    for m in TABLE1_METRICS:
+        p = summary.paired.get(m)
+        d = p.to_dict() if p else {}
+        cols.update(
+            {
+                f"{m}_paired_diff": d.get("mean"),
+                f"{m}_ci_low": d.get("low"),
+                f"{m}_ci_high": d.get("high"),
+                f"{m}_ci_excludes_zero": d.get("excludes_zero"),
+                f"{m}_wilcoxon_p": d.get("p_value"),
+            }
+        )
+    first = next(iter(summary.paired.values()), None)
+    cols.update(
+        {
+            "paired_sequences": first.num_sequences if first else None,
+            "ci_confidence": first.confidence if first else None,
+            "bootstrap_resamples": first.resamples if first else None,
+            "bootstrap_seed": first.seed if first else None,
+        }
+    )
+    return cols
+
+
 def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str, plot: Path) -> None:
     client = mlflow_runs.client(cfg)
     frame = pd.DataFrame(
@@ -250,6 +346,7 @@ def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str
                 **{f"{m}_mean": s.mean[m] for m in TABLE1_METRICS},
                 **{f"{m}_std": s.std[m] for m in TABLE1_METRICS},
                 **{f"{m}_delta": s.delta[m] for m in TABLE1_METRICS},
+                **_paired_columns(s),
             }
             for s in summaries
         ]
@@ -259,6 +356,11 @@ def _log_table(cfg: Config, parent: str, summaries: list[RowSummary], table: str
     client.log_artifact(parent, str(plot), "table1")
     metrics = {f"{s.row}/{m}_mean": s.mean[m] for s in summaries for m in TABLE1_METRICS}
     metrics.update({f"{s.row}/{m}_std": s.std[m] for s in summaries for m in TABLE1_METRICS if s.seeds > 1})
+    for s in summaries:
+        for m, p in s.paired.items():
+            metrics.update(
+                {f"{s.row}/{m}_paired_diff": p.mean, f"{s.row}/{m}_ci_low": p.low, f"{s.row}/{m}_ci_high": p.high}
+            )
     mlflow_runs.log_metrics(cfg, parent, metrics, step=0)
 
 

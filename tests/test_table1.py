@@ -3,7 +3,11 @@ merged weights, and the summary table (mean ± std over seeds, deltas to A1)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,9 +15,17 @@ import torch
 from checkpoint_fakes import CLF_KEY, REF_KEY, TEST_KEY, tiny_state
 
 from cmd_ray.config import ConfigError, load_config
-from cmd_ray.evaluation.metrics import Scores
+from cmd_ray.evaluation.metrics import (
+    NORM_PRECISION_THRESHOLDS,
+    PRECISION_THRESHOLDS,
+    SUCCESS_THRESHOLDS,
+    DatasetScores,
+    Scores,
+    SequenceCurves,
+    aggregate,
+)
 from cmd_ray.evaluation.tables import format_table1, summarise_rows
-from cmd_ray.table1 import check_table, merge_into, row_config
+from cmd_ray.table1 import check_table, merge_into, read_merged_from, row_config
 from cmd_ray.vocabulary import VARIANT_NAMES, row_dependencies, table1_rows
 
 
@@ -84,9 +96,59 @@ def test_merges_give_b3_and_the_d_rows_start(tmp_path):
     assert not torch.equal(start[CLF_KEY], b1[CLF_KEY])
     backbone = next(k for k in start if k.startswith("feature_extractor."))
     assert torch.equal(start[backbone], b1[backbone])
-    # a rerun keeps what exists
-    assert not merge_into(cfg, start_uri, b3_uri, tcl=str(tmp_path / "b2.pt"))
-    assert torch.equal(torch.load(start_uri, weights_only=True)[CLF_KEY], c1[CLF_KEY])
+    # a rerun with the same sources keeps what exists
+    assert not merge_into(cfg, b3_uri, str(tmp_path / "b1.pt"), bbe_test=str(tmp_path / "b2.pt"))
+    assert not merge_into(cfg, start_uri, b3_uri, tcl=str(tmp_path / "c1.pt"))
+    # another source rebuilds it
+    assert merge_into(cfg, start_uri, b3_uri, tcl=str(tmp_path / "b2.pt"))
+    assert torch.equal(torch.load(start_uri, weights_only=True)[CLF_KEY], b2[CLF_KEY])
+
+
+def test_a_merged_file_records_its_sources_and_is_rebuilt_when_one_changes(tmp_path, caplog):
+    for name, seed in (("b1", 1), ("b2", 2), ("c1", 3)):
+        torch.save(tiny_state(seed), tmp_path / f"{name}.pt")
+    cfg = load_config(None, [])
+    b1, b2, c1 = (str(tmp_path / f"{n}.pt") for n in ("b1", "b2", "c1"))
+    b3_uri, start_uri = str(tmp_path / "out" / "B3.pt"), str(tmp_path / "out" / "D-start.pt")
+    about = {"base": {"row": "B1", "seed": 0, "run_id": "run-b1"}, "bbe_test": {"row": "B2", "seed": 0, "run_id": "r2"}}
+    assert merge_into(cfg, b3_uri, b1, about=about, bbe_test=b2)
+    assert merge_into(cfg, start_uri, b3_uri, about={"tcl": {"row": "C1", "run_id": "run-c1"}}, tcl=c1)
+
+    record = json.loads((tmp_path / "out" / "B3.merged_from.json").read_text())
+    assert record["weights"] == b3_uri
+    assert record["merged_from"]["base"]["run_id"] == "run-b1" and record["merged_from"]["base"]["uri"] == b1
+    assert record["merged_from"]["bbe_test"]["file"]["size"] == os.path.getsize(b2)
+    assert read_merged_from(start_uri)["base"]["merged_from"] == record["merged_from"]  # B3's sources, nested
+    # the loaders still read the merged file as the plain state dict it is
+    assert set(torch.load(b3_uri, weights_only=True)) == set(tiny_state(1))
+
+    # unchanged: kept, and the file is not touched
+    before = os.stat(b3_uri).st_mtime_ns
+    assert not merge_into(cfg, b3_uri, b1, about=about, bbe_test=b2)
+    assert os.stat(b3_uri).st_mtime_ns == before
+
+    # B1 retrained into another MLflow run: rebuilt, saying why
+    other_run = {**about, "base": {**about["base"], "run_id": "run-b1-again"}}
+    with caplog.at_level(logging.INFO, logger="cmd_ray.table1"):
+        assert merge_into(cfg, b3_uri, b1, about=other_run, bbe_test=b2)
+    assert "base.run_id: 'run-b1' → 'run-b1-again'" in caplog.text
+
+    # B2's checkpoint file rewritten in place (same URI, same run): its stamp changed, so B3 is rebuilt, and the
+    # D rows' start, made from the old B3, is rebuilt in turn
+    torch.save(tiny_state(4), b2)
+    os.utime(b2, ns=(before + 10**9, before + 10**9))
+    assert merge_into(cfg, b3_uri, b1, about=other_run, bbe_test=b2)
+    assert torch.equal(torch.load(b3_uri, weights_only=True)[TEST_KEY], tiny_state(4)[TEST_KEY])
+    assert merge_into(cfg, start_uri, b3_uri, about={"tcl": {"row": "C1", "run_id": "run-c1"}}, tcl=c1)
+    assert not merge_into(cfg, start_uri, b3_uri, about={"tcl": {"row": "C1", "run_id": "run-c1"}}, tcl=c1)
+
+    # a merged file without a record (an older cmd-ray, or a merge cut short before the record was written)
+    (tmp_path / "out" / "B3.merged_from.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cmd_ray.table1"):
+        assert merge_into(cfg, b3_uri, b1, about=other_run, bbe_test=b2)
+    assert "records no sources" in caplog.text
+    assert (tmp_path / "out" / "B3.merged_from.json").is_file()
 
 
 def _scores(success: float, precision: float, norm: float) -> Scores:
@@ -120,6 +182,72 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_deltas_to_the_reference(
     assert "0.700 ± 0.100" in d3_line and "+0.200" in d3_line and d3_line.rstrip().endswith("3")
     with pytest.raises(ValueError, match="reference row"):
         summarise_rows({"D3": scores["D3"]}, "A1")
+
+
+def _dataset(per_sequence: dict[str, float]) -> DatasetScores:
+    """Dataset scores whose every sequence scores ``per_sequence[name]`` on each metric (flat curves)."""
+    curves = {
+        name: SequenceCurves(
+            protocol="lsotb",
+            success=np.full(SUCCESS_THRESHOLDS.shape, v),
+            precision=np.full(PRECISION_THRESHOLDS.shape, v),
+            norm_precision=np.full(NORM_PRECISION_THRESHOLDS.shape, v),
+            num_frames=10,
+        )
+        for name, v in per_sequence.items()
+    }
+    return aggregate(curves)
+
+
+def test_table1_marks_rows_whose_paired_interval_excludes_zero():
+    rng = np.random.default_rng(0)
+    names = [f"s{i:02d}" for i in range(30)]
+    teacher = rng.uniform(0.3, 0.7, len(names))  # sequences of very different difficulty
+    a1 = _dataset(dict(zip(names, teacher, strict=True)))
+    gain = [_dataset(dict(zip(names, teacher + 0.03 + rng.normal(0, 0.01, len(names)), strict=True))) for _ in range(5)]
+    same = [a1] * 5  # e.g. rows that train a module the tracker does not use
+    noise = [_dataset(dict(zip(names, teacher + rng.normal(0, 0.02, len(names)), strict=True))) for _ in range(5)]
+    a1_row, d3, b1, c1 = summarise_rows({"A1": [a1], "D3": gain, "B1": same, "C1": noise}, "A1")
+
+    assert a1_row.paired == {}
+    assert d3.paired["success"].excludes_zero and d3.paired["success"].low > 0
+    # flat curves: every metric sees the same per-sequence differences
+    assert d3.paired["precision"].mean == pytest.approx(d3.paired["success"].mean)
+    diffs = np.mean([[g.per_sequence[n].success_score - teacher[i] for i, n in enumerate(names)] for g in gain])
+    assert d3.paired["success"].mean == pytest.approx(diffs)
+    assert (b1.paired["success"].low, b1.paired["success"].high) == (0.0, 0.0)
+    assert not b1.paired["success"].excludes_zero
+    assert not c1.paired["success"].excludes_zero
+
+    text = format_table1([a1_row, d3, b1, c1], protocol="lsotb", dataset="synthetic")
+    lines = text.splitlines()
+    assert "Δ to A1 paired over seeds × sequences" in lines[0]
+    assert "95% CI" in lines[1] and lines[1].split()[-2:] == ["p(Success)", "Seeds"]
+    d3_line = next(line for line in lines if line.startswith("D3"))
+    p = d3.paired["success"]
+    assert f"{p.mean:+.3f}  [{p.low:+.3f}, {p.high:+.3f}] *" in d3_line
+    assert "*" not in next(line for line in lines if line.startswith("B1"))
+    assert "*" not in next(line for line in lines if line.startswith("C1"))
+    assert any(line.startswith("*: the interval excludes 0") for line in lines)
+    assert any("10000 resamples, generator seed 0" in line for line in lines)
+    # the same scores give the same table
+    again = summarise_rows({"A1": [a1], "D3": gain, "B1": same, "C1": noise}, "A1")
+    assert format_table1(again, protocol="lsotb", dataset="synthetic") == text
+    assert "all-zero success" not in format_table1(again, protocol="pytracking")  # no drops under pytracking
+
+
+def test_table1_plot_adds_the_paired_differences_when_there_are_some(tmp_path):
+    from PIL import Image
+
+    from cmd_ray.evaluation.plots import table1_plot
+
+    names = ["a", "b", "c"]
+    a1 = _dataset(dict.fromkeys(names, 0.5))
+    paired = summarise_rows({"A1": [a1], "D3": [_dataset(dict.fromkeys(names, 0.6))] * 2}, "A1")
+    plain = [replace(s, paired={}) for s in paired]
+    with_ci = table1_plot(paired, tmp_path / "paired.png", protocol="lsotb")
+    without = table1_plot(plain, tmp_path / "plain.png", protocol="lsotb")
+    assert Image.open(with_ci).size[1] > Image.open(without).size[1]  # a second panel below the bars
 
 
 def test_the_job_refuses_a_table_without_a_teacher_before_any_cluster_work(capsys):

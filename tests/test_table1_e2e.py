@@ -5,6 +5,9 @@ trains nothing and registers nothing new."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,7 +19,7 @@ from cmd_ray.mlflow_runs import store_client
 from cmd_ray.models.checkpoint import load_state_dict
 from cmd_ray.models.dimpnet import build_model
 from cmd_ray.models.loading import checkpoint_file
-from cmd_ray.table1 import D_START, ROW_TAG, merged_uri, run_table1
+from cmd_ray.table1 import D_START, ROW_TAG, merged_uri, read_merged_from, run_table1
 from cmd_ray.train.teacher import TEACHER_SOURCE_TAG
 from cmd_ray.vocabulary import VARIANT_NAMES
 
@@ -111,6 +114,14 @@ def test_table1_trains_every_row_in_dependency_order_and_logs_the_table(ray_sess
     }
     d3 = next(s for s in result.summaries if s.row == "D3")
     assert parent.data.metrics["D3/success_mean"] == pytest.approx(d3.mean["success"])
+    # each row's paired difference to A1 over the 2 sequences, in the text and in the table's JSON
+    assert "95% CI" in result.table and d3.paired["success"].num_sequences == 2
+    assert parent.data.metrics["D3/success_ci_low"] == pytest.approx(d3.paired["success"].low)
+    table_json = json.loads(Path(client.download_artifacts(result.parent_run_id, "table1/table1.json")).read_text())
+    assert {"success_ci_low", "success_ci_high", "success_ci_excludes_zero"} <= set(table_json["columns"])
+    # the merged files record their sources
+    assert read_merged_from(merged_uri(cfg, "B3", 0))["base"]["run_id"] == runs["B1"].run_id
+    assert read_merged_from(start_uri)["tcl"]["run_id"] == runs["C1"].run_id
     version = client.get_model_version_by_alias("table1-e2e", "candidate")
     assert version.run_id == by_row[result.best_row].info.run_id
 

@@ -175,12 +175,17 @@ def table1_plot(
     summaries: Sequence[RowSummary], path: Path | str, *, protocol: str, dataset: str | None = None
 ) -> Path:
     """Table 1 as bars: each row's mean Success and Precision, error bars ±1 std over its seeds, a line at the first
-    row's (the reference's) Success."""
+    row's (the reference's) Success. When the rows carry paired comparisons (:attr:`RowSummary.paired`), a second
+    panel shows each row's paired Success difference to the reference with its bootstrap interval, and a line at 0:
+    an interval clear of the line is a difference above the noise of sequences and seeds."""
     if not summaries:
         raise ValueError("a Table 1 plot needs at least one row")
     out = Path(path)
+    compared = [s for s in summaries if "success" in s.paired]
     fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
+    if compared:
+        fig.set_size_inches(6.4, 8.0)
+    ax = fig.add_subplot(2 if compared else 1, 1, 1)
     x = np.arange(len(summaries))
     width = 0.38
     for offset, metric, label in ((-width / 2, "success", "Success"), (width / 2, "precision", "Precision@20px")):
@@ -195,6 +200,21 @@ def table1_plot(
     ax.set_ylabel("score (mean ± std over seeds)")
     ax.set_title(f"Table 1 — {protocol}" + (f" — {dataset}" if dataset else ""))
     ax.legend(loc="upper left", fontsize="small")
+    if compared:
+        diff = fig.add_subplot(2, 1, 2)
+        paired = [s.paired["success"] for s in compared]
+        means = np.array([p.mean for p in paired])
+        spans = np.array([[p.mean - p.low for p in paired], [p.high - p.mean for p in paired]])
+        colors = ["tab:green" if p.low > 0 else "tab:red" if p.high < 0 else "tab:gray" for p in paired]
+        xs = np.arange(len(compared))
+        for i in range(len(compared)):
+            diff.errorbar(xs[i], means[i], yerr=spans[:, i : i + 1], fmt="o", capsize=4, color=colors[i])
+        diff.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+        diff.set_xticks(xs, [s.row for s in compared])
+        diff.set_xlim(-0.5, len(compared) - 0.5)
+        diff.set_ylabel(f"Success − {summaries[0].row} (paired)")
+        diff.set_title(f"paired Δ Success, {paired[0].confidence:.0%} bootstrap interval (seeds × sequences)")
+        fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out

@@ -31,6 +31,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import posixpath
@@ -63,6 +64,8 @@ S3_READ_THREADS = 16
 """Concurrent reads of result files on S3 (small objects: latency-bound, not bandwidth-bound)."""
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
 
 
 class ResultsError(ValueError):
@@ -349,6 +352,9 @@ class ResultMeta:
         protocol: the protocol of the evaluation (``compare``'s default).
         sequences: the sequences evaluated into this folder, in order.
         index: the tracker's position in the evaluation (order of the comparison table).
+        settings: what the tracked boxes depend on besides the identity (:func:`tracking_settings`: the tracker's
+            parameters and the weights file's stamp); None when unknown (a ``meta.json`` written before cmd-ray
+            recorded it). Results are reused only under the same settings (:func:`prepare_tracker_dir`).
     """
 
     tracker: str
@@ -361,6 +367,7 @@ class ResultMeta:
     protocol: str
     sequences: tuple[str, ...] = ()
     index: int = 0
+    settings: dict[str, Any] | None = None
 
     IDENTITY = ("kind", "model", "model_version", "benchmark", "root", "lsotb_subset")
 
@@ -373,6 +380,43 @@ class ResultMeta:
         tree["sequences"] = list(self.sequences)
         tree["version"] = META_VERSION
         return json.dumps(tree, indent=2) + "\n"
+
+
+def tracking_settings(
+    kind: str, tracker_params: Mapping[str, Any] | None, weights: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The settings a tracker's boxes depend on besides :meth:`ResultMeta.identity`, as stored in ``meta.json``.
+
+    Args:
+        kind: ``dimp`` or ``static``; the static baseline copies the first box whatever the parameters, so its
+            settings are empty.
+        tracker_params: the online tracker's parameters (a :class:`~cmd_ray.config.TrackerConfig` dump).
+        weights: the stamp of the model's weights file (:func:`cmd_ray.models.loading.weights_stamp`; None for a
+            registry model, whose version is part of the identity): a file rebuilt under the same URI changes it.
+
+    The protocol is not part of it: it decides how boxes are scored, not which boxes are tracked.
+    """
+    if kind == "static":
+        return {}
+    # through JSON, so that a fresh dict compares equal to the one read back from meta.json (tuples become lists)
+    return json.loads(json.dumps({"tracker": dict(tracker_params or {}), "weights": weights}))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) -> str:
+    """``key: old → new`` for each dotted key whose value differs between two nested mappings (a log line)."""
+    a, b = _flatten(old), _flatten(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    parts = [f"{k}: {a.get(k, '<unset>')!r} → {b.get(k, '<unset>')!r}" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def write_meta(tracker_dir: Path | str, meta: ResultMeta, endpoint_url: str | None = None) -> str:
@@ -421,17 +465,35 @@ def read_meta(tracker_dir: Path | str, endpoint_url: str | None = None) -> Resul
     kwargs.setdefault("model_version", None)
     kwargs.setdefault("lsotb_subset", None)
     kwargs["sequences"] = tuple(kwargs["sequences"])
+    if not isinstance(kwargs.get("settings"), dict | None):
+        raise ResultsError(f"{path}: settings must be a JSON object")
     return ResultMeta(**kwargs)
+
+
+def _settings_change(old: ResultMeta, new: ResultMeta) -> str | None:
+    """Why results made under ``old`` cannot stand for ``new``'s tracker settings; None when they can (or when
+    ``new`` does not say what its settings are)."""
+    if new.settings is None or old.settings == new.settings:
+        return None
+    if old.settings is None:
+        return f"its {META_FILE} records no tracker settings (written before cmd-ray recorded them)"
+    return f"the tracker settings changed ({describe_changes(old.settings, new.settings)})"
 
 
 def prepare_tracker_dir(
     tracker_dir: Path | str, meta: ResultMeta, overwrite: bool = False, endpoint_url: str | None = None
 ) -> ResultMeta:
-    """Write ``meta`` into the folder (created on local disk); refuse to mix results of another model or benchmark.
+    """Write ``meta`` into the folder (created on local disk); refuse to mix results of another model or benchmark,
+    and drop results tracked under other settings.
 
     When ``meta.json`` already exists with the same identity (:meth:`ResultMeta.identity`), its sequences are kept
     and the new ones appended, so results of an earlier run stay part of the folder. A different identity raises
     :class:`ResultsError` unless ``overwrite`` (then the new meta replaces the old one).
+
+    Same identity but other :attr:`ResultMeta.settings` (a ``tracker.*`` knob changed, the weights file was
+    rewritten, or the old ``meta.json`` does not record them): the results are not reused. The folder's result
+    files are removed (logged, saying why) *before* the new ``meta.json`` is written, so a run killed in between
+    leaves the old ``meta.json`` and is detected again, and the sequences are tracked anew.
 
     Returns:
         the meta written.
@@ -445,8 +507,22 @@ def prepare_tracker_dir(
                 f"{tracker_dir} holds results of another run ({diff}); use another results_dir or tracker name, "
                 "or set evaluation.overwrite=true to re-track"
             )
-        merged = list(old.sequences) + [s for s in meta.sequences if s not in old.sequences]
-        meta = ResultMeta(**{**asdict(meta), "sequences": tuple(merged)})
+        why = _settings_change(old, meta)
+        if why is not None:
+            files = list_files(tracker_dir, endpoint_url)
+            names = sorted(f for f in files if "/" not in f and f.endswith(BOXES_SUFFIX))  # <seq>.txt, <seq>_time.txt
+            logger.warning(
+                "%s: results not reused, re-tracking every sequence: %s; removing %d old result file(s)",
+                tracker_dir,
+                why,
+                len(names),
+            )
+            # box files first: each one is the commit marker of its pair
+            for f in sorted(names, key=lambda f: f.endswith(TIMES_SUFFIX)):
+                storage.delete_file(storage.join(location(tracker_dir), f), endpoint_url)
+        else:
+            merged = list(old.sequences) + [s for s in meta.sequences if s not in old.sequences]
+            meta = ResultMeta(**{**asdict(meta), "sequences": tuple(merged)})
     write_meta(tracker_dir, meta, endpoint_url)
     return meta
 

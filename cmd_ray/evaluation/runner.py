@@ -6,7 +6,9 @@
    (``results_dir/<tracker>/meta.json``: results of another model or benchmark are never mixed in) — all before
    any cluster work;
 2. plan: a (tracker, sequence) whose result files are complete (one line per frame) is skipped, unless
-   ``evaluation.overwrite``; only trackers with work left load their network (once, on the driver) and ``ray.put``
+   ``evaluation.overwrite`` or the folder's results were tracked under other settings (``meta.json`` records
+   ``tracker.*`` and the weights file's stamp; :func:`~cmd_ray.evaluation.results.prepare_tracker_dir` removes
+   such results, saying why); only trackers with work left load their network (once, on the driver) and ``ray.put``
    its state dict;
 3. run the tasks with ``evaluation.cpus_per_task`` CPUs (and ``gpus_per_task`` GPUs with ``use_gpu``) each, at
    most ``evaluation.num_workers`` in flight (``ray.wait``), a progress bar on the driver; each task writes its
@@ -60,9 +62,11 @@ from cmd_ray.evaluation.results import (
     prepare_tracker_dir,
     read_and_score,
     sequence_frame_rates,
+    tracking_settings,
     write_per_sequence,
 )
 from cmd_ray.evaluation.tables import format_attribute_table, format_comparison, format_gap_table
+from cmd_ray.models.loading import weights_stamp
 from cmd_ray.vocabulary import SequenceModality
 
 logger = logging.getLogger(__name__)
@@ -183,20 +187,32 @@ def _passes(cfg: Config, results_dir: str) -> list[_Pass]:
     return passes
 
 
-def _meta(cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Sequence], root: str) -> ResultMeta:
+def tracker_meta(
+    cfg: Config, tracker: EvaluatedTracker, index: int, sequences: list[Sequence], root: str | None = None
+) -> ResultMeta:
+    """What this evaluation writes into the tracker's ``meta.json``: its identity and its tracking settings
+    (``cfg.tracker`` and, for a weights file, the file's stamp; :func:`.results.tracking_settings`), for the
+    sequences under ``root`` (default: ``evaluation.root``)."""
     ev = cfg.evaluation
-    version = registry_version(tracker.model, cfg) if tracker.model and tracker.model.startswith("models:/") else None
+    registered = bool(tracker.model and tracker.model.startswith("models:/"))
+    version = registry_version(tracker.model, cfg) if registered and tracker.model else None
+    stamp = (
+        weights_stamp(tracker.model, cfg.storage.s3_endpoint_url)
+        if tracker.kind == "dimp" and tracker.model and not registered
+        else None
+    )
     return ResultMeta(
         tracker=tracker.name,
         kind=tracker.kind,
         model=tracker.model,
         model_version=version,
         benchmark=ev.benchmark,
-        root=root,
+        root=root if root is not None else location(ev.root),
         lsotb_subset=ev.lsotb_subset if ev.benchmark == "lsotb" else None,
         protocol=ev.protocol,
         sequences=tuple(s.name for s in sequences),
         index=index,
+        settings=tracking_settings(tracker.kind, cfg.tracker.model_dump(mode="json"), stamp),
     )
 
 
@@ -468,7 +484,7 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
     skipped = 0
     for where in passes:
         for i, tracker in enumerate(ev.trackers):
-            meta = _meta(cfg, tracker, i, where.sequences, where.root)
+            meta = tracker_meta(cfg, tracker, i, where.sequences, where.root)
             meta = prepare_tracker_dir(where.tracker_dirs[tracker.name], meta, ev.overwrite, endpoint)
             if where is tir_pass:
                 metas[tracker.name] = meta

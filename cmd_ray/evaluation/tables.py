@@ -5,7 +5,8 @@
   the first tracker, and optionally one indented row per (tracker, attribute).
 - :func:`format_attribute_table`: one row per attribute, one column per tracker, for one metric.
 - :func:`format_gap_table`: the modality gap, one row per tracker: TIR and RGB-twin scores, share of the gap closed.
-- :func:`format_table1`: the paper's Table 1, one line per row, ``mean ± std`` over seeds (:func:`summarise_rows`).
+- :func:`format_table1`: the paper's Table 1, one line per row, ``mean ± std`` over seeds (:func:`summarise_rows`),
+  each row's paired difference to the reference row with its bootstrap interval (:mod:`cmd_ray.evaluation.paired`).
 
 Every table names the protocol its scores were computed under (docs/evaluation.md). The ``Seqs`` column says how many
 sequences were averaged and how many were dropped (``lsotb``: all-zero success) or excluded (``pytracking``: some
@@ -16,13 +17,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from cmd_ray.evaluation.gap import GAP_METRICS, ModalityGap
 from cmd_ray.evaluation.metrics import DatasetScores, Scores
+from cmd_ray.evaluation.paired import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    PairedDifference,
+    compare_to_reference,
+)
 
 
 def norm_precision_label(protocol: str) -> str:
@@ -198,6 +206,9 @@ class RowSummary:
 
     ``mean`` / ``std`` / ``delta`` map :data:`TABLE1_METRICS` to fractions in [0, 1]; ``std`` is the sample standard
     deviation over the seeds (``ddof=1``; NaN for a single seed); ``delta`` is ``mean`` minus the reference row's.
+    ``paired`` maps each metric to the row's paired comparison with the reference over seeds × sequences
+    (:func:`cmd_ray.evaluation.paired.paired_difference`); empty for the reference row itself and when the scores
+    carry no per-sequence curves.
     """
 
     row: str
@@ -206,11 +217,28 @@ class RowSummary:
     std: dict[str, float]
     delta: dict[str, float]
     per_seed: dict[str, tuple[float, ...]]
+    paired: dict[str, PairedDifference] = field(default_factory=dict)
 
 
-def summarise_rows(scores: Mapping[str, Sequence[Scores]], reference: str) -> list[RowSummary]:
+def _has_curves(runs: Sequence[Scores]) -> bool:
+    return all(isinstance(s, DatasetScores) and s.per_sequence for s in runs)
+
+
+def summarise_rows(
+    scores: Mapping[str, Sequence[Scores]],
+    reference: str,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> list[RowSummary]:
     """Table 1 rows from each row's scores over its seeds (``{row: [scores of seed 0, seed 1, …]}``), in the order
-    given; deltas are to ``reference``'s mean."""
+    given; deltas are to ``reference``'s mean.
+
+    When every row's scores are :class:`~cmd_ray.evaluation.metrics.DatasetScores` with per-sequence curves, each
+    row other than ``reference`` also gets its paired comparison with it on every metric (``confidence``,
+    ``resamples`` and the generator's ``seed`` as :func:`cmd_ray.evaluation.paired.paired_difference`).
+    """
     if reference not in scores:
         raise ValueError(f"the reference row {reference!r} has no scores")
     summaries = []
@@ -222,15 +250,61 @@ def summarise_rows(scores: Mapping[str, Sequence[Scores]], reference: str) -> li
         std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for m, v in per_seed.items()}
         summaries.append(RowSummary(row, len(runs), mean, std, {}, per_seed))
     ref = next(s for s in summaries if s.row == reference).mean
-    return [
-        RowSummary(s.row, s.seeds, s.mean, s.std, {m: s.mean[m] - ref[m] for m in TABLE1_METRICS}, s.per_seed)
-        for s in summaries
-    ]
+    paired_ok = all(_has_curves(runs) for runs in scores.values())
+    out = []
+    for s in summaries:
+        paired: dict[str, PairedDifference] = {}
+        if paired_ok and s.row != reference:
+            ref_runs = [r for r in scores[reference] if isinstance(r, DatasetScores)]
+            row_runs = [r for r in scores[s.row] if isinstance(r, DatasetScores)]
+            try:
+                paired = compare_to_reference(
+                    row_runs, ref_runs, TABLE1_METRICS, confidence=confidence, resamples=resamples, seed=seed
+                )
+            except ValueError as exc:
+                raise ValueError(f"row {s.row!r} against {reference!r}: {exc}") from None
+        delta = {m: s.mean[m] - ref[m] for m in TABLE1_METRICS}
+        out.append(RowSummary(s.row, s.seeds, s.mean, s.std, delta, s.per_seed, paired))
+    return out
 
 
 def _mean_std(summary: RowSummary, metric: str) -> str:
     mean, std = summary.mean[metric], summary.std[metric]
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+INTERVAL_MARK = "*"
+"""Marks an interval that excludes 0 in the Table 1 text."""
+
+
+def _interval_cell(p: PairedDifference | None) -> str:
+    if p is None:
+        return "–"
+    return f"[{p.low:+.3f}, {p.high:+.3f}]" + (f" {INTERVAL_MARK}" if p.excludes_zero else "  ")
+
+
+def _p_cell(p: PairedDifference | None) -> str:
+    if p is None or math.isnan(p.p_value):
+        return "–"
+    return f"{p.p_value:.3f}" if p.p_value >= 0.001 else "<0.001"
+
+
+def table1_note(summaries: Sequence[RowSummary], protocol: str) -> str | None:
+    """The lines under Table 1 saying what Δ, the interval, its mark and p are; None without paired comparisons."""
+    example = next((p for s in summaries for p in s.paired.values()), None)
+    if example is None:
+        return None
+    reference = summaries[0].row
+    lines = [
+        f"Δ: mean over seeds × sequences of the per-sequence score difference to {reference}.",
+        f"{example.confidence:.0%} CI: percentile bootstrap of that mean, drawing sequences and seeds with replacement "
+        f"({example.resamples} resamples, generator seed {example.seed}).",
+        f"{INTERVAL_MARK}: the interval excludes 0 (a difference above the noise of sequences and seeds).",
+        "p(Success): two-sided Wilcoxon signed-rank test of the per-sequence Success differences (mean over seeds).",
+    ]
+    if protocol == "lsotb":
+        lines.append("A sequence dropped from a row's mean (all-zero success) still counts in Δ, with its score.")
+    return "\n".join(lines)
 
 
 def format_table1(
@@ -241,20 +315,32 @@ def format_table1(
     show_norm_precision: bool = True,
 ) -> str:
     """Table 1: one line per row, each metric as ``mean ± std`` over the seeds with its delta to the reference row
-    (the first summary), then the number of seeds."""
+    (the first summary), then the number of seeds.
+
+    With paired comparisons (:attr:`RowSummary.paired`), each metric's Δ is the paired mean difference, followed by
+    its bootstrap interval (marked ``*`` when it excludes 0), a Wilcoxon p-value column for Success, and a note under
+    the table saying what they are; without them, Δ is the difference of the means.
+    """
     metrics = [m for m in TABLE1_METRICS if show_norm_precision or m != "norm_precision"]
     labels = {"success": "Success", "precision": "Prec@20px", "norm_precision": norm_precision_label(protocol)}
+    with_ci = any(s.paired for s in summaries)
+    confidence = next((p.confidence for s in summaries for p in s.paired.values()), DEFAULT_CONFIDENCE)
     header = ["Row"]
     for m in metrics:
-        header += [labels[m], "Δ"]
+        header += [labels[m], "Δ"] + ([f"{confidence:.0%} CI"] if with_ci else [])
+    header += ["p(Success)"] if with_ci else []
     header.append("Seeds")
     rows = []
     for s in summaries:
         cells = [s.row]
         for m in metrics:
-            cells += [_mean_std(s, m), f"{s.delta[m]:+.3f}"]
+            p = s.paired.get(m)
+            cells += [_mean_std(s, m), f"{p.mean if p else s.delta[m]:+.3f}"]
+            cells += [_interval_cell(p)] if with_ci else []
+        cells += [_p_cell(s.paired.get("success"))] if with_ci else []
         cells.append(str(s.seeds))
         rows.append(cells)
     title = f"Table 1 — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
     title += f" — mean ± std over seeds, Δ to {summaries[0].row}"
-    return _render(title, header, rows)
+    title += " paired over seeds × sequences" if with_ci else ""
+    return _render(title, header, rows, table1_note(summaries, protocol) if with_ci else None)

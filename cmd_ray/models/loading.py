@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from pyarrow import fs as pafs
@@ -36,6 +37,22 @@ def checkpoint_file(uri: str, endpoint_url: str | None = None) -> str:
     if filesystem.get_file_info(path).type == pafs.FileType.Directory:
         return storage.join(uri.rstrip("/"), TRAINING_STATE_FILE)
     return uri
+
+
+def weights_stamp(uri: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
+    """What identifies the weights file ``uri`` names as stored now, without reading it: ``{"file": its URI (a
+    checkpoint folder's ``training_state.pt``), "size": bytes, "mtime_ns": last modification, ns since the epoch}``;
+    None when there is no such file.
+
+    A file rewritten in place (a merge rebuilt, a checkpoint written again) gets a new stamp; reading the file to
+    hash it would cost a download of every model on S3.
+    """
+    file_uri = checkpoint_file(uri, endpoint_url)
+    filesystem, path = storage.resolve(file_uri, endpoint_url)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return None
+    return {"file": file_uri, "size": int(info.size), "mtime_ns": int(info.mtime_ns) if info.mtime_ns else None}
 
 
 def stored_config(path: str | Path) -> Config | None:

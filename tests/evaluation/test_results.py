@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cmd_ray.evaluation.results import (
     ResultMeta,
     ResultsError,
     atomic_write_text,
+    complete_sequences,
     format_per_sequence_csv,
     format_per_sequence_json,
     frame_rate,
@@ -28,6 +30,7 @@ from cmd_ray.evaluation.results import (
     read_times,
     result_paths,
     score_directory,
+    tracking_settings,
     write_meta,
     write_result,
 )
@@ -158,6 +161,53 @@ def test_prepare_refuses_results_of_another_model(tmp_path):
         prepare_tracker_dir(d, _meta(root="/other"))
     replaced = prepare_tracker_dir(d, _meta(model="/ckpt/b1.pt", model_version=None, sequences=("c",)), overwrite=True)
     assert read_meta(d) == replaced and replaced.sequences == ("c",)
+
+
+def test_results_are_reused_only_under_the_same_tracker_settings(tmp_path, caplog):
+    d = tmp_path / "t"
+    settings = tracking_settings("dimp", {"use_iou_net": False, "seed": 0}, {"file": "/w.pt", "size": 9})
+    prepare_tracker_dir(d, _meta(sequences=("a", "b"), settings=settings))
+    for name in ("a", "b"):
+        write_result(d, name, np.ones((3, 4)), np.ones(3))
+    frames = {"a": 3, "b": 3}
+
+    prepare_tracker_dir(d, _meta(sequences=("a", "b"), settings=settings))
+    assert complete_sequences(d, frames) == {"a", "b"}  # unchanged: reused
+    assert read_meta(d).settings == settings
+
+    changed = tracking_settings("dimp", {"use_iou_net": True, "seed": 0}, {"file": "/w.pt", "size": 9})
+    with caplog.at_level(logging.WARNING, logger="cmd_ray.evaluation.results"):
+        meta = prepare_tracker_dir(d, _meta(sequences=("b",), settings=changed))
+    assert complete_sequences(d, frames) == set()
+    assert sorted(p.name for p in d.iterdir()) == [META_FILE]
+    assert "results not reused" in caplog.text and "tracker.use_iou_net: False → True" in caplog.text
+    assert "removing 4 old result file(s)" in caplog.text
+    assert meta.sequences == ("b",) and read_meta(d).settings == changed  # the old sequences left with their files
+
+    # a rewritten weights file (same URI) is another model
+    write_result(d, "b", np.ones((3, 4)), np.ones(3))
+    restamped = tracking_settings("dimp", {"use_iou_net": True, "seed": 0}, {"file": "/w.pt", "size": 10})
+    prepare_tracker_dir(d, _meta(sequences=("b",), settings=restamped))
+    assert complete_sequences(d, frames) == set()
+
+
+def test_an_old_meta_without_settings_is_not_reused(tmp_path, caplog):
+    d = tmp_path / "t"
+    write_meta(d, _meta())  # as an earlier cmd-ray wrote it: no settings
+    write_result(d, "a", np.ones((3, 4)), np.ones(3))
+    with caplog.at_level(logging.WARNING, logger="cmd_ray.evaluation.results"):
+        prepare_tracker_dir(d, _meta(settings=tracking_settings("dimp", {"seed": 0}, None)))
+    assert "records no tracker settings" in caplog.text
+    assert complete_sequences(d, {"a": 3}) == set()
+    # a caller that does not know its settings (None) reuses what is there
+    write_result(d, "a", np.ones((3, 4)), np.ones(3))
+    prepare_tracker_dir(d, _meta())
+    assert complete_sequences(d, {"a": 3}) == {"a"}
+
+
+def test_the_static_baseline_ignores_the_tracker_parameters():
+    assert tracking_settings("static", {"use_iou_net": True}, None) == {}
+    assert tracking_settings("dimp", {"step": (1.0, 2.0)}, None) == {"tracker": {"step": [1.0, 2.0]}, "weights": None}
 
 
 def test_score_directory_matches_the_metrics_and_names_missing_results(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,15 @@ import pytest
 
 from cmd_ray.config import ConfigError, SynthConfig, load_config
 from cmd_ray.data.synthetic import write_synthetic_dataset
-from cmd_ray.evaluation.results import ResultsError, read_result, result_paths, write_result
-from cmd_ray.evaluation.runner import EvaluationError, check_twins, load_sequences, plan, run_evaluation
+from cmd_ray.evaluation.results import ResultsError, prepare_tracker_dir, read_result, result_paths, write_result
+from cmd_ray.evaluation.runner import (
+    EvaluationError,
+    check_twins,
+    load_sequences,
+    plan,
+    run_evaluation,
+    tracker_meta,
+)
 from cmd_ray.mlflow_runs import store_client
 
 STATIC_PAIR = "evaluation.trackers=[{name: first, kind: static}, {name: second, kind: static}]"
@@ -148,6 +157,41 @@ def test_plan_skips_complete_results(tmp_path, seq_root):
         [(t, s) for t in cfg.evaluation.trackers for s in sequences],
         0,
     )
+
+
+def test_a_tracker_change_retracks_and_an_unchanged_rerun_reuses(tmp_path, seq_root, caplog):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")  # tracker_meta only stamps the file: size and modification time
+    trackers = f"evaluation.trackers=[{{name: d, kind: dimp, model: '{weights}'}}, {{name: s, kind: static}}]"
+    cfg = _cfg(tmp_path, seq_root, trackers)
+    sequences = load_sequences(cfg)
+    dirs = {t.name: tmp_path / "results" / t.name for t in cfg.evaluation.trackers}
+
+    def prepare_and_plan(cfg):
+        for i, t in enumerate(cfg.evaluation.trackers):
+            prepare_tracker_dir(dirs[t.name], tracker_meta(cfg, t, i, sequences))
+        return plan(cfg, sequences, dict(dirs))
+
+    assert prepare_and_plan(cfg)[1] == 0
+    for t in cfg.evaluation.trackers:
+        for seq in sequences:
+            write_result(dirs[t.name], seq.name, np.ones((len(seq), 4)), np.ones(len(seq)))
+    assert prepare_and_plan(cfg) == ([], 6)  # unchanged: every result reused
+
+    flipped = _cfg(tmp_path, seq_root, trackers, f"tracker.use_iou_net={not cfg.tracker.use_iou_net}")
+    with caplog.at_level(logging.WARNING, logger="cmd_ray.evaluation.results"):
+        todo, skipped = prepare_and_plan(flipped)
+    # the dimp tracker is tracked again; the static baseline does not use the tracker's parameters
+    assert skipped == 3 and {(t.name, s.name) for t, s in todo} == {("d", s.name) for s in sequences}
+    assert f"tracker.use_iou_net: {cfg.tracker.use_iou_net} → {flipped.tracker.use_iou_net}" in caplog.text
+
+    for seq in sequences:
+        write_result(dirs["d"], seq.name, np.ones((len(seq), 4)), np.ones(len(seq)))
+    assert prepare_and_plan(flipped) == ([], 6)
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the weights file rewritten in place
+    todo, skipped = prepare_and_plan(flipped)
+    assert skipped == 3 and {t.name for t, _ in todo} == {"d"}
 
 
 # ------------------------------------------------------------------------------------------------- on Ray

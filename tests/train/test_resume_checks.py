@@ -62,3 +62,14 @@ def test_a_run_at_other_rates_than_its_rows_carries_them_as_a_tag(caplog):
         tags = rate_override_tags(load_config(None, ["distill.variant=B2", "distill.lr_bbe=4e-6"]))
     assert tags == {RATE_OVERRIDES_TAG: "lr_bbe=4e-06 (row B2: 1e-06)"}
     assert "rates other than the paper's for row B2" in caplog.text
+
+
+def test_a_scaled_run_is_no_override_but_an_explicit_rate_beside_the_scale_is(caplog):
+    from cmd_ray.train.trainer import RATE_OVERRIDES_TAG, rate_override_tags
+
+    assert rate_override_tags(load_config(None, ["distill.variant=B2", "distill.lr_scale=4"])) == {}
+    with caplog.at_level("WARNING"):
+        tags = rate_override_tags(
+            load_config(None, ["distill.variant=D2", "distill.lr_scale=100", "distill.lr_tcl=1e-3"])
+        )
+    assert tags == {RATE_OVERRIDES_TAG: "lr_tcl=0.001 (row D2: 2e-06 = 2e-08 x lr_scale 100)"}

@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 from cmd_ray.config import Config, ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
 from cmd_ray.storage import StorageError
-from cmd_ray.vocabulary import VARIANTS, Variant
+from cmd_ray.vocabulary import START_TEACHER, VARIANTS, Variant
 
 if TYPE_CHECKING:
     from cmd_ray.train.trainer import TrainingResult
@@ -178,9 +178,11 @@ def _distill(args: argparse.Namespace) -> int:
 def _print_training(result: TrainingResult, skipped_what: str) -> None:
     if result.nothing_to_train:
         print(f"\n{result.note}")
+    if result.label:
+        print(f"  trained:          {result.label}")
     if result.teacher is not None:
         lineage = f" (MLflow run {result.teacher.run_id})" if result.teacher.run_id else ""
-        print(f"  starting weights: {result.teacher.source}{lineage}")
+        print(f"  starting weights: {result.teacher.describe()}{lineage}")
     if result.resumed_from_epoch is not None:
         print(f"  resumed at epoch {result.resumed_from_epoch} from the run's latest checkpoint")
     if result.history and "teacher_val_loss" in result.history[0]:
@@ -219,7 +221,10 @@ def _tune(args: argparse.Namespace) -> int:
     check_trainable(cfg)
     pairs = list_pairs(cfg)
     result = run_sweep(cfg, pairs)
-    print(f"\nsweep finished: {len(result.trial_run_ids)} trials, by {result.metric} ({result.mode}), best first")
+    print(
+        f"\nsweep of {cfg.distill.run_label} finished: {len(result.trial_run_ids)} trials, by {result.metric} "
+        f"({result.mode}), best first"
+    )
     print(format_trial_table(result))
     print(f"best trial:    {result.best_trial_id} {cfg.tune.metric}={result.best_metric:.4f} {result.best_params}")
     print(f"MLflow run:    {result.run_location}")
@@ -345,9 +350,29 @@ def _registry(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     print(dump_config(cfg), end="")
-    for key, (rate, paper) in cfg.distill.rate_overrides().items():
-        print(f"# distill.{key}={rate:g} overrides row {cfg.distill.variant}'s paper rate {paper:g}")
+    for line in rate_notes(cfg):
+        print(f"# {line}")
     return 0
+
+
+def rate_notes(cfg: Config) -> list[str]:
+    """What the distill rates resolve to and why: the row's paper rates times ``distill.lr_scale``, then each
+    explicit rate that overrides them; and what the run is called (``D3``, ``D3 loss from the teacher``)."""
+    d = cfg.distill
+    variant = VARIANTS[d.variant]
+    paper = d.paper_rates()
+
+    def rate(key: str) -> str:
+        if not getattr(variant, key):
+            return f"{key}=0 (not trained)"
+        return f"{key}={paper[key]:g}" + (f" = {getattr(variant, key):g} x {d.lr_scale:g}" if d.lr_scale != 1 else "")
+
+    lines = [f"row {d.variant}'s paper rates x distill.lr_scale {d.lr_scale:g}: {rate('lr_tcl')}, {rate('lr_bbe')}"]
+    for key, (value, row_rate) in d.rate_overrides().items():
+        lines.append(f"distill.{key}={value:g} overrides row {d.variant}'s paper rate x lr_scale, {row_rate:g}")
+    start = "the teacher" if d.start_kind == START_TEACHER else d.start_kind
+    lines.append(f"this run is {d.run_label!r}: it starts from {start}")
+    return lines
 
 
 REFERENCE_COMMAND = "cmd-ray config-reference > docs/config.md"

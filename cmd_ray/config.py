@@ -424,8 +424,58 @@ class TclWeights(_Strict):
     final: float = Field(100.0, ge=0.0, description="score map of the final filter")
 
 
+class DStartConfig(_Strict):
+    """Where a D row (D1-D5) starts: B3's IoU-Net with C1's classifier (§4.3), merged on the driver when the run
+    starts (:func:`cmd_ray.train.teacher.resolve_start`, the merge of ``cmd-ray merge``). Each key takes
+    ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``), a cmd-ray checkpoint folder or ``training_state.pt``, a
+    state-dict or pytracking file, local or ``s3://``. B3 is ``b3``, or ``b1`` and ``b2`` (B3 = B1 with B2's IoU-Net
+    test branch, merged with the rest). Unset (default): the D row starts from the teacher (``model.init_checkpoint``)
+    and is named as such, e.g. "D3 loss from the teacher" (:func:`cmd_ray.vocabulary.run_label`). Only the D rows
+    take these keys; ``jobs/table1.py`` sets them for its D rows itself.
+    """
+
+    b3: str | None = Field(None, min_length=1, description="B3's weights (or give b1 and b2 instead)")
+    b1: str | None = Field(None, min_length=1, description="B1's weights: with b2, B3 = B1 + B2's IoU-Net test branch")
+    b2: str | None = Field(None, min_length=1, description="B2's weights, whose IoU-Net test branch goes into B3")
+    c1: str | None = Field(None, min_length=1, description="C1's weights, whose classifier the D row starts with")
+
+    @model_validator(mode="after")
+    def _a_whole_start(self) -> DStartConfig:
+        """Either nothing (the teacher) or a whole D start: B3 (b3, or b1 and b2) and C1."""
+        if self.b3 and (self.b1 or self.b2):
+            both = " and ".join(f"distill.start.{k}" for k in ("b1", "b2") if getattr(self, k))
+            raise ValueError(f"distill.start.b3 and {both} both name B3: give b3, or b1 and b2 (merged into B3)")
+        if bool(self.b1) != bool(self.b2):
+            given, missing = ("b1", "b2") if self.b1 else ("b2", "b1")
+            raise ValueError(f"distill.start.{given} needs distill.start.{missing}: B3 is B1 with B2's test branch")
+        has_b3 = bool(self.b3 or self.b1)
+        if has_b3 != bool(self.c1):
+            given = "distill.start.c1" if self.c1 else ("distill.start.b3" if self.b3 else "distill.start.b1/b2")
+            missing = "distill.start.b3 (or b1 and b2)" if self.c1 else "distill.start.c1"
+            raise ValueError(
+                f"{given} needs {missing}: a D row starts from B3's IoU-Net with C1's classifier; "
+                "unset every distill.start key to start from the teacher"
+            )
+        return self
+
+    @property
+    def given(self) -> bool:
+        """True when the keys name a D start (the validator makes it all or nothing)."""
+        return bool(self.c1)
+
+    def named(self) -> dict[str, str]:
+        """``{"distill.start.<key>": URI}`` of the keys set, in the order b3, b1, b2, c1."""
+        return {f"distill.start.{key}": getattr(self, key) for key in ("b3", "b1", "b2", "c1") if getattr(self, key)}
+
+
 class DistillConfig(_Strict):
-    """The CMD schedule: L = L_TCL + lambda * L_BBE with per-module learning rates."""
+    """The CMD schedule: L = L_TCL + lambda * L_BBE with per-module learning rates.
+
+    Rates: each Table 1 row has the paper's rates (``cmd-ray variants``: 1e-6 for the one module of B1, B2, C1;
+    lr_tcl 2e-8 and lr_bbe 1e-7 for the D rows). An unset ``lr_tcl`` / ``lr_bbe`` is the row's paper rate times
+    ``lr_scale``; a rate set explicitly (YAML, override, a sweep's sample) is used as given, not scaled, so an
+    explicit rate means exactly what it says.
+    """
 
     variant: VariantName = "D3"
     mixing: MixingName = Field(
@@ -440,13 +490,19 @@ class DistillConfig(_Strict):
         None,
         ge=0.0,
         description="Adam learning rate of the target classifier (TCL modules); unset: the row's paper rate "
-        "(cmd-ray variants), 0 for a row that does not train it",
+        "(cmd-ray variants) x lr_scale, 0 for a row that does not train it; set: used as given, not scaled",
     )
     lr_bbe: float | None = Field(
         None,
         ge=0.0,
-        description="Adam learning rate of the IoU-Net (BBE modules); unset: the row's paper rate, 0 for a row that "
-        "does not train it",
+        description="Adam learning rate of the IoU-Net (BBE modules); unset: the row's paper rate x lr_scale, 0 for "
+        "a row that does not train it; set: used as given, not scaled",
+    )
+    lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        description="factor on the row's paper rates (lr_tcl, lr_bbe left unset): a short training at "
+        "lr_scale=100 keeps the paper's ratios between rows and modules; explicit lr_tcl / lr_bbe are not scaled",
     )
     lr_backbone: float = Field(1e-7, gt=0.0, description="for model.trainable_backbone_layers, if any")
     loss_weight_bbe: float = Field(1.0, ge=0.0, description="lambda of Eq. 1 (SuperDiMP's KL box weight: 0.01)")
@@ -471,6 +527,20 @@ class DistillConfig(_Strict):
     lr_step: int = Field(15, ge=1, description="epochs between learning-rate decays")
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 0
+    start: DStartConfig = Field(default_factory=DStartConfig)
+
+    @model_validator(mode="after")
+    def _start_of_a_d_row(self) -> DistillConfig:
+        """Only the D rows start from merge(B3, C1); naming its sources for another row is a mistake."""
+        row = get_variant(self.variant)
+        named = self.start.named()
+        if named and not row.init_from:
+            d_rows = ", ".join(name for name, v in vocabulary.VARIANTS.items() if v.init_from)
+            raise ValueError(
+                f"{', '.join(named)} set, but distill.variant={row.name} is not a D row: only {d_rows} start from "
+                f"merge(B3, C1); {row.name} starts from the teacher (model.init_checkpoint). Unset distill.start.*"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mixing_of_a_mix_row(self) -> DistillConfig:
@@ -487,11 +557,12 @@ class DistillConfig(_Strict):
 
     @model_validator(mode="after")
     def _row_rates(self) -> DistillConfig:
-        """Unset rates take the row's paper rates; a branch the row trains needs a rate above 0."""
+        """Unset rates take the row's paper rates times ``lr_scale``; a branch the row trains needs a rate above 0."""
+        paper = self.paper_rates()
         row = get_variant(self.variant)
         for key, trained in (("lr_tcl", row.train_tcl), ("lr_bbe", row.train_bbe)):
             if getattr(self, key) is None:
-                setattr(self, key, getattr(row, key))
+                setattr(self, key, paper[key])
                 # filled in, not set: explicit_rates() and jobs/table1.py tell the two apart
                 self.__pydantic_fields_set__.discard(key)
             elif trained is not None and getattr(self, key) == 0:
@@ -500,19 +571,40 @@ class DistillConfig(_Strict):
                 )
         return self
 
+    def paper_rates(self) -> dict[str, float]:
+        """``{"lr_tcl": …, "lr_bbe": …}``: the row's paper rates times ``lr_scale`` (0 for a module it does not
+        train), what an unset rate resolves to."""
+        row = get_variant(self.variant)
+        # 12 significant digits drop the binary product's tail (1e-6 x 100 = 9.999999999999999e-05): the rate is the
+        # decimal a person computes, prints as such, and equals the same rate set explicitly
+        return {key: float(f"{getattr(row, key) * self.lr_scale:.12g}") for key in ("lr_tcl", "lr_bbe")}
+
     def explicit_rates(self) -> dict[str, float]:
         """The rates this config sets itself (YAML or overrides), not filled in from the row's paper rates."""
         return {key: getattr(self, key) for key in ("lr_tcl", "lr_bbe") if key in self.model_fields_set}
 
     def rate_overrides(self) -> dict[str, tuple[float, float]]:
-        """``{"lr_tcl": (rate, paper rate), …}`` for each rate of a module the row trains that differs from the
-        paper's rate for the row (set explicitly in the config or by a sweep)."""
+        """``{"lr_tcl": (rate, paper rate × lr_scale), …}`` for each rate of a module the row trains that differs
+        from the row's paper rate times ``lr_scale`` (set explicitly in the config or by a sweep)."""
         row = get_variant(self.variant)
+        paper = self.paper_rates()
         return {
-            key: (getattr(self, key), getattr(row, key))
+            key: (getattr(self, key), paper[key])
             for key, trained in (("lr_tcl", row.train_tcl), ("lr_bbe", row.train_bbe))
-            if trained is not None and getattr(self, key) != getattr(row, key)
+            if trained is not None and getattr(self, key) != paper[key]
         }
+
+    @property
+    def start_kind(self) -> str:
+        """Where the run's weights start: :data:`~cmd_ray.vocabulary.START_D` when ``start`` names B3 and C1, else
+        :data:`~cmd_ray.vocabulary.START_TEACHER`."""
+        return vocabulary.START_D if self.start.given else vocabulary.START_TEACHER
+
+    @property
+    def run_label(self) -> str:
+        """What this run is called in tables, MLflow tags and registry descriptions
+        (:func:`cmd_ray.vocabulary.run_label`): ``"D3"``, or ``"D3 loss from the teacher"``."""
+        return vocabulary.run_label(self.variant, self.start_kind)
 
 
 class ScalingSettings(_Strict):
@@ -957,8 +1049,9 @@ class Table1Settings(_Strict):
     """``jobs/table1.py``: the paper's Table 1, each row trained in dependency order and evaluated on TIR sequences.
 
     Each trained row starts from ``model.init_checkpoint`` (the teacher, row A1), except the D rows, which start from
-    B3's IoU-Net with C1's classifier (§4.3); each trains at its own paper rates unless ``distill.lr_tcl`` /
-    ``distill.lr_bbe`` are set (then logged as overrides), with ``distill``'s schedule and the row's pseudo boxes.
+    B3's IoU-Net with C1's classifier (§4.3; the job sets their ``distill.start``); each trains at its own paper rates
+    times ``distill.lr_scale`` unless ``distill.lr_tcl`` / ``distill.lr_bbe`` are set (then logged as overrides),
+    with ``distill``'s schedule and the row's pseudo boxes.
     """
 
     rows: list[VariantName] | None = Field(

@@ -39,7 +39,7 @@ from cmd_ray.config import Config, dump_config
 from cmd_ray.models.checkpoint import load_state_dict
 from cmd_ray.models.dimpnet import DiMPNet, TrackerNet
 from cmd_ray.models.loading import ModelLoadError, load_checkpoint_model, network_with_weights
-from cmd_ray.vocabulary import get_variant
+from cmd_ray.vocabulary import START_D, get_variant, paper_start
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "state_dict.pt"
@@ -68,6 +68,21 @@ DATA_URI_TAG = "cmd_ray.data_uri"
 TEACHER_SOURCE_TAG = "cmd_ray.teacher_source"
 TEACHER_RUN_TAG = "cmd_ray.teacher_run_id"
 TEACHER_VERSION_TAG = "cmd_ray.teacher_model_version"
+START_TAG = "cmd_ray.start"
+"""Where a distill run's weights start: :data:`~cmd_ray.vocabulary.START_TEACHER` or ``START_D``."""
+VARIANT_TAG = "cmd_ray.variant"
+"""What ran, as :func:`cmd_ray.vocabulary.run_label` names it (``D3``, ``D3 loss from the teacher``)."""
+
+
+def start_source_tags(named: dict[str, str]) -> dict[str, str]:
+    """``{"cmd_ray.start_b3": URI, "cmd_ray.start_c1": URI, …}`` from ``{"distill.start.b3": URI, …}``: the
+    tags that record the checkpoints a merged D start was made of."""
+    return {f"cmd_ray.start_{key.rsplit('.', 1)[-1]}": uri for key, uri in named.items()}
+
+
+def start_sources_text(named: dict[str, str]) -> str:
+    """``"B3 <URI>, C1 <URI>"`` from ``{"distill.start.b3": URI, …}``, for logs and descriptions."""
+    return ", ".join(f"{key.rsplit('.', 1)[-1].upper()} {uri}" for key, uri in named.items())
 
 
 @dataclass(frozen=True)
@@ -124,29 +139,47 @@ def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
     """What a registered version is, read off its config and the training run's record.
 
     Returns:
-        ``(description, tags)``: a few lines naming the variant (``distill.variant``; teacher pretraining has
-        none), the teacher (source, registry version, producing run), the data (URI, pairs or sequences used,
-        samples per epoch x epochs) and the network; the same facts as ``cmd_ray.*`` model-version tags.
+        ``(description, tags)``: a few lines naming what ran (``distill.variant`` and where it started, named by
+        :func:`cmd_ray.vocabulary.run_label`: ``D3``, or ``D3 loss from the teacher`` for a D row that did not start
+        from merge(B3, C1); teacher pretraining has no variant), the starting weights (the teacher's source,
+        registry version and producing run; or the B3 and C1 weights merged), the data (URI, pairs or sequences
+        used, samples per epoch x epochs) and the network; the same facts as ``cmd_ray.*`` model-version tags.
     """
     tags, metrics = run.data.tags, run.data.metrics
     job = tags.get(JOB_TAG, "distill")
+    start_tags: dict[str, str] = {}
+    start_line = ""
     if job == "pretrain":
         variant_line = "variant: none (supervised RGB teacher pretraining, pretrain.*)"
         variant_tag = "supervised"
         data_uri, kind, section = tags.get(DATA_URI_TAG, cfg.pretrain.sequences_uri), "sequences", cfg.pretrain
-        teacher = tags.get(TEACHER_SOURCE_TAG) or cfg.pretrain.init_checkpoint or "random-init"
+        teacher: str | None = tags.get(TEACHER_SOURCE_TAG) or cfg.pretrain.init_checkpoint or "random-init"
         boxes = ""
     else:
         variant = get_variant(cfg.distill.variant)
-        variant_line = f"variant: {variant.name} (distill.variant): {variant.meaning}"
-        variant_tag = variant.name
+        start, label = cfg.distill.start_kind, cfg.distill.run_label
+        if label == variant.name:
+            variant_line = f"variant: {label} (distill.variant): {variant.meaning}"
+        else:
+            variant_line = (
+                f"variant: {label} (distill.variant={variant.name}, started from the {start}, not from "
+                f"{paper_start(variant)} as the paper's {variant.name}): {variant.meaning}"
+            )
+        variant_tag = label
         data_uri, kind, section = tags.get(DATA_URI_TAG, cfg.data.uri), "pairs", cfg.distill
-        teacher = tags.get(TEACHER_SOURCE_TAG) or cfg.model.init_checkpoint or "random-init"
+        start_tags = {START_TAG: start}
+        if start == START_D:  # the weights were merged; the teacher they descend from is named when configured
+            named = cfg.distill.start.named()
+            start_line = f"start: {START_D} of {start_sources_text(named)}"
+            start_tags.update(start_source_tags(named))
+            teacher = tags.get(TEACHER_SOURCE_TAG) or cfg.model.init_checkpoint
+        else:
+            teacher = tags.get(TEACHER_SOURCE_TAG) or cfg.model.init_checkpoint or "random-init"
         boxes = f", {cfg.data.boxes} pseudo boxes"
-    teacher_line = f"teacher: {teacher}"
-    if tags.get(TEACHER_VERSION_TAG):
+    teacher_line = f"teacher: {teacher}" if teacher else ""
+    if teacher and tags.get(TEACHER_VERSION_TAG):
         teacher_line += f" (version {tags[TEACHER_VERSION_TAG]})"
-    if tags.get(TEACHER_RUN_TAG):
+    if teacher and tags.get(TEACHER_RUN_TAG):
         teacher_line += f", MLflow run {tags[TEACHER_RUN_TAG]}"
     counts = {split: int(metrics[f"{split}_{kind}"]) for split in ("train", "val") if f"{split}_{kind}" in metrics}
     used = f" ({' / '.join(f'{n} {split}' for split, n in counts.items())} {kind})" if counts else ""
@@ -154,13 +187,14 @@ def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
     lines = [
         f"cmd-ray {cfg.model.architecture}/{cfg.model.preset} tracker from the {job} run {run.info.run_id}",
         variant_line,
-        teacher_line,
+        *filter(None, [start_line, teacher_line]),
         f"data: {data_uri}{used}; {section.samples_per_epoch} samples per epoch x {section.epochs} epochs{boxes}",
     ]
     version_tags = {
         JOB_TAG: job,
-        "cmd_ray.variant": variant_tag,
-        TEACHER_SOURCE_TAG: teacher,
+        VARIANT_TAG: variant_tag,
+        **start_tags,
+        **({TEACHER_SOURCE_TAG: teacher} if teacher else {}),
         DATA_URI_TAG: data_uri,
         "cmd_ray.network": f"{cfg.model.architecture}/{cfg.model.preset}",
         "cmd_ray.samples": str(samples),

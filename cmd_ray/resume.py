@@ -2,12 +2,13 @@
 
 A training job run again with the same run name and storage path resumes the earlier run from its latest
 checkpoint. That is only sound when the new config describes the same run: the same data, network, variant,
-learning rates, schedule and seed. A resume may change where the run lives and how it is executed (the
-``storage.*`` and ``scaling.*`` settings, the Ray Data actor pool, progress bars, the MLflow server), and how
-long it trains (``distill.epochs``, ``pretrain.epochs`` for the pretrain job). Every other difference between
-the config stored in the run's checkpoint and the new one is a *blocker*: :func:`resume_blockers` lists them,
-:func:`check_resume` raises a :class:`~cmd_ray.config.ConfigError` naming each key with its old and new value
-and how to start a new run instead.
+starting weights (``model.init_checkpoint``, ``distill.start.*``), learning rates (``distill.lr_scale`` among
+them: it changes the resolved rates as ``distill.lr_tcl`` does), schedule and seed. A resume may change where the
+run lives and how it is executed (the ``storage.*`` and ``scaling.*`` settings, the Ray Data actor pool, progress
+bars, the MLflow server), and how long it trains (``distill.epochs``, ``pretrain.epochs`` for the pretrain
+job). Every other difference between the config stored in the run's checkpoint and the new one is a *blocker*:
+:func:`resume_blockers` lists them, :func:`check_resume` raises a :class:`~cmd_ray.config.ConfigError` naming each
+key with its old and new value and how to start a new run instead.
 
 Settings no training job reads (``tune.*``, ``synth.*``, ``tracker.*``, ``evaluation.*``) never block, and
 neither do those of the other job (``pretrain.*`` for distillation; for pretraining, the distillation-only
@@ -47,6 +48,7 @@ _DISTILL_ONLY: tuple[str, ...] = tuple(
         "mixing",
         "lr_tcl",
         "lr_bbe",
+        "lr_scale",
         "lr_backbone",
         "loss_weight_bbe",
         "epochs",
@@ -56,6 +58,7 @@ _DISTILL_ONLY: tuple[str, ...] = tuple(
         "lr_step",
         "lr_gamma",
         "seed",
+        "start",
     )
 )
 """``distill.*`` keys pretraining does not read (it shares only the loss options: ``distill.tcl_loss``,

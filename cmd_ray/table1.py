@@ -7,9 +7,11 @@
 2. one parent MLflow run (tag ``cmd_ray.table1``; a rerun reopens it) with a child run per row and seed;
 3. for each seed ``k`` (``distill.seed + k``), in dependency order: A1 is the teacher (``model.init_checkpoint``) as
    is; B1, B2 and C1 train from the teacher; B3 is B1 with B2's IoU-Net test branch
-   (:func:`cmd_ray.distill.merge.merge_modules`); the D rows train from B3 with C1's classifier (§4.3). Each row trains
-   at its own paper rates unless the config sets ``distill.lr_tcl`` / ``lr_bbe`` itself (then every row trains at
-   those, logged as overrides), on its own pseudo boxes, under the run name ``<table1.run_name>-<row>-s<k>``;
+   (:func:`cmd_ray.distill.merge.merge_modules`); the D rows train from B3 with C1's classifier (§4.3), given to
+   them as ``distill.start.b3`` / ``distill.start.c1``, the path ``jobs/distill.py`` takes
+   (:func:`cmd_ray.train.teacher.resolve_start`). Each row trains at its own paper rates times ``distill.lr_scale``
+   unless the config sets ``distill.lr_tcl`` / ``lr_bbe`` itself (then every row trains at those, logged as
+   overrides), on its own pseudo boxes, under the run name ``<table1.run_name>-<row>-s<k>``;
 4. every row and seed is tracked on the configured TIR benchmark (one evaluation job, results under
    ``evaluation.results_dir/<table1.run_name>``), then Table 1 (mean ± std over seeds, delta to A1) is printed and
    logged to the parent run as a table (``table1/table1.json``), text and a plot, and each child run gets its scores;
@@ -40,16 +42,15 @@ import pandas as pd
 from cmd_ray import mlflow_runs, registry, storage
 from cmd_ray.config import Config, ConfigError
 from cmd_ray.data.distill_stream import list_pairs
-from cmd_ray.distill.merge import merge_modules
 from cmd_ray.evaluation.metrics import DatasetScores
 from cmd_ray.evaluation.plots import table1_plot
 from cmd_ray.evaluation.results import atomic_write_text, describe_changes, location
 from cmd_ray.evaluation.runner import EvaluationResult, load_sequences, run_evaluation
 from cmd_ray.evaluation.tables import TABLE1_METRICS, RowSummary, format_table1, summarise_rows
-from cmd_ray.models.loading import checkpoint_file, weights_stamp
-from cmd_ray.train.teacher import resolve_teacher
+from cmd_ray.models.loading import weights_stamp
+from cmd_ray.train.teacher import merge_uris, resolve_teacher
 from cmd_ray.train.trainer import check_trainable, run_distillation, storage_uri
-from cmd_ray.vocabulary import VARIANTS, get_variant, table1_rows
+from cmd_ray.vocabulary import START_D, VARIANTS, get_variant, table1_rows
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ MERGED_FILE = "{row}.pt"
 MERGED_FROM_SUFFIX = ".merged_from.json"
 """Beside each merged file: the sources it was merged from (:func:`merge_into`)."""
 MERGED_FROM_VERSION = 1
-D_START = "D-start"
-"""The D rows' starting weights: B3's IoU-Net with C1's classifier."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,9 @@ class RowRun:
         row / seed: the Table 1 row and the seed index ``k`` (it trained with ``distill.seed + k``).
         run_id: its MLflow run, a child of the table's.
         weights: where its weights are: a checkpoint folder, a merged state-dict file, or (A1) the teacher's URI.
-        start: the weights it started from (the teacher, or the D rows' merge).
+        start: the weights it started from: the teacher's URI, B1's (B3), or ``START_D`` (the D rows).
         done_before: it was complete before this invocation (nothing trained or merged now).
+        d_start: a D row's ``(B3 weights, C1 weights)``, merged when it started (``distill.start.b3`` / ``c1``).
     """
 
     row: str
@@ -83,6 +83,7 @@ class RowRun:
     weights: str
     start: str
     done_before: bool
+    d_start: tuple[str, str] | None = None
 
     @property
     def tracker(self) -> str:
@@ -110,10 +111,12 @@ def run_name(cfg: Config, row: str, seed: int) -> str:
     return f"{cfg.table1.run_name}-{row}-s{seed}"
 
 
-def row_config(base: Config, row: str, seed: int, init_checkpoint: str | None) -> Config:
-    """The config row ``row`` trains with at seed index ``seed``, starting from ``init_checkpoint``.
+def row_config(base: Config, row: str, seed: int, d_start: tuple[str, str] | None = None) -> Config:
+    """The config row ``row`` trains with at seed index ``seed``.
 
-    The row's own paper rates unless ``base`` sets a rate itself (:meth:`DistillConfig.explicit_rates`), the row's
+    The row starts from the teacher (``base``'s ``model.init_checkpoint``), or, given ``d_start = (B3 weights, C1
+    weights)`` (a D row), from their merge (``distill.start.b3`` / ``distill.start.c1``). The row's own paper rates
+    times ``distill.lr_scale`` unless ``base`` sets a rate itself (:meth:`DistillConfig.explicit_rates`), the row's
     pseudo-box method, ``distill.seed + seed``, ``table1.epochs`` / ``samples_per_epoch`` when set, and its own run
     name; everything else as in ``base``.
     """
@@ -122,14 +125,14 @@ def row_config(base: Config, row: str, seed: int, init_checkpoint: str | None) -
     tree["distill"].update(
         variant=row,
         seed=base.distill.seed + seed,
-        lr_tcl=explicit.get("lr_tcl"),  # None: the row's paper rate
+        lr_tcl=explicit.get("lr_tcl"),  # None: the row's paper rate x lr_scale
         lr_bbe=explicit.get("lr_bbe"),
+        start={"b3": d_start[0], "c1": d_start[1]} if d_start else {},
     )
     for key in ("epochs", "samples_per_epoch"):
         if getattr(base.table1, key) is not None:
             tree["distill"][key] = getattr(base.table1, key)
     tree["data"]["boxes"] = get_variant(row).box_method
-    tree["model"]["init_checkpoint"] = init_checkpoint
     tree["storage"]["run_name"] = run_name(base, row, seed)
     try:
         return Config.model_validate(tree)
@@ -142,7 +145,7 @@ def _merged_root(cfg: Config) -> str:
 
 
 def merged_uri(cfg: Config, name: str, seed: int) -> str:
-    """Where the merge ``name`` (``B3`` or :data:`D_START`) of seed index ``seed`` is kept."""
+    """Where the merge ``name`` (``B3``) of seed index ``seed`` is kept."""
     return storage.join(_merged_root(cfg), f"s{seed}", MERGED_FILE.format(row=name))
 
 
@@ -150,6 +153,9 @@ def check_table(cfg: Config) -> tuple[str, ...]:
     """The rows to produce, after checking every row's config; fails before any cluster work."""
     if not cfg.model.init_checkpoint:
         raise ConfigError("table1 needs model.init_checkpoint: row A1 is that teacher, and every row starts from it")
+    if cfg.distill.start.given:
+        named = ", ".join(cfg.distill.start.named())
+        raise ConfigError(f"table1 merges each seed's B3 and C1 into the D rows' start itself: unset {named}")
     try:
         rows = table1_rows(cfg.table1.rows, cfg.model.architecture)
     except ValueError as exc:
@@ -157,7 +163,9 @@ def check_table(cfg: Config) -> tuple[str, ...]:
     for row in rows:
         variant = get_variant(row)
         if variant.trains_anything:
-            check_trainable(row_config(cfg, row, 0, cfg.model.init_checkpoint))
+            # a D row's config as it will train: B3's and C1's weights are known once they are made
+            d_start = (merged_uri(cfg, "B3", 0), "C1") if variant.init_from else None
+            check_trainable(row_config(cfg, row, 0, d_start))
     return rows
 
 
@@ -194,16 +202,6 @@ def _child_run(cfg: Config, parent: str, row: str, seed: int, tags: dict[str, st
     )
     mlflow_runs.end_run(cfg, run_id)
     return run_id
-
-
-def _local_copy(uri: str, endpoint: str | None, folder: Path) -> Path:
-    """A local file of the weights ``uri`` names (a checkpoint folder's ``training_state.pt``), downloading from S3."""
-    file_uri = checkpoint_file(uri, endpoint)
-    if not storage.is_s3(file_uri):
-        return Path(storage.resolve(file_uri)[1])
-    path = folder / f"{len(list(folder.iterdir()))}-{Path(file_uri).name}"
-    path.write_bytes(storage.read_bytes(file_uri, endpoint))
-    return path
 
 
 def merged_from_uri(out_uri: str) -> str:
@@ -262,11 +260,10 @@ def merge_into(
         logger.info("rebuilding merged weights %s: %s", out_uri, why)
     record = merged_from_uri(out_uri)
     storage.delete_file(record, endpoint)
-    with tempfile.TemporaryDirectory(prefix="cmd-ray-merge-") as tmp:
-        folder = Path(tmp)
-        local_parts = {part: _local_copy(uri, endpoint, folder) for part, uri in parts.items()}
-        merged = merge_modules(_local_copy(base, endpoint, folder), folder / "merged.pt", **local_parts)
-        storage.write_bytes(out_uri, merged.read_bytes(), endpoint)
+    # read and merged as a distill run's distill.start is (cmd_ray.train.teacher.merge_uris)
+    named = {part: (f"merge {part} of {out_uri}", uri) for part, uri in parts.items()}
+    merged = merge_uris(cfg, (f"merge base of {out_uri}", base), **named)
+    storage.write_bytes(out_uri, merged, endpoint)
     tree = {"version": MERGED_FROM_VERSION, "weights": out_uri, "merged_from": sources}
     atomic_write_text(record, json.dumps(tree, indent=1) + "\n", endpoint)
     return True
@@ -288,24 +285,19 @@ def _merge_row(cfg: Config, parent: str, seed: int, runs: dict[tuple[str, int], 
     return RowRun("B3", seed, run_id, out, b1.weights, done_before=not made)
 
 
-def _d_start(cfg: Config, seed: int, runs: dict[tuple[str, int], RowRun]) -> str:
-    """The D rows' starting weights for seed index ``seed``: B3 with C1's classifier (§4.3)."""
-    b3, c1 = runs[("B3", seed)], runs[("C1", seed)]
-    out = merged_uri(cfg, D_START, seed)
-    merge_into(cfg, out, b3.weights, about={"base": _about(b3), "tcl": _about(c1)}, tcl=c1.weights)
-    return out
-
-
-def _train_row(cfg: Config, row: str, seed: int, start: str, parent: str, pairs: list[Any]) -> RowRun:
-    row_cfg = row_config(cfg, row, seed, start)
+def _train_row(
+    cfg: Config, row: str, seed: int, d_start: tuple[str, str] | None, parent: str, pairs: list[Any]
+) -> RowRun:
+    """Train ``row`` at seed index ``seed`` from the teacher, or (``d_start``: B3's and C1's weights) their merge."""
+    row_cfg = row_config(cfg, row, seed, d_start)
     result = run_distillation(
         row_cfg, pairs, parent_run_id=parent, tags={ROW_TAG: row, SEED_TAG: str(seed)}, register=False
     )
     if result.nothing_to_train:
         logger.info("table1 row %s seed %d: already trained (%s)", row, seed, result.checkpoint_path)
-    return RowRun(
-        row, seed, result.run_id, storage_uri(row_cfg, result.checkpoint_path), start, result.nothing_to_train
-    )
+    start = START_D if d_start else (cfg.model.init_checkpoint or "")
+    weights = storage_uri(row_cfg, result.checkpoint_path)
+    return RowRun(row, seed, result.run_id, weights, start, result.nothing_to_train, d_start)
 
 
 def _paired_columns(summary: RowSummary) -> dict[str, Any]:
@@ -373,7 +365,7 @@ def _register_best(
     row_runs = sorted((r for r in runs if r.row == best.row), key=lambda r: r.seed)
     seed_scores = [s.success for s in scores[best.row]]
     chosen = row_runs[max(range(len(row_runs)), key=lambda i: seed_scores[i])]
-    row_cfg = row_config(cfg, chosen.row, chosen.seed, chosen.start)
+    row_cfg = row_config(cfg, chosen.row, chosen.seed, chosen.d_start)
     earlier = registry.version_from_run(row_cfg, chosen.run_id)
     if earlier is not None:
         return best.row, earlier
@@ -407,8 +399,9 @@ def run_table1(cfg: Config, pairs: list[Any] | None = None) -> Table1Result:
                 if variant.is_merge:
                     runs[(row, seed)] = _merge_row(cfg, parent, seed, runs)
                     continue
-                start = _d_start(cfg, seed, runs) if variant.init_from else teacher
-                runs[(row, seed)] = _train_row(cfg, row, seed, start, parent, pairs)
+                # the D rows start from this seed's B3 with its C1's classifier (§4.3)
+                d_start = (runs[("B3", seed)].weights, runs[("C1", seed)].weights) if variant.init_from else None
+                runs[(row, seed)] = _train_row(cfg, row, seed, d_start, parent, pairs)
         ordered = [runs[key] for key in sorted(runs, key=lambda k: (rows.index(k[0]), k[1]))]
         evaluation = run_evaluation(_evaluation_config(cfg, ordered), progress=cfg.data.progress, parent_run_id=parent)
         scores: dict[str, list[DatasetScores]] = {row: [] for row in rows}

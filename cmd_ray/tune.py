@@ -5,6 +5,11 @@ Each trial is a Tune function trainable that fits its own ``TorchTrainer``;
 early. The sweep is one MLflow run; every trial is a run nested under it. At the
 end the best trial's final model is registered with the configured alias.
 
+Every trial starts from the same weights, read (for a D row with ``distill.start``: merged from B3 and C1) once on
+the driver before any cluster work (:func:`cmd_ray.train.teacher.resolve_start`); each trial run carries the start's
+tags (``cmd_ray.start``, ``cmd_ray.variant``). A trial trains at its sampled ``lr_tcl`` / ``lr_bbe``, explicit rates
+that ``distill.lr_scale`` does not scale.
+
 The sweep metric (``tune.metric``) is a loss (``val_loss`` by default; the lowest wins) or a tracking objective,
 ``val_success`` / ``val_precision`` (the highest wins): each trial then tracks the labeled TIR sequences of
 ``tune.eval_root`` with the online tracker (:mod:`cmd_ray.evaluation.validation`: read once here, one Ray task per
@@ -32,6 +37,7 @@ from cmd_ray.config import TRACKING_METRICS, Config, metric_mode
 from cmd_ray.data.distill_stream import list_pairs
 from cmd_ray.evaluation.validation import TrackingValidator, tracking_validator
 from cmd_ray.storage import ray_storage
+from cmd_ray.train.teacher import Teacher, log_start, resolve_start, start_tags
 from cmd_ray.train.trainer import check_trainable, fit
 
 SEARCHED = ("lr_tcl", "lr_bbe", "loss_weight_bbe")
@@ -230,6 +236,7 @@ def _run_trial(
     pairs: list[tuple[str, str]],
     parent: str,
     validator: TrackingValidator | None = None,
+    teacher: Teacher | None = None,
 ) -> None:
     context = tune.get_context()
     cfg = trial_config(Config.model_validate(base), params, context.get_trial_name())
@@ -239,14 +246,27 @@ def _run_trial(
         run_id = mlflow_runs.start_run(
             cfg,
             context.get_trial_name(),
-            tags={TRIAL_TAG: context.get_trial_id(), "cmd_ray.job": "tune-trial"},
+            tags={
+                TRIAL_TAG: context.get_trial_id(),
+                "cmd_ray.job": "tune-trial",
+                **(teacher.tags() if teacher is not None else {}),
+                **start_tags(cfg),
+            },
             parent_run_id=parent,
         )
     else:
         mlflow_runs.reopen_run(cfg, run_id)
     epochs = tracking_epochs(cfg.distill.epochs, cfg.tune.grace_period, cfg.tune.reduction_factor)
     with mlflow_runs.terminated(cfg, run_id):
-        fit(cfg, pairs, run_id, callbacks=[TuneReportCallback()], tracking_validator=validator, tracking_epochs=epochs)
+        fit(
+            cfg,
+            pairs,
+            run_id,
+            callbacks=[TuneReportCallback()],
+            teacher=teacher,
+            tracking_validator=validator,
+            tracking_epochs=epochs,
+        )
 
 
 SWEEP_TAG = "cmd_ray.sweep"
@@ -258,7 +278,7 @@ def _sweep_run(cfg: Config, name: str, restoring: bool) -> str:
         runs = mlflow_runs.find_runs(cfg, f"tags.`{SWEEP_TAG}` = '{name}'", max_results=1)
         if runs:
             return mlflow_runs.reopen_run(cfg, runs[0].info.run_id)
-    return mlflow_runs.start_run(cfg, name, tags={"cmd_ray.job": "tune", SWEEP_TAG: name})
+    return mlflow_runs.start_run(cfg, name, tags={"cmd_ray.job": "tune", SWEEP_TAG: name, **start_tags(cfg)})
 
 
 def _checkpoint(cfg: Config, path: str) -> ray.train.Checkpoint:
@@ -276,6 +296,9 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     # the tracking objective's sequences are read here, once, before any cluster work (a bad eval_root fails now)
     validator = tracking_validator(cfg) if metric in TRACKING_METRICS else None
     cfg = mlflow_runs.pin_tracking_uri(cfg)
+    # every trial starts from these weights: read (a D row's start merged) once, before any cluster work
+    teacher = resolve_start(cfg)
+    log_start(cfg, teacher)
     if not ray.is_initialized():
         ray.init()
     name = f"{cfg.storage.run_name}-sweep"
@@ -286,7 +309,12 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
     sweep_run = _sweep_run(cfg, name, restoring)
     trainable = tune.with_resources(
         tune.with_parameters(
-            _run_trial, base=cfg.model_dump(mode="json"), pairs=pairs, parent=sweep_run, validator=validator
+            _run_trial,
+            base=cfg.model_dump(mode="json"),
+            pairs=pairs,
+            parent=sweep_run,
+            validator=validator,
+            teacher=teacher,
         ),
         {"cpu": cfg.tune.trial_cpus},
     )

@@ -36,6 +36,11 @@ detached, D1 (TCL on the test branch) on the reference frame; D3–D5 train it t
 B3 is not trained: it merges B1's reference branch with B2's test branch of the IoU-Net
 (``merge_of``, :mod:`cmd_ray.distill.merge`); asking to train it raises ``ValueError``.
 
+Where a trained row starts (:data:`STARTS`): B1, B2 and C1 from the teacher; the D rows, in the paper, from B3's
+IoU-Net with C1's classifier (``init_from``, §4.3). A D row trained from the teacher instead runs the row's loss and
+schedule but is not the paper's row: :func:`run_label` names what ran (``"D3"``, or ``"D3 loss from the teacher"``)
+for tables, MLflow run tags and registry descriptions alike.
+
 The other names: pseudo-box methods (:data:`BOX_METHODS`, implemented in :mod:`cmd_ray.data.boxes`), loss
 forms (:data:`TCL_LOSS_FORMS`, :data:`BBE_LOSS_FORMS`, implemented in :mod:`cmd_ray.distill.losses`),
 benchmarks, network architectures and presets, sampling and tracker presets. A unit test
@@ -324,6 +329,36 @@ SUPERVISED_ATOM = Variant(
 def supervised_variant(architecture: str) -> Variant:
     """The training plan of ``jobs/pretrain.py`` for ``model.architecture`` (``dimp`` or ``atom``)."""
     return SUPERVISED_ATOM if architecture == "atom" else SUPERVISED_DIMP
+
+
+START_TEACHER = "teacher"
+START_D = "merge(B3,C1)"
+STARTS: tuple[str, ...] = (START_TEACHER, START_D)
+"""Where a trained row's weights start (MLflow tag ``cmd_ray.start``): the teacher (``model.init_checkpoint``), or
+B3's IoU-Net with C1's classifier (``distill.start``), where the paper starts the D rows (§4.3)."""
+
+
+def paper_start(name: str | Variant) -> str:
+    """Where the paper starts row ``name``: :data:`START_D` for the D rows (``init_from``), else the teacher."""
+    return START_D if get_variant(name).init_from else START_TEACHER
+
+
+def run_label(name: str | Variant, start: str) -> str:
+    """What a training of row ``name`` from ``start`` (one of :data:`STARTS`) is called wherever it is shown.
+
+    The row's own name when it started where the paper starts it (:func:`paper_start`); otherwise the row's loss
+    and schedule from another start, e.g. ``"D3 loss from the teacher"``: a D row trained from the teacher is not
+    the paper's D3, which starts from merge(B3, C1).
+
+    Raises:
+        ValueError: an unknown row or start.
+    """
+    variant = get_variant(name)
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}; allowed: {', '.join(STARTS)}")
+    if start == paper_start(variant):
+        return variant.name
+    return f"{variant.name} loss from {'the teacher' if start == START_TEACHER else start}"
 
 
 def row_dependencies(name: str) -> tuple[str, ...]:

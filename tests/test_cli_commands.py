@@ -1,4 +1,5 @@
-"""``cmd-ray variants`` and the wiring of ``cmd-ray merge`` (in-process: no Ray, no subprocess)."""
+"""``cmd-ray variants``, the rate notes of ``cmd-ray config`` and the wiring of ``cmd-ray merge`` (in-process: no
+Ray, no subprocess)."""
 
 from __future__ import annotations
 
@@ -127,3 +128,17 @@ def test_config_reference_prints_a_markdown_table_per_section(capsys):
     assert "| `distill.lr_backbone` | float | `1e-07` | > 0 |" in out
     with pytest.raises(SystemExit):
         cli.main(["config-reference", "extra"])
+
+
+def test_config_shows_the_rates_scaled_by_lr_scale_and_what_the_run_is_called(capsys):
+    assert cli.main(["config", "--config", "configs/demo.yaml", "distill.variant=C1", "distill.lr_scale=100"]) == 0
+    out = capsys.readouterr().out
+    assert "  lr_scale: 100.0\n" in out
+    assert "# row C1's paper rates x distill.lr_scale 100: lr_tcl=0.0001 = 1e-06 x 100, lr_bbe=0 (not trained)" in out
+    assert "# this run is 'C1': it starts from the teacher" in out
+
+    assert cli.main(["config", "distill.lr_scale=10"]) == 0  # no explicit rates: the resolved ones are scaled
+    out = capsys.readouterr().out
+    assert "  lr_tcl: 2.0e-07\n  lr_bbe: 1.0e-06\n" in out
+    assert "# this run is 'D3 loss from the teacher': it starts from the teacher" in out
+    assert "overrides" not in out

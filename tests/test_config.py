@@ -173,6 +173,89 @@ def test_a_zero_rate_for_a_module_the_row_trains_is_refused_naming_the_key():
     assert load_config(None, ["distill.variant=B1", "distill.lr_tcl=0"]).distill.lr_tcl == 0.0
 
 
+@pytest.mark.parametrize(
+    ("row", "lr_tcl", "lr_bbe"),
+    [
+        ("B1", 0.0, 1e-4),
+        ("B2", 0.0, 1e-4),
+        ("C1", 1e-4, 0.0),
+        ("D1", 2e-6, 1e-5),
+        ("D3", 2e-6, 1e-5),
+        ("D5", 2e-6, 1e-5),
+    ],
+)
+def test_lr_scale_multiplies_each_rows_paper_rates(row, lr_tcl, lr_bbe):
+    cfg = load_config(None, [f"distill.variant={row}", "distill.lr_scale=100"])
+    # exactly the decimal product (1e-6 x 100 is 9.999999999999999e-05 in binary), so it prints and compares as such
+    assert (cfg.distill.lr_tcl, cfg.distill.lr_bbe) == (lr_tcl, lr_bbe)
+    assert cfg.distill.paper_rates() == {"lr_tcl": lr_tcl, "lr_bbe": lr_bbe}
+    assert cfg.distill.rate_overrides() == {}  # the paper's rates, scaled: no override
+    flat = cfg.to_flat_dict()  # the run's MLflow params: the scale and the effective rates
+    assert (flat["distill.lr_scale"], flat["distill.lr_tcl"], flat["distill.lr_bbe"]) == (100.0, lr_tcl, lr_bbe)
+
+
+def test_explicit_rates_are_not_scaled_and_are_overrides_of_the_scaled_paper_rate():
+    cfg = load_config(None, ["distill.variant=D3", "distill.lr_scale=10", "distill.lr_bbe=3e-3"])
+    assert (cfg.distill.lr_tcl, cfg.distill.lr_bbe) == (2e-7, 3e-3)
+    assert cfg.distill.rate_overrides() == {"lr_bbe": (3e-3, 1e-6)}
+    demo = load_config("configs/demo.yaml", ["distill.lr_scale=100"])  # the demo's explicit rates stay as written
+    assert (demo.distill.lr_tcl, demo.distill.lr_bbe) == (1e-4, 1e-3)
+    assert load_config("configs/demo.yaml", []).distill.lr_scale == 1.0
+
+
+def test_scaled_rates_survive_a_dump_and_reload_unscaled_twice():
+    cfg = load_config(None, ["distill.variant=C1", "distill.lr_scale=100"])
+    again = Config.model_validate(cfg.model_dump(mode="json"))
+    assert again == cfg and again.distill.lr_tcl == 1e-4 and again.distill.rate_overrides() == {}
+
+
+@pytest.mark.parametrize("scale", ["0", "-1"])
+def test_lr_scale_must_be_positive(scale):
+    with pytest.raises(ConfigError, match=r"distill\.lr_scale"):
+        load_config(None, [f"distill.lr_scale={scale}"])
+
+
+# ---------------------------------------------------------------- the D rows' start: merge(B3, C1), or the teacher
+
+
+def test_a_d_row_names_where_it_starts():
+    teacher = load_config(None, ["distill.variant=D3"]).distill
+    assert (teacher.start_kind, teacher.run_label) == ("teacher", "D3 loss from the teacher")
+    merged = load_config(None, ["distill.variant=D3", "distill.start.b3=b3.pt", "distill.start.c1=c1.pt"]).distill
+    assert (merged.start_kind, merged.run_label) == ("merge(B3,C1)", "D3")
+    assert merged.start.named() == {"distill.start.b3": "b3.pt", "distill.start.c1": "c1.pt"}
+    via_b1_b2 = ["distill.start.b1=b1.pt", "distill.start.b2=b2.pt", "distill.start.c1=c1.pt"]
+    assert load_config(None, ["distill.variant=D1", *via_b1_b2]).distill.run_label == "D1"
+    assert load_config(None, ["distill.variant=C1"]).distill.run_label == "C1"  # C1 starts from the teacher
+
+
+@pytest.mark.parametrize("row", ["B1", "B2", "C1"])
+def test_a_d_start_for_a_row_that_is_not_a_d_row_is_refused_naming_the_field(row):
+    with pytest.raises(
+        ConfigError, match=rf"distill\.start\.b3, distill\.start\.c1 set, but distill\.variant={row} is not"
+    ):
+        load_config(None, [f"distill.variant={row}", "distill.start.b3=b3.pt", "distill.start.c1=c1.pt"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["distill.start.b3=b3.pt"], r"distill\.start\.b3 needs distill\.start\.c1"),
+        (["distill.start.c1=c1.pt"], r"distill\.start\.c1 needs distill\.start\.b3 \(or b1 and b2\)"),
+        (["distill.start.b1=b1.pt", "distill.start.c1=c1.pt"], r"distill\.start\.b1 needs distill\.start\.b2"),
+        (
+            ["distill.start.b3=b3.pt", "distill.start.b2=b2.pt", "distill.start.c1=c1.pt"],
+            r"distill\.start\.b3 and distill\.start\.b2 both name B3",
+        ),
+        (["distill.start.b3=", "distill.start.c1=c1.pt"], r"distill\.start\.c1 needs"),  # an empty value is unset
+        (["distill.start.b4=x"], r"unknown config key 'distill\.start\.b4'"),
+    ],
+)
+def test_an_incomplete_d_start_is_refused_naming_the_fields(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
 # ---------------------------------------------------------------- D3 mixing: batch_split (the paper) or side_by_side
 
 

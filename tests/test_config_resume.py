@@ -46,6 +46,7 @@ def test_a_distill_resume_may_change(override):
     [
         ("distill.lr_tcl=5e-3", "distill.lr_tcl"),
         ("distill.variant=D1", "distill.variant"),
+        ("distill.start.b3=b3.pt", "distill.start.b3"),  # with c1 below: another start
         ("distill.seed=3", "distill.seed"),
         ("distill.samples_per_epoch=100", "distill.samples_per_epoch"),
         ("distill.tcl_weights.iter=1.0", "distill.tcl_weights.iter"),  # nested
@@ -57,8 +58,32 @@ def test_a_distill_resume_may_change(override):
     ],
 )
 def test_a_distill_resume_may_not_change(override, key):
-    blockers = resume_blockers(tree(), tree(override), "distill")
-    assert [line.split(":")[0] for line in blockers] == [key]
+    extra = ["distill.start.c1=c1.pt"] if key.startswith("distill.start.") else []
+    blockers = resume_blockers(tree(), tree(override, *extra), "distill")
+    assert [line.split(":")[0] for line in blockers][:1] == [key]
+
+
+def test_lr_scale_changes_the_rates_so_it_blocks_a_distill_resume_as_lr_tcl_does():
+    blockers = resume_blockers(tree(), tree("distill.lr_scale=100"), "distill")
+    # the scale and the rates it resolved (D3's paper rates x 100) both differ
+    assert blockers == [
+        "distill.lr_bbe: 1e-07 → 1e-05",
+        "distill.lr_scale: 1.0 → 100.0",
+        "distill.lr_tcl: 2e-08 → 2e-06",
+    ]
+    assert resume_blockers(tree(), tree("distill.lr_scale=100"), "pretrain") == []  # pretraining never reads it
+
+
+def test_every_distill_key_is_classified_for_a_pretrain_resume():
+    """Each ``distill.*`` key is either one pretraining does not read (may change on its resume) or a loss option it
+    shares (blocks it): a new distill key must be put in one list or the other."""
+    from cmd_ray.config import DistillConfig
+
+    shared = {"tcl_loss", "tcl_weights", "hinge_threshold", "filter_reg_mu", "bbe_loss", "bbe_reg_nu"}
+    for key in DistillConfig.model_fields:
+        ignored = may_change_on_resume(f"distill.{key}", "pretrain")
+        assert ignored != (key in shared), key
+        assert not may_change_on_resume(f"distill.{key}", "distill") or key == "epochs", key
 
 
 def test_blocker_names_key_with_old_and_new_value():
@@ -71,6 +96,8 @@ def test_pretrain_job_keys():
     # pretraining resumes over pretrain.epochs and ignores what only distillation reads …
     for override in ("pretrain.epochs=9", "distill.lr_tcl=5e-3", "distill.epochs=3", "model.init_checkpoint=x.pt"):
         assert resume_blockers(tree(), tree(override), "pretrain") == [], override
+    d_start = tree("distill.start.b3=b3.pt", "distill.start.c1=c1.pt")
+    assert resume_blockers(tree(), d_start, "pretrain") == []
     # … but not its own settings, nor the loss options it shares with distillation
     assert resume_blockers(tree(), tree("pretrain.lr_bbe=0.5"), "pretrain") == ["pretrain.lr_bbe: 0.001 → 0.5"]
     assert [b.split(":")[0] for b in resume_blockers(tree(), tree("distill.tcl_loss=squared"), "pretrain")] == [

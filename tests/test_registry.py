@@ -178,13 +178,22 @@ def test_version_description_names_variant_teacher_and_data(registered):
     client = store_client(registered.uri)
     student = client.get_model_version(STUDENT, registered.student.version)
     teacher_run = registered.teacher.run_id
-    for fact in ("D3 (distill.variant)", f"models:/{TEACHER}@candidate (version 1)", teacher_run, "s3://pairs/demo"):
+    # the student trained D3's loss from the teacher, not from merge(B3, C1): it is not called the paper's D3
+    facts = (
+        "variant: D3 loss from the teacher (distill.variant=D3, started from the teacher, not from merge(B3,C1)",
+        f"teacher: models:/{TEACHER}@candidate (version 1)",
+        teacher_run,
+        "s3://pairs/demo",
+    )
+    for fact in facts:
         assert fact in student.description, (fact, student.description)
+    assert "variant: D3 (" not in student.description
     assert (
         "90 train / 10 val pairs" in student.description
         and "26000 samples per epoch x 50 epochs" in student.description
     )
-    assert student.tags["cmd_ray.variant"] == "D3"
+    assert student.tags["cmd_ray.variant"] == "D3 loss from the teacher"
+    assert student.tags["cmd_ray.start"] == "teacher"
     assert student.tags["cmd_ray.teacher_run_id"] == teacher_run
     assert student.tags["cmd_ray.teacher_model_version"] == registered.teacher.version
     assert student.tags["cmd_ray.data_uri"] == "s3://pairs/demo"
@@ -383,4 +392,4 @@ def test_python_api_doc_runs_as_written(registered, monkeypatch, capsys):
     gt = np.loadtxt(registered.root / "data/demo/tir_sequences/synth_tir_000/groundtruth_rect.txt", delimiter=",")
     np.testing.assert_allclose(result.boxes[0], gt[0])
     assert str(namespace["version"].version) == registered.student.version
-    assert "D3 (distill.variant)" in capsys.readouterr().out
+    assert "variant: D3 loss from the teacher (distill.variant=D3" in capsys.readouterr().out

@@ -46,27 +46,61 @@ def test_a_table_adds_a1_and_what_its_rows_depend_on_in_dependency_order():
 
 def test_rows_train_at_their_paper_rates_unless_the_config_sets_one():
     base = load_config("configs/dimp50.yaml", [])
-    rates = {row: row_config(base, row, 0, "teacher.pth").distill for row in ("B1", "B2", "C1", "D1", "D5")}
+    rates = {row: row_config(base, row, 0).distill for row in ("B1", "B2", "C1", "D1", "D5")}
     assert (rates["B1"].lr_bbe, rates["B2"].lr_bbe, rates["C1"].lr_tcl) == (1e-6, 1e-6, 1e-6)
     assert (rates["D1"].lr_tcl, rates["D1"].lr_bbe) == (2e-8, 1e-7)
     assert rates["C1"].rate_overrides() == {}
 
     explicit = load_config("configs/dimp50.yaml", ["distill.lr_bbe=3e-5"])
-    b1 = row_config(explicit, "B1", 0, "teacher.pth").distill
+    b1 = row_config(explicit, "B1", 0).distill
     assert b1.lr_bbe == 3e-5 and b1.rate_overrides() == {"lr_bbe": (3e-5, 1e-6)}
-    assert row_config(explicit, "C1", 0, "teacher.pth").distill.lr_tcl == 1e-6  # lr_tcl still the row's
+    assert row_config(explicit, "C1", 0).distill.lr_tcl == 1e-6  # lr_tcl still the row's
+
+
+def test_every_row_trains_at_its_paper_rates_times_lr_scale_and_explicit_rates_stay_as_given():
+    scaled = load_config("configs/dimp50.yaml", ["distill.lr_scale=50"])
+    rates = {row: row_config(scaled, row, 0).distill for row in ("B1", "B2", "C1", "D3")}
+    assert (rates["B1"].lr_bbe, rates["B2"].lr_bbe, rates["C1"].lr_tcl) == (5e-5, 5e-5, 5e-5)
+    assert (rates["D3"].lr_tcl, rates["D3"].lr_bbe) == (1e-6, 5e-6)  # the D rows' 1:5 ratio kept
+    assert (rates["B1"].lr_tcl, rates["C1"].lr_bbe) == (0.0, 0.0)  # a module a row does not train stays at 0
+    assert all(r.lr_scale == 50 and r.rate_overrides() == {} for r in rates.values())
+
+    explicit = load_config("configs/dimp50.yaml", ["distill.lr_scale=50", "distill.lr_bbe=3e-5"])
+    assert row_config(explicit, "B1", 0).distill.lr_bbe == 3e-5  # not scaled
+    assert row_config(explicit, "D3", 0).distill.lr_tcl == 1e-6  # the unset rate still is
 
 
 def test_row_config_sets_boxes_seed_start_and_run_name():
     base = load_config(
-        None, ["distill.seed=7", "table1.run_name=t1", "table1.epochs=3", "distill.samples_per_epoch=80"]
+        None,
+        [
+            "distill.seed=7",
+            "table1.run_name=t1",
+            "table1.epochs=3",
+            "distill.samples_per_epoch=80",
+            "model.init_checkpoint=teacher.pt",
+        ],
     )
-    cfg = row_config(base, "D4", 2, "s3://bucket/merged.pt")
+    cfg = row_config(base, "D4", 2, ("s3://bucket/t1/s2/B3.pt", "s3://bucket/t1-C1-s2/epoch_0002"))
     assert (cfg.distill.epochs, cfg.distill.samples_per_epoch) == (3, 80)
     assert cfg.data.boxes == "random" and cfg.distill.variant == "D4"
     assert cfg.distill.seed == 9
-    assert cfg.model.init_checkpoint == "s3://bucket/merged.pt"
+    # a D row starts from B3 with C1's classifier, given as distill.start; the teacher stays model.init_checkpoint
+    assert (cfg.distill.start.b3, cfg.distill.start.c1) == (
+        "s3://bucket/t1/s2/B3.pt",
+        "s3://bucket/t1-C1-s2/epoch_0002",
+    )
+    assert cfg.model.init_checkpoint == "teacher.pt"
+    assert cfg.distill.run_label == "D4" and cfg.distill.start_kind == "merge(B3,C1)"
     assert cfg.storage.run_name == "t1-D4-s2"
+    c1 = row_config(base, "C1", 2)
+    assert not c1.distill.start.given and c1.distill.run_label == "C1"
+
+
+def test_a_table_refuses_a_d_start_of_its_own():
+    cfg = load_config(None, ["model.init_checkpoint=t.pt", "distill.start.b3=b3.pt", "distill.start.c1=c1.pt"])
+    with pytest.raises(ConfigError, match=r"unset distill\.start\.b3, distill\.start\.c1"):
+        check_table(cfg)
 
 
 def test_check_table_needs_a_teacher():

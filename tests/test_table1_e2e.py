@@ -5,6 +5,7 @@ trains nothing and registers nothing new."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from cmd_ray.mlflow_runs import store_client
 from cmd_ray.models.checkpoint import load_state_dict
 from cmd_ray.models.dimpnet import build_model
 from cmd_ray.models.loading import checkpoint_file
-from cmd_ray.table1 import D_START, ROW_TAG, merged_uri, read_merged_from, run_table1
-from cmd_ray.train.teacher import TEACHER_SOURCE_TAG
+from cmd_ray.table1 import ROW_TAG, merged_uri, read_merged_from, row_config, run_table1
+from cmd_ray.train.teacher import TEACHER_SOURCE_TAG, resolve_start
 from cmd_ray.vocabulary import VARIANT_NAMES
 
 pytestmark = pytest.mark.e2e
@@ -76,14 +77,16 @@ def test_table1_trains_every_row_in_dependency_order_and_logs_the_table(ray_sess
     assert not any(r.done_before for r in result.runs if r.row != "A1")
     runs = {r.row: r for r in result.runs}
 
-    # the dependency chain: B3 = B1 with B2's IoU-Net test branch; the D rows start from B3 with C1's classifier
+    # the dependency chain: B3 = B1 with B2's IoU-Net test branch; the D rows start from B3 with C1's classifier,
+    # merged when each starts (distill.start, as jobs/distill.py is given it)
     b1, b2, c1, b3 = (_weights(runs[row].weights) for row in ("B1", "B2", "C1", "B3"))
-    start_uri = merged_uri(cfg, D_START, 0)
-    start = _weights(start_uri)
     test_branch = branch_prefixes("test")
     for key, value in b3.items():
         source = b2 if key.startswith(test_branch) else b1
         assert torch.equal(value, source[key]), key
+    d_start = (runs["B3"].weights, runs["C1"].weights)
+    assert runs["D3"].d_start == d_start
+    start = torch.load(io.BytesIO(resolve_start(row_config(cfg, "D3", 0, d_start)).weights), weights_only=True)
     for key, value in start.items():
         source = c1 if key.startswith("classifier.") else b3
         assert torch.equal(value, source[key]), key
@@ -97,11 +100,15 @@ def test_table1_trains_every_row_in_dependency_order_and_logs_the_table(ray_sess
     by_row = {run.data.tags[ROW_TAG]: run for run in children if ROW_TAG in run.data.tags}
     assert set(by_row) == set(VARIANT_NAMES)
     for row in ("D1", "D3", "D5"):
-        assert by_row[row].data.tags[TEACHER_SOURCE_TAG] == start_uri
+        tags = by_row[row].data.tags
+        assert (tags["cmd_ray.start"], tags["cmd_ray.variant"]) == ("merge(B3,C1)", row)
+        assert (tags["cmd_ray.start_b3"], tags["cmd_ray.start_c1"]) == d_start
+        assert by_row[row].data.params["distill.start.b3"] == runs["B3"].weights
         assert float(by_row[row].data.params["distill.lr_tcl"]) == 2e-8
         assert float(by_row[row].data.params["distill.lr_bbe"]) == 1e-7
     assert float(by_row["B1"].data.params["distill.lr_bbe"]) == 1e-6
     assert float(by_row["C1"].data.params["distill.lr_tcl"]) == 1e-6
+    assert by_row["C1"].data.tags[TEACHER_SOURCE_TAG] == str(tmp_path / "teacher.pt")
     assert by_row["D5"].data.params["data.boxes"] == "detection"
     assert "tir/success" in by_row["D3"].data.metrics
 
@@ -119,9 +126,8 @@ def test_table1_trains_every_row_in_dependency_order_and_logs_the_table(ray_sess
     assert parent.data.metrics["D3/success_ci_low"] == pytest.approx(d3.paired["success"].low)
     table_json = json.loads(Path(client.download_artifacts(result.parent_run_id, "table1/table1.json")).read_text())
     assert {"success_ci_low", "success_ci_high", "success_ci_excludes_zero"} <= set(table_json["columns"])
-    # the merged files record their sources
+    # the merged file records its sources
     assert read_merged_from(merged_uri(cfg, "B3", 0))["base"]["run_id"] == runs["B1"].run_id
-    assert read_merged_from(start_uri)["tcl"]["run_id"] == runs["C1"].run_id
     version = client.get_model_version_by_alias("table1-e2e", "candidate")
     assert version.run_id == by_row[result.best_row].info.run_id
 

@@ -75,3 +75,17 @@ def test_every_variant_uses_a_known_box_method_and_is_accepted_by_the_config():
 )
 def test_registries_implement_exactly_the_vocabulary_names(registry, names):
     assert tuple(registry) == names
+
+
+def test_a_row_is_named_by_its_own_name_only_from_where_the_paper_starts_it():
+    d_rows = [name for name, v in vocabulary.VARIANTS.items() if v.init_from]
+    assert d_rows == ["D1", "D2", "D3", "D4", "D5"]
+    for name in vocabulary.VARIANT_NAMES:
+        paper = vocabulary.paper_start(name)
+        assert paper == (vocabulary.START_D if name in d_rows else vocabulary.START_TEACHER)
+        assert vocabulary.run_label(name, paper) == name
+    assert vocabulary.run_label("D3", vocabulary.START_TEACHER) == "D3 loss from the teacher"
+    assert vocabulary.run_label("D5", "teacher") == "D5 loss from the teacher"
+    assert vocabulary.run_label("C1", vocabulary.START_D) == "C1 loss from merge(B3,C1)"
+    with pytest.raises(ValueError, match="unknown start"):
+        vocabulary.run_label("D3", "B3")

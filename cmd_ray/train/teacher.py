@@ -4,6 +4,11 @@
 ``jobs/pretrain.py`` registered), a cmd-ray checkpoint (folder or ``training_state.pt``), a state-dict file,
 or a pytracking checkpoint, local or on S3. The driver reads it once; workers get the bytes from the Ray
 object store, so a hundred workers do not each download a 200 MB file.
+
+A D row whose config names its start (``distill.start``: B3, or B1 and B2, and C1, any of the same kinds of URI)
+starts instead from B3's IoU-Net with C1's classifier (§4.3), merged here on the driver with
+:func:`cmd_ray.distill.merge.merge_modules` (:func:`resolve_start`); ``jobs/table1.py`` merges B3 with the same
+functions. Without it, a D row starts from the teacher, and :func:`start_tags` and the log say so.
 """
 
 from __future__ import annotations
@@ -12,16 +17,20 @@ import io
 import logging
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config, ConfigError
+from cmd_ray.distill.merge import merge_modules
 from cmd_ray.models.checkpoint import LoadReport, load_into, load_state_dict
 from cmd_ray.models.loading import checkpoint_file
 from cmd_ray.models.safe_unpickler import CheckpointError
+from cmd_ray.registry import START_TAG, VARIANT_TAG, start_source_tags, start_sources_text
 from cmd_ray.storage import StorageError, is_s3, read_bytes
+from cmd_ray.vocabulary import START_D, START_TEACHER, paper_start
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +45,36 @@ class Teacher:
     """The starting weights of a run.
 
     Attributes:
-        source: ``model.init_checkpoint``, or ``"random-init"``.
+        source: ``model.init_checkpoint``, ``"random-init"``, or for a merged D start ``START_D``.
         weights: the file's bytes (``None`` for random initialisation).
         run_id: the MLflow run that produced the weights, when known (registered models and cmd-ray checkpoints).
         model_version: the registry version, for ``models:/`` sources.
+        merged_from: for a merged D start, ``(config key, URI)`` of each merged checkpoint (``distill.start.b3``
+            and ``distill.start.c1``, or ``b1``, ``b2`` and ``c1``); empty otherwise.
     """
 
     source: str
     weights: bytes | None = None
     run_id: str | None = None
     model_version: str | None = None
+    merged_from: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def start(self) -> str:
+        """:data:`~cmd_ray.vocabulary.START_D` for a merged D start, else ``START_TEACHER``."""
+        return START_D if self.merged_from else START_TEACHER
+
+    def describe(self) -> str:
+        """One line for logs and the job's summary: the source, and what a merged start is made of."""
+        if not self.merged_from:
+            return self.source
+        return f"{self.source} of {start_sources_text(dict(self.merged_from))}"
 
     def tags(self) -> dict[str, str]:
-        """MLflow tags that link a run to its teacher."""
+        """MLflow tags that link a run to its starting weights: the teacher's source and lineage, or for a merged
+        D start the URI of each merged checkpoint (``cmd_ray.start_b3``, ``cmd_ray.start_c1``, …)."""
+        if self.merged_from:
+            return start_source_tags(dict(self.merged_from))
         tags = {TEACHER_SOURCE_TAG: self.source}
         if self.run_id:
             tags[TEACHER_RUN_TAG] = self.run_id
@@ -70,6 +96,19 @@ def resolve_teacher(cfg: Config, job: str = "distill") -> Teacher:
     uri = cfg.pretrain.init_checkpoint if job == "pretrain" else cfg.model.init_checkpoint
     if not uri:
         return Teacher(RANDOM_INIT)
+    return read_weights(cfg, uri, key)
+
+
+def read_weights(cfg: Config, uri: str, key: str) -> Teacher:
+    """The weights ``uri`` names, read on the driver, with the MLflow run (and registry version) that made them.
+
+    ``uri`` is ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (a registered model must be of ``cfg``'s network),
+    a cmd-ray checkpoint folder or ``training_state.pt``, a state-dict or pytracking file, local or ``s3://``.
+
+    Raises:
+        ConfigError: naming ``key`` (the config key that holds ``uri``), when ``uri`` cannot be read or is a
+            registered model of another network preset.
+    """
     if uri.startswith("models:/"):
         try:
             files = registry.fetch(uri, mlflow_runs.tracking_uri(cfg))
@@ -88,6 +127,90 @@ def resolve_teacher(cfg: Config, job: str = "distill") -> Teacher:
         where = "on S3" if is_s3(uri) else "on this machine"
         raise ConfigError(f"{key} {uri} cannot be read {where}: {exc}") from None
     return Teacher(uri, weights, run_id=_producing_run(weights))
+
+
+def merge_weights(base: bytes, **parts: bytes) -> bytes:
+    """:func:`~cmd_ray.distill.merge.merge_modules` on weights in memory: ``base`` with each part (``tcl``,
+    ``bbe_reference``, ``bbe_test``) taken from the weights given for it; returns a plain state dict's bytes.
+
+    Raises:
+        CheckpointError: weights that do not merge (key sets or shapes that differ, a part ``base`` lacks).
+    """
+    with tempfile.TemporaryDirectory(prefix="cmd-ray-merge-") as tmp:
+        folder = Path(tmp)
+        (folder / "base.pt").write_bytes(base)
+        for part, weights in parts.items():
+            (folder / f"{part}.pt").write_bytes(weights)
+        files = {part: folder / f"{part}.pt" for part in parts}
+        return merge_modules(folder / "base.pt", folder / "merged.pt", **files).read_bytes()
+
+
+def merge_uris(cfg: Config, base: tuple[str, str], **parts: tuple[str, str]) -> bytes:
+    """:func:`merge_weights` of the weights each ``(config key, URI)`` names (:func:`read_weights` reads them).
+
+    Raises:
+        ConfigError: a URI that cannot be read, or weights that do not merge (naming the keys).
+    """
+
+    def read(key: str, uri: str) -> bytes:
+        weights = read_weights(cfg, uri, key).weights
+        assert weights is not None  # read_weights reads a file: only random initialisation has no bytes
+        return weights
+
+    base_weights = read(*base)
+    part_weights = {part: read(*named) for part, named in parts.items()}
+    try:
+        return merge_weights(base_weights, **part_weights)
+    except (CheckpointError, ValueError) as exc:
+        keys = ", ".join([base[0], *(key for key, _ in parts.values())])
+        raise ConfigError(f"{keys}: cannot merge: {exc}") from None
+
+
+def resolve_start(cfg: Config) -> Teacher:
+    """The starting weights of a distill run, read (and merged) on the driver.
+
+    A D row whose ``distill.start`` names B3 (or B1 and B2) and C1 starts from B3 (B1 with B2's IoU-Net test
+    branch) with C1's classifier, as the paper's D rows do (§4.3); any other run starts from the teacher
+    (:func:`resolve_teacher`).
+
+    Raises:
+        ConfigError: a start that cannot be read or merged, naming its config key.
+    """
+    start = cfg.distill.start
+    if not start.given:
+        return resolve_teacher(cfg)
+    named = start.named()
+    c1 = ("distill.start.c1", named["distill.start.c1"])
+    if start.b3:
+        weights = merge_uris(cfg, ("distill.start.b3", start.b3), tcl=c1)
+    else:
+        assert start.b1 and start.b2  # the config validates b1 and b2 together
+        b2 = ("distill.start.b2", start.b2)
+        weights = merge_uris(cfg, ("distill.start.b1", start.b1), bbe_test=b2, tcl=c1)
+    return Teacher(START_D, weights, merged_from=tuple(named.items()))
+
+
+def start_tags(cfg: Config) -> dict[str, str]:
+    """MLflow tags naming where a distill run starts and what it therefore is: :data:`START_TAG` (the teacher or
+    merge(B3,C1)) and :data:`VARIANT_TAG` (``cfg.distill.run_label``: ``D3``, or ``D3 loss from the teacher``)."""
+    return {START_TAG: cfg.distill.start_kind, VARIANT_TAG: cfg.distill.run_label}
+
+
+def log_start(cfg: Config, teacher: Teacher) -> None:
+    """Say where the run starts; a D row that starts from the teacher, not from merge(B3, C1), is a warning."""
+    row, label = cfg.distill.variant, cfg.distill.run_label
+    if cfg.distill.start_kind != paper_start(row):
+        logger.warning(
+            "distill.variant=%s starts from the teacher (%s), not from merge(B3, C1) as the paper's %s does: this "
+            "run is recorded as %r. To start from merge(B3, C1), set distill.start.b3 (or b1 and b2) and "
+            "distill.start.c1",
+            row,
+            teacher.describe(),
+            row,
+            label,
+        )
+    else:
+        logger.info("distill.variant=%s (%s) starts from %s", row, label, teacher.describe())
 
 
 def _producing_run(weights: bytes) -> str | None:
@@ -113,7 +236,7 @@ def load_teacher_weights(model: nn.Module, teacher: Teacher) -> LoadReport | Non
         tmp.flush()
         report = load_into(model, load_state_dict(tmp.name))
     if not report.loaded:
-        raise CheckpointError(f"starting weights {teacher.source} have nothing that fits this network")
+        raise CheckpointError(f"starting weights {teacher.describe()} have nothing that fits this network")
     if not report.ok:
-        logger.warning("teacher %s loaded partially:\n%s", teacher.source, report)
+        logger.warning("teacher %s loaded partially:\n%s", teacher.describe(), report)
     return report

@@ -22,7 +22,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -43,7 +43,7 @@ from cmd_ray.resume import RUN_NAME_KEY
 from cmd_ray.schedule import Schedule, schedule_for
 from cmd_ray.storage import StorageError, ray_storage
 from cmd_ray.train.loop import train_loop_per_worker
-from cmd_ray.train.teacher import Teacher, resolve_teacher
+from cmd_ray.train.teacher import Teacher, log_start, resolve_start, resolve_teacher, start_tags
 from cmd_ray.vocabulary import get_variant
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ class TrainingResult:
     (``registered`` is ``None``; ``run_id``, ``history`` and ``checkpoint_path`` are the earlier run's)."""
     note: str = ""
     """A line for the user about what this invocation did not do and why (set with ``nothing_to_train``)."""
+    label: str = ""
+    """What a distill run is called (:attr:`cmd_ray.config.DistillConfig.run_label`: ``D3``, ``D3 loss from the
+    teacher``); empty for pretraining."""
 
 
 def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None = None) -> RunConfig:
@@ -299,6 +302,9 @@ def fit(
 ) -> tuple[ray.train.Result, SkipReport]:
     """Fit one distillation run on ``pairs``; metrics go to MLflow run ``run_id`` every epoch.
 
+    ``teacher`` is the run's starting weights (default: :func:`~cmd_ray.train.teacher.resolve_start` of ``cfg``,
+    read here).
+
     ``tracking_validator`` (a picklable ``model → {name: value}``, e.g. the sweep's tracking objective) is called by
     rank 0 at ``tracking_epochs`` (0-based) and at the first epoch it trains; its values are in every later report
     (:mod:`cmd_ray.train.loop`).
@@ -306,7 +312,7 @@ def fit(
     Returns the Ray Train result and the pairs skipped as unreadable.
     """
     schedule = schedule_for(cfg, "distill")
-    teacher = teacher or resolve_teacher(cfg)
+    teacher = teacher or resolve_start(cfg)
     skip_counter = SkipCounter.options(**on_driver_node()).remote()
     cursor = EpochCursor.options(**on_driver_node()).remote()
     train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction)
@@ -503,12 +509,21 @@ RATE_OVERRIDES_TAG = "cmd_ray.rate_overrides"
 
 def rate_override_tags(cfg: Config) -> dict[str, str]:
     """``{RATE_OVERRIDES_TAG: "lr_tcl=1e-05 (row D3: 2e-08), …"}`` when the run trains at rates other than its
-    row's paper rates (each also logged as a warning); empty when it trains at the paper's rates."""
+    row's paper rates times ``distill.lr_scale`` (each also logged as a warning; the row's rate reads
+    ``2e-06 = 2e-08 x lr_scale 100`` when scaled); empty when every rate is the row's paper rate times the scale.
+    The scale itself and the effective rates are the run's params ``distill.lr_scale``, ``distill.lr_tcl``, …"""
     overrides = cfg.distill.rate_overrides()
     if not overrides:
         return {}
-    row = cfg.distill.variant
-    text = ", ".join(f"{key}={rate:g} (row {row}: {paper:g})" for key, (rate, paper) in overrides.items())
+    row, scale = cfg.distill.variant, cfg.distill.lr_scale
+    variant = get_variant(row)
+
+    def paper_text(key: str, paper: float) -> str:
+        return f"{paper:g}" if scale == 1 else f"{paper:g} = {getattr(variant, key):g} x lr_scale {scale:g}"
+
+    text = ", ".join(
+        f"{key}={rate:g} (row {row}: {paper_text(key, paper)})" for key, (rate, paper) in overrides.items()
+    )
     logger.warning("training at rates other than the paper's for row %s: %s", row, text)
     return {RATE_OVERRIDES_TAG: text}
 
@@ -526,6 +541,11 @@ def run_distillation(
     ``parent_run_id`` nests the run's MLflow run under another (``jobs/table1.py``: one per row and seed), ``tags``
     are added to it, and ``register=False`` leaves the final model unregistered (the checkpoint is the result).
 
+    The run starts from the teacher (``model.init_checkpoint``), or a D row from merge(B3, C1) when
+    ``distill.start`` names them (:func:`~cmd_ray.train.teacher.resolve_start`); the log, the run's tags
+    ``cmd_ray.start`` and ``cmd_ray.variant`` (``D3``, or ``D3 loss from the teacher``) and the registered
+    version's description say which.
+
     A rerun of an existing run (same ``storage.run_name`` and ``storage.storage_path``) is checked first,
     before any cluster work: a config that differs in what a resume may not change raises ``ConfigError``;
     a run with every epoch trained returns ``nothing_to_train`` without starting Ray or registering anything.
@@ -534,20 +554,28 @@ def run_distillation(
     schedule = schedule_for(cfg, "distill")
     previous = check_resume(cfg, schedule)
     if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
-        return _nothing_to_train(mlflow_runs.pin_tracking_uri(cfg), schedule, previous, register)
+        done = _nothing_to_train(mlflow_runs.pin_tracking_uri(cfg), schedule, previous, register)
+        return replace(done, label=cfg.distill.run_label)
     if pairs is None:
         pairs = list_pairs(cfg)  # fails on an empty prefix before any cluster work
     cfg = mlflow_runs.pin_tracking_uri(cfg)
-    teacher = resolve_teacher(cfg)  # a bad init_checkpoint fails here, before the cluster starts
+    teacher = resolve_start(cfg)  # a bad init_checkpoint or distill.start fails here, before the cluster starts
+    log_start(cfg, teacher)
     if not ray.is_initialized():
         ray.init()
-    run_tags = {"cmd_ray.data_uri": cfg.data.uri, **teacher.tags(), **rate_override_tags(cfg), **(tags or {})}
+    run_tags = {
+        "cmd_ray.data_uri": cfg.data.uri,
+        **teacher.tags(),
+        **start_tags(cfg),
+        **rate_override_tags(cfg),
+        **(tags or {}),
+    }
     run_id, resumed = open_run(cfg, schedule, run_tags, previous, parent_run_id)
 
     def train() -> tuple[ray.train.Result, SkipReport]:
         return fit(cfg, pairs, run_id, teacher=teacher)
 
-    return _finish(cfg, schedule, run_id, resumed, teacher, train, register)
+    return replace(_finish(cfg, schedule, run_id, resumed, teacher, train, register), label=cfg.distill.run_label)
 
 
 def list_pretraining_sequences(cfg: Config) -> list[LabeledSequence]:

@@ -95,3 +95,14 @@ def test_a_finished_run_whose_store_lost_its_version_is_registered_again(tmp_pat
     again = run_pretraining(cfg)  # registered now: found, not registered twice
     assert again.registered is not None and again.registered.version == "1"
     assert len(mlflow_runs.client(cfg).search_model_versions("name = 'lost-teacher'")) == 1
+
+
+def test_a_scaled_run_is_no_override_but_an_explicit_rate_beside_the_scale_is(caplog):
+    from cmd_ray.train.trainer import RATE_OVERRIDES_TAG, rate_override_tags
+
+    assert rate_override_tags(load_config(None, ["distill.variant=B2", "distill.lr_scale=4"])) == {}
+    with caplog.at_level("WARNING"):
+        tags = rate_override_tags(
+            load_config(None, ["distill.variant=D2", "distill.lr_scale=100", "distill.lr_tcl=1e-3"])
+        )
+    assert tags == {RATE_OVERRIDES_TAG: "lr_tcl=0.001 (row D2: 2e-06 = 2e-08 x lr_scale 100)"}

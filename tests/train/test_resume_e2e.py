@@ -52,7 +52,7 @@ def test_rerun_checks_config_trains_nothing_when_done_and_resumes_more_epochs(
         raise AssertionError("a rerun that trains nothing reached the cluster")
 
     with monkeypatch.context() as patch:
-        for name in ("open_run", "_fit", "resolve_teacher"):
+        for name in ("open_run", "_fit", "resolve_teacher", "resolve_start"):
             patch.setattr(trainer, name, no_cluster_work)
         patch.setattr(trainer.ray, "init", no_cluster_work)
 

@@ -167,8 +167,13 @@ def _distill(args: argparse.Namespace) -> int:
 
     check_trainable(cfg)
     pairs = list_pairs(cfg)
+    validator = None
+    if cfg.distill.select_by != "last":
+        from cmd_ray.evaluation.validation import tracking_validator
+
+        validator = tracking_validator(cfg)  # reads tune.eval_root now: a bad one fails before any cluster work
     started = time.perf_counter()
-    result = run_distillation(cfg, pairs)
+    result = run_distillation(cfg, pairs, tracking_validator=validator)
     if not result.nothing_to_train:
         print(f"\ndistillation finished in {time.perf_counter() - started:.1f} s on {len(pairs)} pairs")
     _print_training(result, "skipped pairs")
@@ -187,6 +192,12 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
         print(f"  resumed at epoch {result.resumed_from_epoch} from the run's latest checkpoint")
     if result.history and "teacher_val_loss" in result.history[0]:
         print(f"  starting weights' val_loss: {result.history[0]['teacher_val_loss']:.4f}")
+    if result.history and "teacher_val_success" in result.history[0]:
+        first = result.history[0]
+        print(
+            f"  starting weights' val_success: {first['teacher_val_success']:.4f} "
+            f"(precision {first['teacher_val_precision']:.4f})"
+        )
     for row in result.history:
         line = f"  epoch {int(row['epoch'])}: loss {row['loss']:.4f}"
         line += f" (tcl {row['loss_tcl']:.4f}, bbe {row['loss_bbe']:.4f})"
@@ -195,6 +206,8 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
             if "val_loss_bbe_chance" in row:  # an IoU-Net that has learnt nothing scores this
                 line += f"; a constant prediction: {row['val_loss_bbe_chance']:.4f}"
             line += ")"
+        if "val_success" in row:  # the epochs that tracked the validation sequences
+            line += f"  val_success {row['val_success']:.4f} (precision {row['val_precision']:.4f})"
         print(line)
     if not result.nothing_to_train:
         print(f"{skipped_what}: {result.skipped_pairs}")
@@ -204,6 +217,8 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
         print(f"files without a partner: {result.unpaired_files}")
     print(f"checkpoint:    {result.checkpoint_path}")
     print(f"MLflow run:    {result.run_location or result.run_id or '(unknown)'}")
+    if result.selection is not None:
+        print(f"selected:      {result.selection.summary()}")
     if result.registered:
         reg = result.registered
         again = "; nothing new" if result.nothing_to_train else ""

@@ -9,6 +9,7 @@ allowed, before any cluster work starts.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -468,6 +469,10 @@ class DStartConfig(_Strict):
         return {f"distill.start.{key}": getattr(self, key) for key in ("b3", "b1", "b2", "c1") if getattr(self, key)}
 
 
+SelectBy = Literal["last", "val_success", "val_precision"]
+"""``distill.select_by``: keep the final epoch, or the epoch (teacher included) tracking the validation split best."""
+
+
 class DistillConfig(_Strict):
     """The CMD schedule: L = L_TCL + lambda * L_BBE with per-module learning rates.
 
@@ -541,6 +546,18 @@ class DistillConfig(_Strict):
                 f"merge(B3, C1); {row.name} starts from the teacher (model.init_checkpoint). Unset distill.start.*"
             )
         return self
+
+    select_by: SelectBy = Field(
+        "last",
+        description="which weights the distill job registers: 'last' (the final epoch), or the epoch, the teacher "
+        "included as epoch -1, that tracks the labeled TIR validation sequences of tune.eval_root best by OPE "
+        "Success ('val_success') or Precision ('val_precision'). An epoch must beat every earlier one, the teacher "
+        "included (ties keep the earlier); when no epoch beats the teacher, its weights are registered. "
+        "Table 1 rows keep their final epoch",
+    )
+    select_every: int = Field(
+        1, ge=1, description="with select_by: track the validation sequences every N-th epoch (the last one always)"
+    )
 
     @model_validator(mode="after")
     def _mixing_of_a_mix_row(self) -> DistillConfig:
@@ -701,7 +718,8 @@ class TuneSettings(_Strict):
     eval_root: str | None = Field(
         None,
         description="labeled TIR validation sequences each trial tracks (local folder or s3:// prefix); needed by "
-        "metric val_success / val_precision. Keep it apart from evaluation.root: tuning on the test set biases it",
+        "metric val_success / val_precision and by distill.select_by. Keep it apart from evaluation.root: tuning on "
+        "the test set biases it (distill.select_by refuses evaluation.root)",
     )
     eval_benchmark: BenchmarkName | None = Field(None, description="eval_root's layout (default: evaluation.benchmark)")
     eval_sequences: list[str] | None = Field(None, description="track only these sequences of eval_root (default: all)")
@@ -1125,6 +1143,28 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _selection_has_its_own_split(self) -> Config:
+        select_by = self.distill.select_by
+        if select_by == "last":
+            return self
+        root = self.tune.eval_root
+        if not (root and root.strip()):
+            raise ValueError(
+                f"distill.select_by={select_by} tracks labeled TIR validation sequences after every scored epoch: "
+                "set tune.eval_root (a local folder or s3:// prefix, e.g. the tir_sequences folder of a second "
+                "cmd-ray synth set), or distill.select_by=last"
+            )
+        if same_location(root, self.evaluation.root) and not _disjoint(
+            self.tune.eval_sequences, self.evaluation.sequences
+        ):
+            raise ValueError(
+                f"distill.select_by={select_by}: tune.eval_root ({root!r}) is evaluation.root, the test sequences the "
+                "evaluation reports; choosing weights on them biases that report. Point tune.eval_root at a separate "
+                "validation split (or give tune.eval_sequences and evaluation.sequences without a common sequence)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _table1_rows_fit_model(self) -> Config:
         if self.table1.rows is not None:
             try:
@@ -1140,6 +1180,26 @@ class Config(_Strict):
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys to plain values, for MLflow params."""
         return flatten_tree(self.model_dump(mode="json"))
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two data URIs name the same folder: ``s3://`` prefixes compared without trailing slashes, local
+    paths (plain or ``file://``) after making them absolute and normal (``./x/`` and ``x`` are the same)."""
+
+    def canonical(uri: str) -> str:
+        uri = uri.strip()
+        if uri.startswith("s3://"):
+            return uri.rstrip("/")
+        if uri.startswith("file://"):
+            uri = uri[len("file://") :]
+        return os.path.normpath(os.path.abspath(os.path.expanduser(uri)))
+
+    return canonical(a) == canonical(b)
+
+
+def _disjoint(first: list[str] | None, second: list[str] | None) -> bool:
+    """Two sequence selections of one root share no sequence (``None``: every sequence of the root)."""
+    return first is not None and second is not None and not set(first) & set(second)
 
 
 def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,7 +11,9 @@ A registered version is an ``mlflow.pytorch`` model that travels on its own:
   versions installed where the model was logged), all resolvable from a package index;
 - its signature names the network's inputs and outputs with their shapes (:func:`model_signature`);
 - the version's description and tags name the variant, the teacher and the training data
-  (:func:`version_description`); an evaluation adds its scores as ``eval.*`` tags (:func:`tag_model_version`).
+  (:func:`version_description`) and, for a run that selected its weights by tracking (``distill.select_by``), which
+  epoch the version holds and whether it beat the teacher; an evaluation adds its scores as ``eval.*`` tags
+  (:func:`tag_model_version`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,27 @@ def start_sources_text(named: dict[str, str]) -> str:
     return ", ".join(f"{key.rsplit('.', 1)[-1].upper()} {uri}" for key, uri in named.items())
 
 
+SELECT_BY_TAG = "cmd_ray.select_by"
+SELECTED_EPOCH_TAG = "cmd_ray.selected_epoch"
+BEAT_TEACHER_TAG = "cmd_ray.beat_teacher"
+SELECTED_SCORE_TAG = "cmd_ray.selected_score"
+TEACHER_SCORE_TAG = "cmd_ray.teacher_score"
+SELECTION_TAGS = (SELECT_BY_TAG, SELECTED_EPOCH_TAG, BEAT_TEACHER_TAG, SELECTED_SCORE_TAG, TEACHER_SCORE_TAG)
+"""Run tags (and, copied, model-version tags) of a run that selected its weights (:func:`selection_tags`)."""
+
+
+def selection_tags(metric: str, epoch: int, value: float, teacher_value: float) -> dict[str, str]:
+    """The tags that record a weight selection: the score ``metric``, the selected ``epoch`` (-1: the teacher's
+    weights), its score ``value``, the teacher's ``teacher_value`` and whether the epoch beat the teacher."""
+    return {
+        SELECT_BY_TAG: metric,
+        SELECTED_EPOCH_TAG: str(epoch),
+        BEAT_TEACHER_TAG: "true" if epoch >= 0 else "false",
+        SELECTED_SCORE_TAG: f"{value:.6g}",
+        TEACHER_SCORE_TAG: f"{teacher_value:.6g}",
+    }
+
+
 @dataclass(frozen=True)
 class RegisteredModel:
     name: str
@@ -143,7 +166,8 @@ def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
         :func:`cmd_ray.vocabulary.run_label`: ``D3``, or ``D3 loss from the teacher`` for a D row that did not start
         from merge(B3, C1); teacher pretraining has no variant), the starting weights (the teacher's source,
         registry version and producing run; or the B3 and C1 weights merged), the data (URI, pairs or sequences
-        used, samples per epoch x epochs) and the network; the same facts as ``cmd_ray.*`` model-version tags.
+        used, samples per epoch x epochs) and the network; the same facts as ``cmd_ray.*`` model-version tags; and,
+        when the run carries :func:`selection_tags`, the weights' epoch and whether they beat the teacher.
     """
     tags, metrics = run.data.tags, run.data.metrics
     job = tags.get(JOB_TAG, "distill")
@@ -190,6 +214,8 @@ def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
         *filter(None, [start_line, teacher_line]),
         f"data: {data_uri}{used}; {section.samples_per_epoch} samples per epoch x {section.epochs} epochs{boxes}",
     ]
+    if tags.get(SELECT_BY_TAG):
+        lines.append(_selection_line(cfg, tags))
     version_tags = {
         JOB_TAG: job,
         VARIANT_TAG: variant_tag,
@@ -198,12 +224,28 @@ def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
         DATA_URI_TAG: data_uri,
         "cmd_ray.network": f"{cfg.model.architecture}/{cfg.model.preset}",
         "cmd_ray.samples": str(samples),
-        **{key: tags[key] for key in (TEACHER_RUN_TAG, TEACHER_VERSION_TAG) if tags.get(key)},
+        **{key: tags[key] for key in (TEACHER_RUN_TAG, TEACHER_VERSION_TAG, *SELECTION_TAGS) if tags.get(key)},
         **{f"cmd_ray.{split}_{kind}": str(n) for split, n in counts.items()},
     }
     return mlflow_runs.redact("\n".join(lines)), {
         key: str(mlflow_runs.redact(value)) for key, value in version_tags.items()
     }
+
+
+def _selection_line(cfg: Config, tags: dict[str, str]) -> str:
+    """The description line of a selected version: which weights, their score and the teacher's."""
+    metric, epoch = tags[SELECT_BY_TAG], int(tags[SELECTED_EPOCH_TAG])
+    score, teacher = tags.get(SELECTED_SCORE_TAG, "?"), tags.get(TEACHER_SCORE_TAG, "?")
+    where = f"the validation sequences {cfg.tune.eval_root}"
+    if epoch >= 0:
+        return (
+            f"weights: epoch {epoch} (0-based) of {cfg.distill.epochs}, selected by {metric} on {where}: {score}, "
+            f"beat the teacher's {teacher}"
+        )
+    return (
+        f"weights: the teacher's (epoch -1): no epoch of {cfg.distill.epochs} beat its {metric} of {teacher} on "
+        f"{where} (distill.select_by); the distilled epochs are in the run's checkpoints"
+    )
 
 
 def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | None = None) -> RegisteredModel:

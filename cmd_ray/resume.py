@@ -12,7 +12,9 @@ key with its old and new value and how to start a new run instead.
 
 Settings no training job reads (``tune.*``, ``synth.*``, ``tracker.*``, ``evaluation.*``) never block, and
 neither do those of the other job (``pretrain.*`` for distillation; for pretraining, the distillation-only
-``distill.*`` keys, ``model.init_checkpoint`` and ``mlflow.registered_model_name``).
+``distill.*`` keys, ``model.init_checkpoint`` and ``mlflow.registered_model_name``). The exception: a distill run
+that selects its weights by tracking (``distill.select_by``) scores every epoch with ``tune.eval_*``, ``tracker.*``
+and the evaluation protocol (:data:`SELECTION_SCORES`), so those block its resume.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ _DISTILL_ONLY: tuple[str, ...] = tuple(
         "lr_gamma",
         "seed",
         "start",
+        "select_by",
+        "select_every",
     )
 )
 """``distill.*`` keys pretraining does not read (it shares only the loss options: ``distill.tcl_loss``,
@@ -71,6 +75,19 @@ JOB_RESUMABLE: dict[str, tuple[str, ...]] = {
 }
 """Per job: the epoch count a resume may raise, and the settings of the other job, which this one does not read."""
 
+SELECTION_SCORES: tuple[str, ...] = (
+    "tune.eval_root",
+    "tune.eval_benchmark",
+    "tune.eval_sequences",
+    "tracker",
+    "evaluation.benchmark",
+    "evaluation.protocol",
+    "evaluation.lsotb_subset",
+)
+"""What a distill run with ``distill.select_by`` other than ``last`` scores its epochs and its teacher with: the
+validation sequences, their layout, the tracker and the OPE protocol. A resume of such a run may not change them, or
+the epochs it trains would be compared with the stored best (and the teacher) on other terms."""
+
 RUN_NAME_KEY: dict[str, str] = {"distill": "storage.run_name", "pretrain": "pretrain.run_name"}
 """The key that names a job's run (its checkpoint folder under ``storage.storage_path``)."""
 
@@ -82,8 +99,7 @@ def may_change_on_resume(key: str, job: str = "distill") -> bool:
     """Whether dotted ``key`` may differ between a run's stored config and the config that resumes it."""
     if job not in JOB_RESUMABLE:
         raise ValueError(f"unknown training job {job!r}; allowed: {', '.join(JOB_RESUMABLE)}")
-    allowed = (*RESUMABLE, *NOT_READ_BY_TRAINING, *JOB_RESUMABLE[job])
-    return any(key == prefix or key.startswith(prefix + ".") for prefix in allowed)
+    return _under(key, (*RESUMABLE, *NOT_READ_BY_TRAINING, *JOB_RESUMABLE[job]))
 
 
 def resume_blockers(old: Mapping[str, Any], new: Mapping[str, Any], job: str = "distill") -> list[str]:
@@ -95,12 +111,21 @@ def resume_blockers(old: Mapping[str, Any], new: Mapping[str, Any], job: str = "
     present on one side only shows as ``(absent)``. Sorted by key.
     """
     old_flat, new_flat = _flatten(_normalized(old)), _flatten(_normalized(new))
+    # distill.select_by itself blocks when it changes; while it selects, so do the settings its scores depend on
+    selecting = job == "distill" and new_flat.get("distill.select_by", "last") != "last"
     blockers = []
     for key in sorted(old_flat.keys() | new_flat.keys()):
         before, after = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
-        if before != after and not may_change_on_resume(key, job):
+        if before == after:
+            continue
+        if not may_change_on_resume(key, job) or (selecting and _under(key, SELECTION_SCORES)):
             blockers.append(f"{key}: {_show(before)} → {_show(after)}")
     return blockers
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or lies below one of them."""
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
 def check_resume(

@@ -69,3 +69,19 @@ def test_a_teacher_that_was_never_registered_fails_before_ray_naming_it(tmp_path
     assert "model.init_checkpoint" in done.stderr
     assert "models:/cmd-ray-demo-teacher@candidate" in done.stderr
     assert "Started a local Ray instance" not in done.stderr + done.stdout
+
+
+def test_selecting_weights_on_the_test_sequences_or_on_a_missing_split_fails_before_ray(tmp_path, local_pairs):
+    # configs/demo.yaml points tune.eval_root at the evaluation's own sequences: no weights are chosen on them
+    done = run_job("distill.select_by=val_success", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "is evaluation.root, the test sequences the evaluation reports" in done.stderr
+
+    missing = tmp_path / "no-validation-split"
+    done = run_job(
+        f"data.uri={local_pairs}", "distill.select_by=val_success", f"tune.eval_root={missing}", cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"tune.eval_root='{missing}'" in done.stderr
+    assert "Started a local Ray instance" not in done.stderr + done.stdout
+    assert not (tmp_path / "mlflow.db").exists()

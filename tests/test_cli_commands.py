@@ -142,3 +142,31 @@ def test_config_shows_the_rates_scaled_by_lr_scale_and_what_the_run_is_called(ca
     assert "  lr_tcl: 2.0e-07\n  lr_bbe: 1.0e-06\n" in out
     assert "# this run is 'D3 loss from the teacher': it starts from the teacher" in out
     assert "overrides" not in out
+
+
+def test_a_distill_run_that_kept_its_teacher_prints_the_scores_and_says_so(capsys):
+    from cmd_ray.registry import RegisteredModel
+    from cmd_ray.train.selection import Selection, select_epoch
+    from cmd_ray.train.trainer import TrainingResult
+
+    losses = {"loss": 1.0, "loss_tcl": 0.5, "loss_bbe": 0.5}
+    teacher = {"teacher_val_success": 0.4, "teacher_val_precision": 0.6}
+    history = [{"epoch": 0, **losses, **teacher, "val_success": 0.38, "val_precision": 0.55}, {"epoch": 1, **losses}]
+    best = select_epoch("val_success", 0.4, {0: 0.38})
+    result = TrainingResult(
+        run_id="r",
+        run_location="here",
+        registered=RegisteredModel("tracker", "3", "candidate", "r"),
+        metrics={},
+        history=history,
+        checkpoint_path="ray_results/run/epoch_0001",
+        skipped_pairs=0,
+        selection=Selection(best, ""),
+    )
+    cli._print_training(result, "skipped pairs")
+    out = capsys.readouterr().out
+    assert "starting weights' val_success: 0.4000 (precision 0.6000)" in out
+    assert "epoch 0: loss 1.0000 (tcl 0.5000, bbe 0.5000)  val_success 0.3800 (precision 0.5500)" in out
+    assert "epoch 1: loss 1.0000 (tcl 0.5000, bbe 0.5000)\n" in out
+    assert "selected:      no epoch beat the teacher's val_success of 0.4000: the teacher's weights (epoch -1)" in out
+    assert "registered:    models:/tracker@candidate (version 3)" in out

@@ -277,3 +277,46 @@ def test_side_by_side_mixing_is_refused_for_a_row_that_does_not_mix(row):
         load_config(None, [f"distill.variant={row}", "distill.mixing=side_by_side"])
     with pytest.raises(ConfigError, match=r"distill\.mixing"):
         load_config(None, ["distill.mixing=checkerboard"])
+
+
+SELECTING = ["distill.select_by=val_success", "tune.eval_root=/data/val/tir_sequences"]
+
+
+def test_selecting_needs_a_validation_split():
+    assert load_config(None).distill.select_by == "last"
+    cfg = load_config(None, [*SELECTING, "distill.select_every=2"])
+    assert (cfg.distill.select_by, cfg.distill.select_every) == ("val_success", 2)
+    with pytest.raises(ConfigError, match=r"distill\.select_by=val_precision .*set tune\.eval_root"):
+        load_config(None, ["distill.select_by=val_precision"])
+    with pytest.raises(ConfigError, match=r"distill\.select_by"):
+        load_config(None, ["distill.select_by=val_loss", "tune.eval_root=/data/val"])
+    with pytest.raises(ConfigError, match="select_every"):
+        load_config(None, [*SELECTING, "distill.select_every=0"])
+
+
+@pytest.mark.parametrize(
+    "evaluation_root",
+    [
+        "/data/val/tir_sequences",
+        "/data/val/tir_sequences/",
+        "file:///data/val/tir_sequences",
+        "/data/val/./tir_sequences",
+    ],
+)
+def test_selecting_on_the_evaluation_test_sequences_is_refused(evaluation_root):
+    with pytest.raises(ConfigError, match=r"tune\.eval_root .* is evaluation\.root, the test sequences"):
+        load_config(None, [*SELECTING, f"evaluation.root={evaluation_root}"])
+
+
+def test_one_root_may_hold_both_splits_when_their_sequences_are_disjoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    same = ["distill.select_by=val_success", "tune.eval_root=data/tir", f"evaluation.root={tmp_path}/data/tir"]
+    with pytest.raises(ConfigError, match=r"is evaluation\.root"):
+        load_config(None, same)  # a relative and an absolute path to one folder
+    with pytest.raises(ConfigError, match=r"is evaluation\.root"):
+        load_config(None, [*same, "tune.eval_sequences=[a, b]", "evaluation.sequences=[b, c]"])
+    cfg = load_config(None, [*same, "tune.eval_sequences=[a, b]", "evaluation.sequences=[c]"])
+    assert cfg.tune.eval_sequences == ["a", "b"]
+    # the sweep's own tracking objective keeps its documented behaviour (the demo tunes on its one TIR set)
+    assert load_config(None, ["tune.metric=val_success", "tune.eval_root=data/tir", "evaluation.root=data/tir"])
+    assert load_config(None, ["tune.eval_root=s3://b/val", "evaluation.root=s3://b/test", *SELECTING[:1]])

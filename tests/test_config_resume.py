@@ -166,3 +166,30 @@ def test_check_resume_pretrain_names_its_run_key_and_passes_same_config():
 def test_a_folder_of_the_other_job_blocks():
     with pytest.raises(ConfigError, match="job: pretrain → distill"):
         check_resume(tree(), tree(), "distill", run="r", old_job="pretrain")
+
+
+SELECTING = ["distill.select_by=val_success", "tune.eval_root=/data/val/tir_sequences"]
+
+
+def test_a_selecting_resume_may_not_change_what_its_scores_depend_on():
+    old = tree(*SELECTING)
+    for override, key in [
+        ("tune.eval_root=/data/other", "tune.eval_root"),
+        ("tune.eval_sequences=[a]", "tune.eval_sequences"),
+        ("tracker.use_iou_net=false", "tracker.use_iou_net"),
+        ("evaluation.protocol=pytracking", "evaluation.protocol"),
+        ("distill.select_by=last", "distill.select_by"),
+        ("distill.select_every=2", "distill.select_every"),
+    ]:
+        new = tree(*SELECTING, override)
+        assert [line.split(":")[0] for line in resume_blockers(old, new)] == [key], override
+    # parallelism and the other jobs' settings stay free
+    assert resume_blockers(old, tree(*SELECTING, "tune.eval_tasks=4", "evaluation.results_dir=elsewhere")) == []
+
+
+def test_without_selection_the_validation_split_never_blocks_a_resume():
+    old = tree()
+    assert resume_blockers(old, tree("tune.eval_root=/data/other", "tracker.use_iou_net=false")) == []
+    # the pretraining job reads no distill.select_* key
+    selecting = tree(*SELECTING)
+    assert resume_blockers(old, selecting, job="pretrain") == []

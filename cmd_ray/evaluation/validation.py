@@ -1,5 +1,8 @@
 """The sweep's tracking objective: a trial's model tracks labeled TIR sequences and is scored by OPE Success/Precision.
 
+A distillation run with ``distill.select_by`` uses the same validator to score its teacher and its epochs
+(``cmd-ray distill`` builds it and hands it to :func:`cmd_ray.train.trainer.run_distillation`).
+
 :func:`tracking_validator` reads the sequences of ``tune.eval_root`` once, on the sweep's driver, before any cluster
 work (a missing folder or sequence fails there, naming ``tune.eval_root``), and gives a :class:`TrackingValidator`:
 a small picklable object (the sequences' frame URIs and ground truth, the network's and the tracker's config) that

@@ -8,10 +8,17 @@ optimizer, scheduler, RNG states and the position in the sample stream (the :cla
 
 A sweep with a tracking objective also hands the loop a ``tracking_validator``: any callable ``model →
 {name: value}`` (the sweep builds :class:`cmd_ray.evaluation.validation.TrackingValidator`; this layer does not
-import it) and its ``tracking_epochs``. Rank 0 calls it with the in-memory network after writing the epoch's
-checkpoint, at those epochs and at the first epoch this worker group trains (a restart included), and adds what it
-returns to every later report until the next call (Tune needs the sweep metric in each report); MLflow gets the
-values only at the epochs that computed them, with ``val_tracked_epoch`` naming that epoch in every report.
+import it) and its ``tracking_epochs``. Rank 0 calls it with the in-memory network at the end of the epoch, before
+writing the epoch's checkpoint, at those epochs and at the first epoch this worker group trains (a restart included),
+and adds what it returns to every later report until the next call (Tune needs the sweep metric in each report);
+MLflow gets the values only at the epochs that computed them, with ``val_tracked_epoch`` naming that epoch in every
+report.
+
+A distillation run that selects its weights (``distill.select_by``) passes ``select_by`` too: rank 0 then also scores
+the teacher's weights before the first epoch (``teacher_val_success``, ``teacher_val_precision``), applies the rule of
+:mod:`cmd_ray.train.selection` to each epoch it tracked, logs ``best_epoch`` and ``best_<select_by>`` every epoch,
+keeps the selection in the checkpoint (a restart goes on from it) and reports
+:data:`~cmd_ray.train.selection.CHECKPOINT_SCORE` for Ray Train to keep the selected epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from cmd_ray.models.backbone import freeze_batchnorm_stats
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model, parameter_groups
 from cmd_ray.models.training_state import load_training_state, restore_rng_state, rng_state, save_training_state
 from cmd_ray.schedule import Job, Schedule, schedule_for
+from cmd_ray.train.selection import CHECKPOINT_SCORE, BestEpoch, checkpoint_score
 from cmd_ray.train.teacher import Teacher, load_teacher_weights
 
 LOSS_KEYS = ("loss", "loss_tcl", "loss_bbe")
@@ -144,14 +152,15 @@ def _read_training_state(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
 
 def _restore(
     checkpoint: ray.train.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> int:
-    """Load a training checkpoint into model, optimizer, scheduler and the RNGs; returns the next epoch."""
+) -> tuple[int, dict[str, Any] | None]:
+    """Load a training checkpoint into model, optimizer, scheduler and the RNGs; returns the next epoch and the
+    checkpoint's weight selection (``None`` when the run selects none)."""
     state = _read_training_state(checkpoint)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"])
-    return int(state["epoch"]) + 1
+    return int(state["epoch"]) + 1, state.get("selection")
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -160,7 +169,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ``loop_config``: ``config`` (a Config dump), ``job`` (``distill`` | ``pretrain``), ``mlflow_run_id``,
     ``teacher`` (a :class:`~cmd_ray.train.teacher.Teacher` or an object ref to one), ``skip_counter`` and
     ``epoch_cursor`` (actor handles, optional), ``has_val`` (whether a ``val`` dataset was given), and
-    optionally ``tracking_validator`` with ``tracking_epochs`` (0-based epochs; see the module docstring).
+    optionally ``tracking_validator`` with ``tracking_epochs`` (0-based epochs) and ``select_by`` (a score the
+    validator returns; see the module docstring).
     """
     cfg = Config.model_validate(loop_config["config"])
     schedule = schedule_for(cfg, loop_config.get("job", "distill"))
@@ -170,6 +180,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     teacher = loop_config.get("teacher")
     tracking_validator = loop_config.get("tracking_validator")
     tracking_epochs = frozenset(int(e) for e in loop_config.get("tracking_epochs") or ())
+    select_by: str | None = loop_config.get("select_by")
+    if select_by is not None and tracking_validator is None:
+        raise ValueError(f"select_by={select_by} needs a tracking_validator to score the epochs")
     if isinstance(teacher, ray.ObjectRef):
         teacher = ray.get(teacher)
     context = ray.train.get_context()
@@ -188,9 +201,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer, scheduler = build_optimizer(model, cfg, schedule.job)
 
     start_epoch = 0
+    stored_selection: dict[str, Any] | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        start_epoch = _restore(checkpoint, model, optimizer, scheduler)
+        start_epoch, stored_selection = _restore(checkpoint, model, optimizer, scheduler)
         logger.info("resuming %s at epoch %d from %s", schedule.run_name, start_epoch, checkpoint.path)
         if rank == 0 and run_id:
             mlflow_runs.log_metrics(cfg, run_id, {"resumed_at_epoch": start_epoch}, start_epoch)
@@ -207,6 +221,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     teacher_metrics: dict[str, float] = {}
     if val_shard is not None and start_epoch == 0:
         teacher_metrics = {f"teacher_{k}": v for k, v in validate(core, val_shard, cfg, schedule, device).items()}
+    best: BestEpoch | None = None  # rank 0, with select_by: the weights selected so far
+    if select_by is not None and rank == 0:
+        if start_epoch == 0:  # the teacher's weights, before any step: epoch -1 of the selection
+            scores = tracking_validator(core)
+            teacher_metrics.update({f"teacher_{k}": v for k, v in scores.items()})
+            best = BestEpoch.of_teacher(select_by, scores[select_by])
+        elif stored_selection is None or stored_selection.get("metric") != select_by:
+            raise ValueError(
+                f"checkpoint {checkpoint.path if checkpoint else '?'} holds no selection by {select_by}: "
+                "it was written by a run with another distill.select_by"
+            )
+        else:
+            best = BestEpoch.from_state(stored_selection)
     batches = iter(shard.iter_torch_batches(batch_size=schedule.batch_size, drop_last=True, device=device))
     steps = schedule.steps_per_epoch(context.get_world_size())
     tracked: dict[str, float] = {}  # rank 0: the last tracking figures, carried into every later report
@@ -257,6 +284,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:
+                logged = {k: v for k, v in metrics.items() if k != "epoch"}
+                if tracking_validator is not None:
+                    fresh = epoch in tracking_epochs or not tracked
+                    if fresh:
+                        tracked = {**tracking_validator(core), "val_tracked_epoch": float(epoch)}
+                        logged.update(tracked)
+                    metrics.update(tracked)
+                    if best is not None:
+                        before = best
+                        if fresh:
+                            best = best.after(epoch, tracked[best.metric])
+                        metrics[CHECKPOINT_SCORE] = checkpoint_score(before, best, epoch)
+                        selection = best.metrics()
+                        metrics.update(selection)  # every report: the driver reads the last one
+                        teacher_key = f"teacher_{best.metric}"  # MLflow has it once, at epoch 0
+                        logged.update({k: v for k, v in selection.items() if k != teacher_key})
                 save_training_state(
                     directory,
                     {
@@ -268,15 +311,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "config": cfg.model_dump(mode="json"),
                         "rng": rng_state(),
                         "mlflow_run_id": run_id,
+                        "selection": best.state() if best is not None else None,
                     },
                 )
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-                logged = {k: v for k, v in metrics.items() if k != "epoch"}
-                if tracking_validator is not None:
-                    if epoch in tracking_epochs or not tracked:
-                        tracked = {**tracking_validator(core), "val_tracked_epoch": float(epoch)}
-                        logged.update(tracked)
-                    metrics.update(tracked)
                 if run_id:
                     mlflow_runs.log_metrics(cfg, run_id, logged, epoch)
             ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")

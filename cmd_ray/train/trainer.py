@@ -6,6 +6,12 @@ on an empty prefix, before Ray starts), open an MLflow run with the resolved con
 register it with the configured alias. ``run_pretraining(cfg)`` (``jobs/pretrain.py``) does the same with
 supervised samples of labeled RGB sequences and registers the teacher.
 
+With ``distill.select_by`` a tracking score, the registered weights are not the last epoch's but the selected ones
+(:mod:`cmd_ray.train.selection`): the epoch that tracks the validation sequences of ``tune.eval_root`` best, the teacher
+included as epoch -1. When no epoch beats the teacher, the run registers a new version holding the teacher's weights,
+says so in the job log, the run's tags and the version's description and tags, and the alias moves to it: the alias
+never names a distilled model that tracks the user's validation split worse than its teacher.
+
 Running a job again with the same run name and storage path resumes it: Ray Train restores the latest
 checkpoint, the sample stream continues at the next epoch, and the MLflow run of the first attempt is
 reopened so that its metric history stays one record. Before any cluster work the job reads the run's
@@ -43,6 +49,14 @@ from cmd_ray.resume import RUN_NAME_KEY
 from cmd_ray.schedule import Schedule, schedule_for
 from cmd_ray.storage import StorageError, ray_storage
 from cmd_ray.train.loop import train_loop_per_worker
+from cmd_ray.train.selection import (
+    BEST_EPOCH,
+    CHECKPOINT_SCORE,
+    Selection,
+    register_selection,
+    scored_epochs,
+    selected_model,
+)
 from cmd_ray.train.teacher import Teacher, log_start, resolve_start, resolve_teacher, start_tags
 from cmd_ray.vocabulary import get_variant
 
@@ -78,16 +92,26 @@ class TrainingResult:
     label: str = ""
     """What a distill run is called (:attr:`cmd_ray.config.DistillConfig.run_label`: ``D3``, ``D3 loss from the
     teacher``); empty for pretraining."""
+    selection: Selection | None = None
+    """With ``distill.select_by``: the registered weights' epoch and scores (``None``: the final epoch's)."""
 
 
-def run_config(cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None = None) -> RunConfig:
-    """RunConfig with checkpoints under ``storage.storage_path`` (local or s3://, endpoint honoured)."""
+def run_config(
+    cfg: Config, callbacks: Sequence[Any] = (), run_name: str | None = None, keep_selected: bool = False
+) -> RunConfig:
+    """RunConfig with checkpoints under ``storage.storage_path`` (local or s3://, endpoint honoured).
+
+    Ray Train keeps the latest ``storage.checkpoints_to_keep`` checkpoints; with ``keep_selected`` (a run that
+    selects its weights) it keeps those with the highest :data:`~cmd_ray.train.selection.CHECKPOINT_SCORE` and the
+    latest one, so the selected epoch's checkpoint is never deleted.
+    """
     filesystem, storage_path = ray_storage(cfg.storage.storage_path, cfg.storage.s3_endpoint_url)
+    keep = {"checkpoint_score_attribute": CHECKPOINT_SCORE, "checkpoint_score_order": "max"} if keep_selected else {}
     return RunConfig(
         name=run_name or cfg.storage.run_name,
         storage_path=storage_path,
         storage_filesystem=filesystem,
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.checkpoints_to_keep),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.checkpoints_to_keep, **keep),
         failure_config=FailureConfig(max_failures=cfg.storage.max_failures),
         callbacks=list(callbacks),
     )
@@ -245,7 +269,7 @@ def build_trainer(
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         # Ray Train replaces the datasets' execution options with these: carry the object-store cap over
         dataset_config=ingest_config(cfg),
-        run_config=run_config(cfg, callbacks, run_name),
+        run_config=run_config(cfg, callbacks, run_name, keep_selected=loop_config.get("select_by") is not None),
         datasets=datasets,
     )
 
@@ -299,6 +323,7 @@ def fit(
     teacher: Teacher | None = None,
     tracking_validator: Callable[[Any], dict[str, float]] | None = None,
     tracking_epochs: Collection[int] = (),
+    select_by: str | None = None,
 ) -> tuple[ray.train.Result, SkipReport]:
     """Fit one distillation run on ``pairs``; metrics go to MLflow run ``run_id`` every epoch.
 
@@ -307,7 +332,9 @@ def fit(
 
     ``tracking_validator`` (a picklable ``model → {name: value}``, e.g. the sweep's tracking objective) is called by
     rank 0 at ``tracking_epochs`` (0-based) and at the first epoch it trains; its values are in every later report
-    (:mod:`cmd_ray.train.loop`).
+    (:mod:`cmd_ray.train.loop`). With ``select_by`` (one of the validator's scores) it also scores the teacher first,
+    every report carries the selection (:mod:`cmd_ray.train.selection`), and Ray Train keeps the selected epoch's
+    checkpoint; ``tracking_epochs`` then defaults to ``distill.select_every``'s :func:`scored_epochs`.
 
     Returns the Ray Train result and the pairs skipped as unreadable.
     """
@@ -321,8 +348,16 @@ def fit(
         datasets["val"] = validation_dataset(cfg, val_pairs, skip_counter)
     mlflow_runs.log_metrics(cfg, run_id, {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs)}, step=0)
     tracking = None
+    if select_by is not None:
+        if tracking_validator is None:
+            raise ValueError(f"select_by={select_by} needs a tracking_validator that scores it")
+        tracking_epochs = tracking_epochs or scored_epochs(schedule.epochs, cfg.distill.select_every)
     if tracking_validator is not None:
-        tracking = {"tracking_validator": tracking_validator, "tracking_epochs": sorted(tracking_epochs)}
+        tracking = {
+            "tracking_validator": tracking_validator,
+            "tracking_epochs": sorted(tracking_epochs),
+            "select_by": select_by,
+        }
     result = _fit(cfg, schedule, datasets, run_id, teacher, skip_counter, cursor, callbacks, tracking)
     report = ray.get(skip_counter.report.remote())
     totals = {
@@ -378,7 +413,8 @@ def epoch_history(cfg: Config, run_id: str) -> list[dict[str, float]]:
     client = mlflow_runs.client(cfg)
     rows: dict[int, dict[str, float]] = {}
     keys = ("loss", "loss_tcl", "loss_bbe", "val_loss", "val_loss_tcl", "val_loss_bbe", "val_loss_bbe_chance")
-    for key in (*keys, "teacher_val_loss"):
+    tracking = ("val_success", "val_precision", BEST_EPOCH, "teacher_val_success", "teacher_val_precision")
+    for key in (*keys, "teacher_val_loss", *tracking):
         for metric in client.get_metric_history(run_id, key):
             rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
     return [rows[epoch] for epoch in sorted(rows)]
@@ -428,13 +464,18 @@ def _finish(
     teacher: Teacher,
     train: Any,
     register: bool = True,
+    select_by: str | None = None,
 ) -> TrainingResult:
     """Run ``train()`` -> (Result, SkipReport) inside the MLflow run, then register the final model (unless not
-    ``register``)."""
+    ``register``), or with ``select_by`` the selected one (:func:`selected_model`)."""
+    selection = None
     with mlflow_runs.terminated(cfg, run_id):
         result, skipped = train()
         registered = None
-        if register:
+        if register and select_by is not None:
+            model, selection = selected_model(result, cfg, teacher, select_by)
+            registered = register_selection(cfg, run_id, model, selection, schedule.registered_model_name)
+        elif register:
             model = final_model(result, cfg)
             registered = registry.log_and_register(cfg, run_id, model, schedule.registered_model_name)
     return TrainingResult(
@@ -449,6 +490,7 @@ def _finish(
         unpaired_files=skipped.unpaired,
         resumed_from_epoch=resumed,
         teacher=teacher,
+        selection=selection,
     )
 
 
@@ -535,6 +577,7 @@ def run_distillation(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     register: bool = True,
+    tracking_validator: Callable[[Any], dict[str, float]] | None = None,
 ) -> TrainingResult:
     """The whole distill job on the cluster that ``RAY_ADDRESS`` names (a local one when unset).
 
@@ -546,11 +589,23 @@ def run_distillation(
     ``cmd_ray.start`` and ``cmd_ray.variant`` (``D3``, or ``D3 loss from the teacher``) and the registered
     version's description say which.
 
+    With ``distill.select_by`` a tracking score, ``tracking_validator`` scores the teacher and the epochs on the
+    validation sequences (``cmd_ray.evaluation.validation.tracking_validator(cfg)``, built by the caller: evaluation
+    sits above this layer; ``cmd-ray distill`` and ``jobs/distill.py`` build it), and the selected weights are
+    registered (:func:`selected_model`). ``register=False`` (Table 1's rows) selects nothing: the final epoch is the
+    result, as in the paper.
+
     A rerun of an existing run (same ``storage.run_name`` and ``storage.storage_path``) is checked first,
     before any cluster work: a config that differs in what a resume may not change raises ``ConfigError``;
     a run with every epoch trained returns ``nothing_to_train`` without starting Ray or registering anything.
     """
     check_trainable(cfg)
+    select_by = cfg.distill.select_by if register and cfg.distill.select_by != "last" else None
+    if select_by is not None and tracking_validator is None:
+        raise ConfigError(
+            f"distill.select_by={select_by} scores the epochs by tracking tune.eval_root: pass tracking_validator="
+            "cmd_ray.evaluation.validation.tracking_validator(cfg) to run_distillation (cmd-ray distill does)"
+        )
     schedule = schedule_for(cfg, "distill")
     previous = check_resume(cfg, schedule)
     if previous is not None and previous.last_epoch + 1 >= schedule.epochs:
@@ -573,9 +628,12 @@ def run_distillation(
     run_id, resumed = open_run(cfg, schedule, run_tags, previous, parent_run_id)
 
     def train() -> tuple[ray.train.Result, SkipReport]:
-        return fit(cfg, pairs, run_id, teacher=teacher)
+        if select_by is None:
+            return fit(cfg, pairs, run_id, teacher=teacher)
+        return fit(cfg, pairs, run_id, teacher=teacher, tracking_validator=tracking_validator, select_by=select_by)
 
-    return replace(_finish(cfg, schedule, run_id, resumed, teacher, train, register), label=cfg.distill.run_label)
+    finished = _finish(cfg, schedule, run_id, resumed, teacher, train, register, select_by)
+    return replace(finished, label=cfg.distill.run_label)
 
 
 def list_pretraining_sequences(cfg: Config) -> list[LabeledSequence]:

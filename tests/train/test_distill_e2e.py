@@ -84,3 +84,64 @@ def final_state(result, endpoint_url):
     fs, _ = resolve(f"s3://{result.checkpoint_path}", endpoint_url)
     with ray.train.Checkpoint(result.checkpoint_path, filesystem=fs).as_directory() as directory:
         return load_training_state(directory)
+
+
+def test_a_run_that_never_beats_its_teacher_on_the_validation_sequences_registers_the_teacher(
+    ray_session, local_pairs, tmp_path, tiny_overrides
+):
+    """Do no harm: distill.select_by=val_success tracks the labeled TIR validation sequences with the teacher (epoch
+    -1) and after each epoch, and registers the best, the teacher on ties. B1 trains only the IoU-Net's reference
+    branch and the tracker here uses the classifier alone, so every epoch tracks exactly as the teacher does: the
+    registered version must hold the teacher's weights, though the run trained and its checkpoints differ."""
+    from cmd_ray.config import Config
+    from cmd_ray.evaluation.validation import tracking_validator
+    from cmd_ray.models.dimpnet import build_model
+
+    synth = SynthConfig(num_pairs=1, num_rgb_sequences=0, num_tir_sequences=2, sequence_length=6, seed=1)
+    val_root = write_synthetic_dataset(str(tmp_path / "val"), synth, progress=False).tir_sequences_uri
+    torch.manual_seed(5)
+    torch.save(build_model(Config()).state_dict(), tmp_path / "teacher.pt")
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "distill.variant=B1",
+            "distill.val_samples=8",
+            "tracker.preset=tiny",
+            "tracker.use_iou_net=false",
+            f"model.init_checkpoint={tmp_path}/teacher.pt",
+            f"data.uri={local_pairs}",
+            f"storage.storage_path={tmp_path}/ray_results",
+            "storage.run_name=noharm",
+            "storage.checkpoints_to_keep=1",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "mlflow.registered_model_name=noharm-tracker",
+            "distill.select_by=val_success",
+            f"tune.eval_root={val_root}",
+        ],
+    )
+
+    result = run_distillation(cfg, tracking_validator=tracking_validator(cfg))
+
+    client = store_client(tracking_uri)
+    scores = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_success")}
+    (teacher_score,) = [m.value for m in client.get_metric_history(result.run_id, "teacher_val_success")]
+    assert scores == {0: teacher_score, 1: teacher_score}, "the classifier was not trained: every epoch ties"
+    assert [m.value for m in client.get_metric_history(result.run_id, "best_epoch")] == [-1.0, -1.0]
+    assert result.selection is not None and result.selection.best.epoch == -1
+    assert not result.selection.best.beat_teacher and result.selection.checkpoint_path == ""
+    run = client.get_run(result.run_id)
+    assert run.data.tags["cmd_ray.selected_epoch"] == "-1" and run.data.tags["cmd_ray.beat_teacher"] == "false"
+
+    version = client.get_model_version_by_alias("noharm-tracker", "candidate")
+    assert version.run_id == result.run_id and str(version.version) == result.registered.version
+    assert "weights: the teacher's (epoch -1): no epoch of 2 beat its val_success" in version.description
+    assert version.tags["cmd_ray.beat_teacher"] == "false"
+    pulled, _ = registry.pull("models:/noharm-tracker@candidate", tracking_uri=tracking_uri)
+    teacher = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    for name, tensor in pulled.state_dict().items():
+        assert torch.equal(tensor, teacher[name]), name
+    final = load_training_state(result.checkpoint_path)["model"]
+    trained = [name for name in teacher if not torch.equal(final[name], teacher[name])]
+    assert trained and all(name.startswith("bb_regressor.") for name in trained), trained

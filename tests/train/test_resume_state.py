@@ -120,8 +120,8 @@ def test_resumed_run_matches_the_straight_run_across_a_decay(cfg, random_batch, 
     torch.manual_seed(7)
 
     ray_was_up = ray.is_initialized()  # an earlier test of the session may have started Ray; this one must not
-    next_epoch = _restore(ray.train.Checkpoint.from_directory(str(tmp_path)), *resumed)
-    assert next_epoch == HALF
+    next_epoch, selection = _restore(ray.train.Checkpoint.from_directory(str(tmp_path)), *resumed)
+    assert next_epoch == HALF and selection is None  # a run that selects no weights stores none
     assert ray.is_initialized() == ray_was_up  # restoring read a local folder and started nothing
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected_rng
     resumed_lrs = _run_epochs(*resumed, range(next_epoch, EPOCHS), random_batch)

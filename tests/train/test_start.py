@@ -73,7 +73,7 @@ def distill_job(tmp_path, monkeypatch):
     def no_cluster() -> None:
         raise AssertionError("the start is resolved without a cluster here")
 
-    def record(cfg, schedule, run_id, resumed, teacher, train, register=True):
+    def record(cfg, schedule, run_id, resumed, teacher, train, register=True, select_by=None):
         recorded.update(cfg=cfg, run_id=run_id, teacher=teacher)
         return TrainingResult(run_id, "", None, {}, [], "", 0, teacher=teacher)
 

@@ -64,7 +64,8 @@ def test_config_command_prints_the_resolved_config(tmp_path):
 
 
 def test_a_teacher_that_was_never_registered_fails_before_ray_naming_it(tmp_path, local_pairs):
-    done = run_job(f"data.uri={local_pairs}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
+    done = run_job(f"data.uri={local_pairs}", store, "distill.select_by=last", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "model.init_checkpoint" in done.stderr
     assert "models:/cmd-ray-demo-teacher@candidate" in done.stderr

@@ -69,6 +69,7 @@ class MultiNode:
             "distill.val_samples=8",
             "distill.lr_tcl=1e-5",
             "distill.lr_bbe=1e-3",
+            "distill.select_by=last",  # placement is under test here, not the epoch kept
             "data.num_actors=2",
             "data.cpus_per_actor=0.5",
             "data.progress=false",

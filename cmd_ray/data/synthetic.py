@@ -61,6 +61,10 @@ OBJECT_KINDS = ("person", "vehicle", "animal", "crate")
 OCCLUSION_FRACTION = 0.3
 SCALE_VARIATION_RATIO = 1.5
 
+HEAT_DECOY_COUNT = (2, 6)
+HEAT_DECOY_SCALE = (0.35, 0.7)
+HEAT_DECOY_CONTRAST = (0.4, 0.7)
+
 _WRITE_QUALITY = 95  # files are written near-losslessly: the RGB sensor model already applied its own JPEG
 
 __all__ = [
@@ -732,10 +736,11 @@ def _add_heat_decoys(
         angle, dist = _u(rng, 0, 2 * np.pi), _u(rng, 0.8, 1.6) * size
         cx, cy = wx + pad_x + math.cos(angle) * dist, wy + pad_y + math.sin(angle) * dist
         aspect = _u(rng, 0.4, 2.0)
-        rx, ry = 0.5 * size * math.sqrt(aspect) * _u(rng, 0.6, 1.1), 0.5 * size / math.sqrt(aspect) * _u(rng, 0.6, 1.1)
+        scale = 0.5 * size * _u(rng, *HEAT_DECOY_SCALE)
+        rx, ry = scale * math.sqrt(aspect), scale / math.sqrt(aspect)
         shape = _ellipse_alpha(x, y, cx, cy, rx, ry)
         r2 = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
-        heat = shape * (0.5 + 0.5 * np.clip(1.0 - r2, 0.0, 1.0) ** 0.6) * _u(rng, 0.15, 0.35)
+        heat = shape * (0.5 + 0.5 * np.clip(1.0 - r2, 0.0, 1.0) ** 0.6) * _u(rng, *HEAT_DECOY_CONTRAST)
         scene.bg_temp += cv2.GaussianBlur(heat, (0, 0), max(0.6, 0.08 * size))
 
 
@@ -822,7 +827,7 @@ def generate_pair_with_info(
     rng_rgb, rng_tir = _split_rng(rng)
     if main is not None:  # warm decoys around the main object (TIR stream: the RGB image does not change)
         size = math.sqrt(float(main.bw[0] * main.bh[0]))
-        _add_heat_decoys(scene, rng_tir, [(float(main.cx[0]), float(main.cy[0]))], size, int(rng_tir.integers(3, 7)))
+        _add_heat_decoys(scene, rng_tir, [(float(main.cx[0]), float(main.cy[0]))], size, int(rng_tir.integers(*HEAT_DECOY_COUNT)))
     rgb, tir, _, visible = _render(scene, 0, True, True, rng_rgb, rng_tir)
     assert rgb is not None and tir is not None
     box = None
@@ -969,7 +974,7 @@ def generate_sequence(
     rng_rgb, rng_tir = _split_rng(rng)
     # warm decoys near the target's path, drawn from the TIR stream: the RGB render of the scene does not change
     path = [scene.to_world(t, float(pos[t, 0]), float(pos[t, 1])) for t in range(0, n, max(1, n // 6))]
-    _add_heat_decoys(scene, rng_tir, path, float(base), int(rng_tir.integers(3, 7)))
+    _add_heat_decoys(scene, rng_tir, path, float(base), int(rng_tir.integers(*HEAT_DECOY_COUNT)))
     frames: list[np.ndarray] = []
     boxes = np.zeros((n, 4), np.float32)
     max_occluded = 0.0

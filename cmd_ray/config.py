@@ -82,7 +82,19 @@ class SynthConfig(_Strict):
         0, ge=0, description="labeled TIR training split (tir_train_sequences/): the supervised upper bound"
     )
     sequence_length: int = Field(30, ge=2)
+    heat_decoys: tuple[int, int] = Field(
+        (2, 5),
+        description="fewest and most hot TIR-only decoys (vents, exhaust, heated metal) near the target of each scene; "
+        "(0, 0): none (docs/synthetic.md)",
+    )
     seed: int = 0
+
+    @field_validator("heat_decoys")
+    @classmethod
+    def _decoy_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] < 0 or value[1] < value[0]:
+            raise ValueError(f"must be (fewest, most) with 0 <= fewest <= most, got {value}")
+        return value
 
 
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {

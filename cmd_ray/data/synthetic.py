@@ -61,9 +61,10 @@ OBJECT_KINDS = ("person", "vehicle", "animal", "crate")
 OCCLUSION_FRACTION = 0.3
 SCALE_VARIATION_RATIO = 1.5
 
-HEAT_DECOY_COUNT = (2, 6)
-HEAT_DECOY_SCALE = (0.35, 0.7)
-HEAT_DECOY_CONTRAST = (0.4, 0.7)
+HEAT_DECOYS = (2, 5)
+"""Hot TIR-only decoys per scene (fewest, most): the default of ``SynthConfig.heat_decoys``."""
+HEAT_DECOY_SCALE = (0.35, 0.7)  # decoy side / target side
+HEAT_DECOY_CONTRAST = (0.4, 0.7)  # above the ground; warm bodies are 0.12-0.32 above ambient, plus hot spots
 
 _WRITE_QUALITY = 95  # files are written near-losslessly: the RGB sensor model already applied its own JPEG
 
@@ -722,11 +723,13 @@ def _tir_sensor(scene: _Scene, temp: np.ndarray, rng: np.random.Generator) -> np
 def _add_heat_decoys(
     scene: _Scene, rng: np.random.Generator, near: list[tuple[float, float]], size: float, count: int
 ) -> None:
-    """Paint ``count`` warm, target-sized heat signatures that RGB cannot see into the scene's temperature canvas.
+    """Paint ``count`` hot, compact heat sources that RGB cannot see into the scene's temperature canvas.
 
-    They stand for residual heat, heat reflected by glass or wet ground and heated surfaces: warm like a body,
-    with a soft edge, but with no colour, texture or outline in the visible image. Each sits one to two ``size``
-    (target side, pixels) away from a point of ``near`` (world coordinates), so it enters the tracker's search area.
+    They stand for vents, exhaust, lamps behind panels, sun-heated metal and heat reflected by glass or wet ground:
+    hotter than a body (:data:`HEAT_DECOY_CONTRAST`), smaller than the target (:data:`HEAT_DECOY_SCALE`), with a
+    soft edge, and no colour, texture or outline in the visible image. Each sits 0.8 to 1.6 ``size`` (target side,
+    pixels) away from a point of ``near`` (world coordinates), inside the tracker's search area. A tracker that
+    takes the most salient blob follows them; one that knows how warm its target is does not.
     """
     ch, cw = scene.bg_temp.shape
     pad_x, pad_y = scene.pad
@@ -788,9 +791,10 @@ def _object_size(size: float, aspect: float) -> tuple[float, float]:
 
 
 def generate_pair_with_info(
-    rng: np.random.Generator, width: int, height: int
+    rng: np.random.Generator, width: int, height: int, heat_decoys: tuple[int, int] = HEAT_DECOYS
 ) -> tuple[np.ndarray, np.ndarray, PairInfo]:
-    """One aligned pair plus what it shows; ``generate_pair`` returns the same images for the same generator state."""
+    """One aligned pair plus what it shows; ``generate_pair`` returns the same images for the same generator state.
+    ``heat_decoys``: fewest and most hot TIR-only decoys around the main object (:func:`_add_heat_decoys`)."""
     unit = float(min(width, height))
     scene = _new_scene(rng, width, height, np.ones(1, np.float32), np.array([[width / 2, height / 2]], np.float32))
     t_amb = scene.look.t_amb
@@ -827,7 +831,8 @@ def generate_pair_with_info(
     rng_rgb, rng_tir = _split_rng(rng)
     if main is not None:  # warm decoys around the main object (TIR stream: the RGB image does not change)
         size = math.sqrt(float(main.bw[0] * main.bh[0]))
-        _add_heat_decoys(scene, rng_tir, [(float(main.cx[0]), float(main.cy[0]))], size, int(rng_tir.integers(*HEAT_DECOY_COUNT)))
+        count = int(rng_tir.integers(heat_decoys[0], heat_decoys[1] + 1))
+        _add_heat_decoys(scene, rng_tir, [(float(main.cx[0]), float(main.cy[0]))], size, count)
     rgb, tir, _, visible = _render(scene, 0, True, True, rng_rgb, rng_tir)
     assert rgb is not None and tir is not None
     box = None
@@ -838,13 +843,15 @@ def generate_pair_with_info(
     return rgb, tir, info
 
 
-def generate_pair(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def generate_pair(
+    rng: np.random.Generator, width: int, height: int, heat_decoys: tuple[int, int] = HEAT_DECOYS
+) -> tuple[np.ndarray, np.ndarray]:
     """One unlabeled, pixel-aligned pair: RGB ``uint8 [H, W, 3]`` and TIR ``uint8 [H, W]``.
 
     The main object sits near the image centre in about three pairs out of four, so a centred square of
     ~0.3·min(H, W) usually covers an object, but not always (off-centre objects, empty scenes, occluders).
     """
-    rgb, tir, _ = generate_pair_with_info(rng, width, height)
+    rgb, tir, _ = generate_pair_with_info(rng, width, height, heat_decoys)
     return rgb, tir
 
 
@@ -864,7 +871,12 @@ def _clip_box(box: tuple[float, float, float, float], width: int, height: int) -
 
 
 def generate_sequence(
-    rng: np.random.Generator, width: int, height: int, length: int, modality: str
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    length: int,
+    modality: str,
+    heat_decoys: tuple[int, int] = HEAT_DECOYS,
 ) -> tuple[list[np.ndarray], np.ndarray, dict[str, bool]]:
     """A labeled sequence: frames, the target's box per frame and its attributes.
 
@@ -873,6 +885,8 @@ def generate_sequence(
         width, height: frame size in pixels.
         length: number of frames (>= 1).
         modality: ``"rgb"`` (frames ``uint8 [H, W, 3]``) or ``"tir"`` (frames ``uint8 [H, W]``).
+        heat_decoys: fewest and most hot TIR-only decoys along the target's path (:func:`_add_heat_decoys`); they
+            come from the TIR noise stream, so the RGB frames are the same whatever this is.
 
     Returns:
         ``(frames, boxes, attributes)``: ``boxes`` float32 ``[T, 4]`` as ``x, y, w, h`` pixels inside the frame;
@@ -974,7 +988,7 @@ def generate_sequence(
     rng_rgb, rng_tir = _split_rng(rng)
     # warm decoys near the target's path, drawn from the TIR stream: the RGB render of the scene does not change
     path = [scene.to_world(t, float(pos[t, 0]), float(pos[t, 1])) for t in range(0, n, max(1, n // 6))]
-    _add_heat_decoys(scene, rng_tir, path, float(base), int(rng_tir.integers(*HEAT_DECOY_COUNT)))
+    _add_heat_decoys(scene, rng_tir, path, float(base), int(rng_tir.integers(heat_decoys[0], heat_decoys[1] + 1)))
     frames: list[np.ndarray] = []
     boxes = np.zeros((n, 4), np.float32)
     max_occluded = 0.0
@@ -1098,7 +1112,7 @@ def sequence_name(prefix: str, index: int) -> str:
 
 
 def _pair_files(root: str, cfg: SynthConfig, index: int) -> list[tuple[str, bytes]]:
-    rgb, tir = generate_pair(item_rng(cfg.seed, "pair", index), cfg.image_width, cfg.image_height)
+    rgb, tir = generate_pair(item_rng(cfg.seed, "pair", index), cfg.image_width, cfg.image_height, cfg.heat_decoys)
     name = f"{index:06d}.jpg"
     return [
         (storage.join(root, "pairs", "rgb", name), encode_rgb(rgb, quality=_WRITE_QUALITY)),
@@ -1110,7 +1124,7 @@ def _sequence_files(root: str, cfg: SynthConfig, split: str, index: int) -> list
     spec = SEQUENCE_SPLITS[split]
     rng = item_rng(cfg.seed, spec.scenes, index)
     frames, boxes, attributes = generate_sequence(
-        rng, cfg.image_width, cfg.image_height, cfg.sequence_length, spec.modality
+        rng, cfg.image_width, cfg.image_height, cfg.sequence_length, spec.modality, cfg.heat_decoys
     )
     seq = storage.join(root, spec.folder, spec.sequence_name(index))
     encode = encode_rgb if spec.modality == "rgb" else encode_tir

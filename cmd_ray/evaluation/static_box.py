@@ -2,7 +2,7 @@
 
 :func:`compare_with_static_box` scores a tracker and the "static box" (the first box repeated on every frame:
 what a tracker that never moves gets) with the OPE Success AUC of :mod:`cmd_ray.evaluation.metrics`, e.g. on the
-synthetic TIR sequences of :func:`cmd_ray.tracking.synthetic_tir_sequences`.
+synthetic TIR sequences in memory (the tracker tests' own).
 """
 
 from __future__ import annotations

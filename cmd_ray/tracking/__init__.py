@@ -6,13 +6,12 @@ sequence's frames from the first box. Parameters: :class:`cmd_ray.config.Tracker
 
 from cmd_ray.tracking.base import Tracker
 from cmd_ray.tracking.dimp import DiMPTracker, build_tracker
-from cmd_ray.tracking.run import TrackResult, synthetic_tir_sequences, track_sequence
+from cmd_ray.tracking.run import TrackResult, track_sequence
 
 __all__ = [
     "DiMPTracker",
     "TrackResult",
     "Tracker",
     "build_tracker",
-    "synthetic_tir_sequences",
     "track_sequence",
 ]

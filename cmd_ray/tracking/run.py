@@ -1,9 +1,4 @@
-"""Running a tracker over a sequence, and labeled synthetic TIR sequences in memory.
-
-:func:`track_sequence` is what the evaluation runner calls per sequence. :func:`synthetic_tir_sequences` gives the
-synthetic TIR sequences ``cmd-ray synth`` writes (before JPEG encoding); scoring a tracker on them against the
-static box is :func:`cmd_ray.evaluation.static_box.compare_with_static_box` (tracking does not import evaluation).
-"""
+"""Running a tracker over a sequence: :func:`track_sequence` is what the evaluation runner calls per sequence."""
 
 from __future__ import annotations
 
@@ -68,19 +63,3 @@ def track_sequence(tracker: Tracker, frames: Iterable[np.ndarray], init_box: Seq
     if not boxes:
         raise ValueError("track_sequence got no frames")
     return TrackResult(np.stack(boxes), np.asarray(times, dtype=np.float64), flags)
-
-
-def synthetic_tir_sequences(
-    count: int, width: int = 160, height: int = 128, length: int = 30, seed: int = 0
-) -> list[tuple[str, list[np.ndarray], np.ndarray]]:
-    """``count`` labeled synthetic TIR sequences ``(name, frames uint8 [H, W], boxes float32 [T, 4])`` in memory.
-
-    The same scenes as ``cmd-ray synth`` with ``synth.seed=seed`` writes (same names), without the JPEG round trip.
-    """
-    from cmd_ray.data.synthetic import generate_sequence, item_rng, sequence_name
-
-    out = []
-    for index in range(count):
-        frames, boxes, _ = generate_sequence(item_rng(seed, "tir_sequence", index), width, height, length, "tir")
-        out.append((sequence_name("tir", index), frames, boxes))
-    return out

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+from synthetic_sequences import synthetic_tir_sequences
 
 from cmd_ray.config import TrackerConfig
 from cmd_ray.models.dimpnet import DiMPNet
-from cmd_ray.tracking import DiMPTracker, synthetic_tir_sequences
+from cmd_ray.tracking import DiMPTracker
 
 WIDTH, HEIGHT, LENGTH = 160, 128, 6
 STRIDE = 16  # the tiny network's feature stride (crop pixels per score cell)

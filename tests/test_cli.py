@@ -73,8 +73,8 @@ def test_a_teacher_that_was_never_registered_fails_before_ray_naming_it(tmp_path
 
 
 def test_selecting_weights_on_the_test_sequences_or_on_a_missing_split_fails_before_ray(tmp_path, local_pairs):
-    # configs/demo.yaml points tune.eval_root at the evaluation's own sequences: no weights are chosen on them
-    done = run_job("distill.select_by=val_success", cwd=tmp_path)
+    # pointing tune.eval_root at the evaluation's own sequences: no weights are chosen on them
+    done = run_job("tune.eval_root=data/demo/tir_sequences", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "is evaluation.root, the test sequences the evaluation reports" in done.stderr
 

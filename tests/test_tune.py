@@ -30,7 +30,9 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 @pytest.mark.parametrize("metric", ["val_success", "val_precision"])
 def test_the_demo_config_takes_a_tracking_metric(metric):
     cfg = load_config(DEMO, [f"tune.metric={metric}"])
-    assert cfg.tune.metric == metric and cfg.tune.eval_root == "data/demo/tir_sequences"
+    # the demo's validation split, apart from the test split it reports (evaluation.root)
+    assert cfg.tune.metric == metric and cfg.tune.eval_root == "data/demo/tir_val_sequences"
+    assert cfg.tune.eval_root != cfg.evaluation.root
     assert metric_mode(metric) == "max"
 
 

@@ -547,9 +547,9 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
             "sequences_skipped": skipped,
             "tracking_wall_s": tracking_wall,
         }
-        staged_dirs = {name: d for name, d in tracker_dirs.items()}
-        for name, d in passes[1].tracker_dirs.items() if twins else ():
-            staged_dirs[f"{RGB_TWINS_DIR}/{name}"] = d
+        staged_dirs = dict(tracker_dirs)
+        if twins:
+            staged_dirs.update({f"{RGB_TWINS_DIR}/{n}": d for n, d in passes[1].tracker_dirs.items()})
         result_files = _stage_results(cfg, staged_dirs, staging)
         if twins:
             counts.update(twins.metrics)

@@ -157,21 +157,26 @@ def _same_weights(model, state):
     return all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
 
 
+def _register(cfg, model, selection, caplog, level: str):
+    """Register ``selection`` from a fresh MLflow run, capturing the selection log at ``level``; returns the run id,
+    the registration and the version the alias points at."""
+    run_id = _mlflow_run(cfg)
+    with caplog.at_level(level, logger="cmd_ray.train.selection"):
+        registered = register_selection(cfg, run_id, model, selection)
+    mlflow_runs.end_run(cfg, run_id)
+    version = store_client(cfg.mlflow.tracking_uri).get_model_version_by_alias("picked", "candidate")
+    return run_id, registered, version
+
+
 def test_a_run_that_beats_its_teacher_registers_the_selected_epoch_and_says_so(run, caplog):
     cfg, teacher, epochs, checkpoints = run
     best = select_epoch("val_success", 0.30, {0: 0.41, 1: 0.35})
     model, selection = selected_model(_result(checkpoints, best), cfg, teacher, "val_success")
     assert selection == Selection(best, checkpoints[0].path)
     assert _same_weights(model, epochs[0].state_dict())
-    run_id = _mlflow_run(cfg)
-
-    with caplog.at_level("INFO", logger="cmd_ray.train.selection"):
-        registered = register_selection(cfg, run_id, model, selection)
-    mlflow_runs.end_run(cfg, run_id)
+    run_id, registered, version = _register(cfg, model, selection, caplog, "INFO")
     assert "epoch 0 selected by val_success: 0.4100 beat the teacher's 0.3000" in caplog.text
 
-    client = store_client(cfg.mlflow.tracking_uri)
-    version = client.get_model_version_by_alias("picked", "candidate")
     assert str(version.version) == registered.version and version.run_id == run_id
     assert (
         "weights: epoch 0 (0-based) of 2, selected by val_success on the validation sequences " in version.description
@@ -184,7 +189,7 @@ def test_a_run_that_beats_its_teacher_registers_the_selected_epoch_and_says_so(r
         "cmd_ray.selected_score": "0.41",
         "cmd_ray.teacher_score": "0.3",
     }
-    assert client.get_run(run_id).data.tags["cmd_ray.beat_teacher"] == "true"
+    assert store_client(cfg.mlflow.tracking_uri).get_run(run_id).data.tags["cmd_ray.beat_teacher"] == "true"
     pulled, _ = registry.pull(registered.uri, tracking_uri=cfg.mlflow.tracking_uri)
     assert _same_weights(pulled, epochs[0].state_dict())
 
@@ -196,19 +201,13 @@ def test_a_run_that_never_beats_its_teacher_registers_the_teachers_weights_and_s
     assert selection == Selection(best, "")
     teacher_state = torch.load(teacher.source, weights_only=True)
     assert _same_weights(model, teacher_state)
-    run_id = _mlflow_run(cfg)
-
-    with caplog.at_level("WARNING", logger="cmd_ray.train.selection"):
-        registered = register_selection(cfg, run_id, model, selection)
-    mlflow_runs.end_run(cfg, run_id)
+    run_id, registered, version = _register(cfg, model, selection, caplog, "WARNING")
     assert "no epoch beat the teacher's val_success of 0.4000: the teacher's weights (epoch -1) are kept" in caplog.text
 
-    client = store_client(cfg.mlflow.tracking_uri)
-    version = client.get_model_version_by_alias("picked", "candidate")
     assert str(version.version) == registered.version
     assert "weights: the teacher's (epoch -1): no epoch of 2 beat its val_success of 0.4" in version.description
     assert version.tags["cmd_ray.selected_epoch"] == "-1" and version.tags["cmd_ray.beat_teacher"] == "false"
-    assert client.get_run(run_id).data.tags["cmd_ray.selected_epoch"] == "-1"
+    assert store_client(cfg.mlflow.tracking_uri).get_run(run_id).data.tags["cmd_ray.selected_epoch"] == "-1"
     pulled, _ = registry.pull(registered.uri, tracking_uri=cfg.mlflow.tracking_uri)
     assert _same_weights(pulled, teacher_state)
 

@@ -1,7 +1,9 @@
-"""The cluster manifests agree with configs/cluster.yaml (fast: no Kubernetes, no Ray cluster, no cloud).
+"""The cluster manifests agree with configs/cluster.yaml and are what their tools accept (fast: no Kubernetes, no Ray
+cluster, no cloud).
 
 Each rule is a small ``check_*`` helper that returns a list of problems (empty = fine). The real files must
-pass every helper, and every helper is also run on a deliberately broken copy to show that it can fail.
+pass every helper, and every helper is also run on a deliberately broken copy to show that it can fail. What the
+KubeRay operator accepts (its CRD schema and its own semantic rules) lives in tests/kuberay_rules.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import re
 import shlex
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,9 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from kuberay_rules import check_crd_schema, check_raycluster, check_rayjob
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from cmd_ray.config import Config, ConfigError, load_config
 
@@ -31,14 +37,27 @@ AWS_LAUNCHER = CLUSTER_DIR / "aws" / "cluster.yaml"
 DOCKERFILE = CLUSTER_DIR / "Dockerfile"
 START_HEAD = CLUSTER_DIR / "local" / "start-head.sh"
 STOP = CLUSTER_DIR / "local" / "stop.sh"
+PYPROJECT = REPO / "pyproject.toml"
+LOCK = REPO / "requirements.lock"
+TEST_LOCK = REPO / "requirements-test.lock"
+LOCK_SCRIPT = CLUSTER_DIR / "lock.sh"
 
-IMAGE = "cmd-ray:latest"
+PROJECT = tomllib.loads(PYPROJECT.read_text())["project"]
+# Images carry the project version, never a moving tag; a versioned tag is pulled only when a node lacks it.
+IMAGE = f"cmd-ray:{PROJECT['version']}"
+PULL_POLICY = "IfNotPresent"
 GPU_GROUP = "gpu-train"
 CPU_GROUP = "cpu-data"
 AWS_GPU_TYPE = "gpu_train"
 AWS_CPU_TYPE = "cpu_data"
 # Ray Data's read tasks (ray.data.range) need a CPU slot beside the fixed pool of SampleMaker actors.
 DATA_READ_HEADROOM_CPUS = 1.0
+# Ray's default object store takes at most 95% of /dev/shm; an explicit size keeps the same margin.
+SHM_SHARE_FOR_OBJECT_STORE = 0.95
+# /dev/shm is memory: a memory-backed emptyDir counts against the pod's limit, docker's --shm-size against the host.
+MAX_SHM_SHARE_OF_MEMORY = 0.5
+# Memory of the EC2 instance types that cluster/aws/cluster.yaml uses (GiB).
+INSTANCE_MEMORY_GIB = {"m6i.xlarge": 16, "m6i.2xlarge": 32, "g5.xlarge": 16}
 SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Mapping keys naming a secret (a path such as file_mounts' "~/.ray/auth_token" is not one).
 SECRET_KEY_PATTERN = re.compile(r"(?i)^[\w-]*(secret_access_key|session_token|access_key_id|password|auth_token)$")
@@ -113,6 +132,46 @@ def min_replicas(group: dict[str, Any]) -> int:
     """Replicas that exist from the start: the smaller of replicas and minReplicas."""
     values = [int(group[k]) for k in ("replicas", "minReplicas") if k in group]
     return min(values) if values else 0
+
+
+def max_replicas(group: dict[str, Any]) -> int:
+    """Replicas the autoscaler may create (KubeRay's default maxReplicas is unbounded; ours always set it)."""
+    return int(group.get("maxReplicas", 0))
+
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_DOCKER = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def memory_quantity(value: Any) -> int:
+    """A Kubernetes memory quantity ('9Gi', '512Mi', '1G', 8589934592) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTPE]i|[kMGTPE])?", str(value).strip())
+    if not match:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * (_BINARY.get(unit or "") or _DECIMAL.get(unit or "") or 1))
+
+
+def docker_size(value: str) -> int:
+    """docker's --shm-size ('9g', '512m', '1073741824') in bytes (binary units, as docker reads them)."""
+    match = re.fullmatch(r"(\d+)([bkmg])?", value.strip().lower())
+    if not match:
+        raise ValueError(f"not a docker size: {value!r}")
+    return int(match.group(1)) * _DOCKER[match.group(2) or "b"]
+
+
+def option_values(options: list[str], flag: str) -> list[str]:
+    """Values of ``flag`` in command-line fragments: ``--flag=value`` and ``--flag value`` both count."""
+    values = []
+    for option in options:
+        argv = shlex.split(option)
+        for i, arg in enumerate(argv):
+            if arg.startswith(flag + "="):
+                values.append(arg.split("=", 1)[1])
+            elif arg == flag and i + 1 < len(argv):
+                values.append(argv[i + 1])
+    return values
 
 
 def rayjob_entrypoint(rayjob: dict[str, Any]) -> tuple[str, str | None]:
@@ -234,17 +293,25 @@ def check_gpu_pods_hold_no_data_actors(spec: dict[str, Any], cfg: Config) -> Pro
 
 
 def check_gpu_replicas(spec: dict[str, Any], cfg: Config) -> Problems:
-    """At least scaling.num_workers GPU pods exist from the start and may exist at most."""
+    """GPU pods scale from 0 (none while no run needs them) up to at least scaling.num_workers."""
     group = group_by_name(spec, GPU_GROUP)
     if group is None:
         return [f"no worker group {GPU_GROUP!r}"]
     problems = []
-    if min_replicas(group) < cfg.scaling.num_workers:
-        problems.append(
-            f"{GPU_GROUP} starts {min_replicas(group)} replica(s), scaling.num_workers is {cfg.scaling.num_workers}"
-        )
-    if int(group.get("maxReplicas", min_replicas(group))) < cfg.scaling.num_workers:
+    if min_replicas(group) != 0:
+        problems.append(f"{GPU_GROUP} keeps {min_replicas(group)} GPU pod(s) while idle; minReplicas should be 0")
+    if max_replicas(group) < cfg.scaling.num_workers:
         problems.append(f"{GPU_GROUP} maxReplicas {group.get('maxReplicas')} < {cfg.scaling.num_workers}")
+    return problems
+
+
+def check_autoscaling(spec: dict[str, Any]) -> Problems:
+    """KubeRay's in-tree autoscaler is on, in version 2: only v2 scales a group up for a pending label selector."""
+    problems = []
+    if spec.get("enableInTreeAutoscaling") is not True:
+        problems.append("enableInTreeAutoscaling is not true: groups that start at 0 pods would stay empty")
+    if (spec.get("autoscalerOptions") or {}).get("version") != "v2":
+        problems.append("autoscalerOptions.version is not v2: label selectors would not drive scale-up")
     return problems
 
 
@@ -253,12 +320,14 @@ def data_cpus_needed(cfg: Config) -> float:
 
 
 def check_cpu_group(spec: dict[str, Any], cfg: Config) -> Problems:
-    """cpu-data holds data.num_actors x data.cpus_per_actor CPUs (plus the read tasks' slot)."""
+    """cpu-data scales from 0 to hold data.num_actors x data.cpus_per_actor CPUs (plus the read tasks' slot)."""
     group = group_by_name(spec, CPU_GROUP)
     if group is None:
         return [f"no worker group {CPU_GROUP!r}"]
     problems = check_worker_cpus(spec, CPU_GROUP, cfg.data.cpus_per_actor)
-    total = logical_cpus(group) * min_replicas(group)
+    if min_replicas(group) != 0:
+        problems.append(f"{CPU_GROUP} keeps {min_replicas(group)} pod(s) while idle; minReplicas should be 0")
+    total = logical_cpus(group) * max_replicas(group)
     if total < data_cpus_needed(cfg):
         problems.append(
             f"{CPU_GROUP} has {total} CPUs, needs {data_cpus_needed(cfg)} "
@@ -272,7 +341,16 @@ def check_cpu_group(spec: dict[str, Any], cfg: Config) -> Problems:
 def check_same_groups(cluster_spec: dict[str, Any], job_cluster_spec: dict[str, Any]) -> Problems:
     """The RayJob's inline cluster has the RayCluster's head and worker groups, unchanged."""
     problems = []
-    for key in ("headGroupSpec", "workerGroupSpecs", "rayVersion", "authOptions"):
+    keys = (
+        "headGroupSpec",
+        "workerGroupSpecs",
+        "rayVersion",
+        "authOptions",
+        "enableInTreeAutoscaling",
+        "autoscalerOptions",
+        "gcsFaultToleranceOptions",
+    )
+    for key in keys:
         if cluster_spec.get(key) != job_cluster_spec.get(key):
             problems.append(f"rayjob.yaml rayClusterSpec.{key} differs from raycluster.yaml spec.{key}")
     return problems
@@ -291,12 +369,16 @@ def check_token_auth(spec: dict[str, Any]) -> Problems:
 
 
 def check_container_env(doc: dict[str, Any]) -> Problems:
-    """Every container: the image, AWS_* credentials from a Secret, MLFLOW_TRACKING_URI set."""
+    """Every container: the versioned image pulled if absent, AWS_* credentials from a Secret, MLFLOW_TRACKING_URI."""
     problems = []
     for container in containers(doc):
         name = container.get("name")
         if container.get("image") != IMAGE:
             problems.append(f"container {name!r} image is {container.get('image')!r}, expected {IMAGE!r}")
+        if container.get("imagePullPolicy") != PULL_POLICY:
+            problems.append(
+                f"container {name!r} imagePullPolicy is {container.get('imagePullPolicy')!r}, expected {PULL_POLICY!r}"
+            )
         env = {e.get("name"): e for e in container.get("env") or []}
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             if var not in env:
@@ -310,6 +392,70 @@ def check_container_env(doc: dict[str, Any]) -> Problems:
         if not (env.get("MLFLOW_TRACKING_URI") or {}).get("value"):
             problems.append(f"container {name!r} has no MLFLOW_TRACKING_URI")
     return problems or ([] if containers(doc) else ["no containers"])
+
+
+def check_gcs_fault_tolerance(spec: dict[str, Any]) -> Problems:
+    """GCS state in an external Redis: its host:port, and its password from a Secret (never a literal)."""
+    options = spec.get("gcsFaultToleranceOptions")
+    if not options:
+        return ["no gcsFaultToleranceOptions: a lost head loses the cluster's state"]
+    problems = []
+    if not re.fullmatch(r"(rediss?://)?[\w.-]+:\d+", str(options.get("redisAddress", ""))):
+        problems.append(f"gcsFaultToleranceOptions.redisAddress {options.get('redisAddress')!r} is not host:port")
+    password = options.get("redisPassword") or {}
+    if "value" in password or not (password.get("valueFrom") or {}).get("secretKeyRef"):
+        problems.append("gcsFaultToleranceOptions.redisPassword must come from valueFrom.secretKeyRef")
+    return problems
+
+
+def _groups(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    head = spec.get("headGroupSpec") or {}
+    return [("head", head)] + [(str(g.get("groupName")), g) for g in spec.get("workerGroupSpecs") or []]
+
+
+def _volume_at(group: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The pod volume mounted at ``path`` in the Ray container."""
+    mount = next((m for m in ray_container(group).get("volumeMounts") or [] if m.get("mountPath") == path), None)
+    volumes = group["template"]["spec"].get("volumes") or []
+    return next((v for v in volumes if mount and v.get("name") == mount.get("name")), None)
+
+
+def check_object_store(spec: dict[str, Any]) -> Problems:
+    """Every Ray pod: an explicit object store inside its /dev/shm, which is inside its memory; a disk spill volume."""
+    problems = []
+    for name, group in _groups(spec):
+        params = group.get("rayStartParams") or {}
+        if not str(params.get("object-store-memory", "")).isdigit():
+            problems.append(f"{name}: rayStartParams object-store-memory (bytes) is not set")
+            continue
+        store = int(params["object-store-memory"])
+        shm = (_volume_at(group, "/dev/shm") or {}).get("emptyDir") or {}
+        if shm.get("medium") != "Memory" or "sizeLimit" not in shm:
+            problems.append(f"{name}: /dev/shm is not a memory-backed emptyDir with a sizeLimit")
+        else:
+            shm_bytes = memory_quantity(shm["sizeLimit"])
+            if store > SHM_SHARE_FOR_OBJECT_STORE * shm_bytes:
+                problems.append(f"{name}: object-store-memory {store} does not fit /dev/shm {shm['sizeLimit']}")
+            limit = memory_quantity(((ray_container(group).get("resources") or {}).get("limits") or {})["memory"])
+            if shm_bytes > MAX_SHM_SHARE_OF_MEMORY * limit:
+                problems.append(f"{name}: /dev/shm {shm['sizeLimit']} takes more than half the pod's memory limit")
+        spill_dir = params.get("object-spilling-directory")
+        spill = _volume_at(group, spill_dir) if spill_dir else None
+        if spill is None:
+            problems.append(f"{name}: no object-spilling-directory mounted from a pod volume")
+        elif "ephemeral" not in spill and (
+            (spill.get("emptyDir") or {}).get("medium") == "Memory" or "sizeLimit" not in (spill.get("emptyDir") or {})
+        ):
+            problems.append(f"{name}: spill volume {spill.get('name')!r} is not a disk emptyDir with a sizeLimit")
+    return problems
+
+
+def check_rayjob_deadline(rayjob: dict[str, Any]) -> Problems:
+    """A RayJob that hangs does not hold its GPUs forever."""
+    deadline = rayjob["spec"].get("activeDeadlineSeconds")
+    if not isinstance(deadline, int) or deadline <= 0:
+        return [f"RayJob activeDeadlineSeconds is {deadline!r}, expected a positive number of seconds"]
+    return []
 
 
 def secret_values(node: Any, where: str = "") -> Problems:
@@ -375,15 +521,77 @@ def check_aws_node_types(launcher: dict[str, Any], cfg: Config) -> Problems:
         if int(gpu.get("max_workers", 0)) * int(res.get("GPU", 0)) < cfg.scaling.num_workers:
             problems.append(f"{AWS_GPU_TYPE} max_workers {gpu.get('max_workers')} < {cfg.scaling.num_workers}")
     cpu = types.get(AWS_CPU_TYPE)
+    data_nodes = 0
     if cpu is None:
         problems.append(f"no node type {AWS_CPU_TYPE!r}")
     else:
-        total = int(cpu.get("max_workers", 0)) * (cpu.get("resources") or {}).get("CPU", 0)
+        node_cpus = (cpu.get("resources") or {}).get("CPU", 0)
+        total = int(cpu.get("max_workers", 0)) * node_cpus
         if total < data_cpus_needed(cfg):
             problems.append(f"{AWS_CPU_TYPE} provides at most {total} CPUs, needs {data_cpus_needed(cfg)}")
-    wanted = sum(int(t.get("min_workers", 0)) for name, t in types.items() if name != head_type)
-    if int(launcher.get("max_workers", 0)) < max(wanted, cfg.scaling.num_workers):
-        problems.append(f"cluster max_workers {launcher.get('max_workers')} < the workers the node types start")
+        data_nodes = -(-int(data_cpus_needed(cfg)) // max(int(node_cpus), 1))
+    for name in (AWS_CPU_TYPE, AWS_GPU_TYPE):
+        if name in types and int(types[name].get("min_workers", 0)) != 0:
+            problems.append(
+                f"{name} keeps {types[name].get('min_workers')} node(s) while idle; min_workers should be 0"
+            )
+    if int(launcher.get("max_workers", 0)) < cfg.scaling.num_workers + data_nodes:
+        problems.append(
+            f"cluster max_workers {launcher.get('max_workers')} < the {cfg.scaling.num_workers} GPU and "
+            f"{data_nodes} data nodes one run needs"
+        )
+    return problems
+
+
+def check_aws_image(launcher: dict[str, Any]) -> Problems:
+    """The nodes run the versioned cmd-ray image, not re-pulled before every start."""
+    docker = launcher.get("docker") or {}
+    image = str(docker.get("image", ""))
+    problems = []
+    if image.rsplit("/", 1)[-1] != IMAGE:
+        problems.append(f"docker.image is {image!r}, expected <registry>/{IMAGE}")
+    if docker.get("pull_before_run") is not False:
+        problems.append("docker.pull_before_run should be false for a versioned tag")
+    return problems
+
+
+def _aws_start_option(launcher: dict[str, Any], key: str, flag: str) -> str | None:
+    values = option_values([c for c in launcher.get(key) or [] if "ray start" in c], flag)
+    return values[0] if values else None
+
+
+def check_aws_object_store(launcher: dict[str, Any]) -> Problems:
+    """Every node: an explicit object store inside its container's /dev/shm, /dev/shm within half the instance's
+    memory, and spilling to a host directory mounted into the container."""
+    docker = launcher.get("docker") or {}
+    types = launcher.get("available_node_types") or {}
+    head_type = launcher.get("head_node_type")
+    problems = []
+    for name, node_type in types.items():
+        is_head = name == head_type
+        key = "head_start_ray_commands" if is_head else "worker_start_ray_commands"
+        own = (node_type.get("docker") or {}).get("head_run_options" if is_head else "worker_run_options")
+        options = list(docker.get("run_options") or []) + list(
+            own if own is not None else docker.get("head_run_options" if is_head else "worker_run_options") or []
+        )
+        envs = dict(v.split("=", 1) for v in option_values(options, "--env") if "=" in v)
+        store = _aws_start_option(launcher, key, "--object-store-memory") or ""
+        store = envs.get(store[1:], store) if store.startswith("$") else store
+        shm = option_values(options, "--shm-size")
+        if not store.isdigit():
+            problems.append(f"{name}: ray start has no --object-store-memory in bytes (got {store!r})")
+        elif not shm:
+            problems.append(f"{name}: no docker --shm-size for the object store")
+        else:
+            if int(store) > SHM_SHARE_FOR_OBJECT_STORE * docker_size(shm[-1]):
+                problems.append(f"{name}: --object-store-memory {store} does not fit --shm-size {shm[-1]}")
+            memory = INSTANCE_MEMORY_GIB.get((node_type.get("node_config") or {}).get("InstanceType"))
+            if memory is None or docker_size(shm[-1]) > MAX_SHM_SHARE_OF_MEMORY * memory * 2**30:
+                problems.append(f"{name}: --shm-size {shm[-1]} is not within half the instance's memory ({memory} GiB)")
+        spill = _aws_start_option(launcher, key, "--object-spilling-directory")
+        mounted = [v.split(":")[1] for v in option_values(options, "--volume") + option_values(options, "-v")]
+        if spill is None or spill not in mounted:
+            problems.append(f"{name}: spill directory {spill!r} is not a host volume mounted into the container")
     return problems
 
 
@@ -402,13 +610,27 @@ def check_aws_token_auth(launcher: dict[str, Any]) -> Problems:
     return problems
 
 
-def check_dockerfile(text: str) -> Problems:
-    """python:3.11-slim base, WORKDIR /app, the project pip-installed, jobs/ and configs/ copied."""
+BASE_IMAGE = re.compile(r"python:(?P<python>\d+\.\d+)\.\d+-slim-(?P<debian>[a-z]+)(@sha256:[0-9a-f]{64})?")
+
+
+def lock_python(lock_script: str) -> str | None:
+    """The Python version the lock files are resolved for (``--python-version`` in cluster/lock.sh)."""
+    code = "\n".join(line for line in lock_script.splitlines() if not line.lstrip().startswith("#"))
+    match = re.search(r"--python-version[= ]+([\w.]+)", code)
+    return match.group(1) if match else None
+
+
+def check_dockerfile(text: str, lock_script: str) -> Problems:
+    """A pinned python slim base of the lock's Python, WORKDIR /app, the dependencies from requirements.lock
+    (hashes required), the project itself without dependencies, jobs/ and configs/ copied."""
     instructions = dockerfile_instructions(text)
     problems = []
     froms = [arg for word, arg in instructions if word == "FROM"]
-    if not froms or not froms[0].startswith("python:3.11-slim"):
-        problems.append(f"base image is {froms[:1]}, expected python:3.11-slim")
+    base = BASE_IMAGE.fullmatch(froms[0]) if froms else None
+    if base is None:
+        problems.append(f"base image is {froms[:1]}, expected python:X.Y.Z-slim-<debian release>[@sha256:…]")
+    elif base["python"] != lock_python(lock_script):
+        problems.append(f"base image Python {base['python']} is not the lock's {lock_python(lock_script)}")
     if ("WORKDIR", "/app") not in instructions:
         problems.append("no WORKDIR /app")
     copied = {
@@ -417,11 +639,65 @@ def check_dockerfile(text: str) -> Problems:
         if word == "COPY"
         for src in [a for a in arg.split() if not a.startswith("--")][:-1]
     }
-    for folder in ("jobs", "configs", "cmd_ray", "pyproject.toml"):
+    for folder in ("jobs", "configs", "cmd_ray", "pyproject.toml", LOCK.name):
         if folder not in copied:
             problems.append(f"{folder} is not copied into the image")
-    if not any(word == "RUN" and re.search(r"pip install\b.*\s\.(\s|$)", arg + " ") for word, arg in instructions):
+    installs = [arg for word, arg in instructions if word == "RUN" and "pip install" in arg]
+    if not any(re.search(r"pip install\b.*\s\.(\s|$)", arg + " ") for arg in installs):
         problems.append("no `pip install .` of the project")
+    locked = f"--require-hashes -r {LOCK.name}"
+    if not any(locked in arg for arg in installs):
+        problems.append(f"the dependencies are not installed with `pip install {locked}`")
+    for arg in installs:
+        if locked not in arg and "--no-deps" not in arg:
+            problems.append(f"`{arg[:60]}` installs packages outside the lock (no --no-deps)")
+    return problems
+
+
+# ---------------------------------------------------------------- lock files
+
+
+def parse_lock(text: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """``name==version`` pins of a pip requirements file with ``--hash`` lines: {name: (version, hashes)}."""
+    joined = re.sub(r"\\\n", " ", text)
+    pins = {}
+    for line in joined.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split(" --hash=")
+        name, _, version = requirement.strip().partition("==")
+        pins[canonicalize_name(name)] = (version.strip(), frozenset(h.strip() for h in options))
+    return pins
+
+
+def _unpinned(requirements: list[str], pins: dict[str, tuple[str, frozenset[str]]], lock: str) -> Problems:
+    problems = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"python_version": "3.11", "sys_platform": "linux"}):
+            continue
+        pin = pins.get(canonicalize_name(req.name))
+        if pin is None:
+            problems.append(f"{req.name} is not pinned in {lock}")
+        elif not req.specifier.contains(pin[0], prereleases=True):
+            problems.append(f"{lock} pins {req.name}=={pin[0]}, outside pyproject.toml's {req.specifier}")
+    return problems
+
+
+def check_locks(project: dict[str, Any], runtime_text: str, test_text: str) -> Problems:
+    """Every pin has hashes; pyproject.toml's dependencies (and test extras) are pinned within their ranges; the
+    test lock pins every runtime package exactly as requirements.lock does."""
+    runtime, test = parse_lock(runtime_text), parse_lock(test_text)
+    problems = []
+    for lock, pins in ((LOCK.name, runtime), (TEST_LOCK.name, test)):
+        problems += [f"{lock}: {name} has no version pin" for name, (version, _) in pins.items() if not version]
+        problems += [f"{lock}: {name} has no --hash" for name, (_, hashes) in pins.items() if not hashes]
+    problems += _unpinned(project["dependencies"], runtime, LOCK.name)
+    problems += _unpinned(project["dependencies"] + project["optional-dependencies"]["test"], test, TEST_LOCK.name)
+    for name, pin in runtime.items():
+        if test.get(name) != pin:
+            problems.append(f"{TEST_LOCK.name} does not pin {name} exactly as {LOCK.name} ({pin[0]})")
     return problems
 
 
@@ -439,6 +715,39 @@ def check_start_head_script(text: str) -> Problems:
     if "RAY_AUTH_MODE=token ray job submit" not in text:
         problems.append("does not print how to submit with RAY_AUTH_MODE=token")
     return problems
+
+
+def check_kuberay_labels(spec: dict[str, Any], cfg: Config) -> Problems:
+    """The data group carries ``data.label_selector``, the train group ``scaling.label_selector``, in the group's
+    top-level ``labels`` (KubeRay >= 1.5 passes them to ``ray start --labels``, the pods and the autoscaler); no
+    group sets ``rayStartParams.labels``, which KubeRay >= 1.5.0 rejects."""
+    problems: Problems = []
+    for group_name, wanted in ((CPU_GROUP, cfg.data.label_selector), (GPU_GROUP, cfg.scaling.label_selector)):
+        group = group_by_name(spec, group_name) or {}
+        labels = group.get("labels") or {}
+        if not wanted or labels != wanted:
+            problems.append(f"{group_name}: labels {labels} do not match the config's selector {wanted}")
+    for group_name, group in _groups(spec):
+        if "labels" in (group.get("rayStartParams") or {}):
+            problems.append(f"{group_name}: rayStartParams.labels is rejected by KubeRay >= 1.5; use labels")
+    return problems
+
+
+def check_aws_labels(launcher: dict[str, Any], cfg: Config) -> Problems:
+    types = launcher["available_node_types"]
+    problems: Problems = []
+    for node_type, wanted in ((AWS_CPU_TYPE, cfg.data.label_selector), (AWS_GPU_TYPE, cfg.scaling.label_selector)):
+        labels = types.get(node_type, {}).get("labels") or {}
+        if not wanted or labels != wanted:
+            problems.append(f"{node_type}: labels {labels} do not match the config's selector {wanted}")
+    return problems
+
+
+def labels_in_ray_start_params(spec: dict[str, Any]) -> None:
+    """The form the manifests had before KubeRay 1.5: ``rayStartParams.labels: "k=v,…"`` and no top-level labels."""
+    for _, group in _groups(spec):
+        labels = group.pop("labels", {})
+        group.setdefault("rayStartParams", {})["labels"] = ",".join(f"{k}={v}" for k, v in labels.items())
 
 
 # ---------------------------------------------------------------- fixtures
@@ -518,8 +827,20 @@ def test_kuberay_groups_match_config(
         + check_cpu_group(spec, cfg)
         + check_token_auth(spec)
         + check_container_env(spec)
+        + check_autoscaling(spec)
+        + check_gcs_fault_tolerance(spec)
+        + check_object_store(spec)
     )
     assert problems == [], name
+
+
+def test_the_operator_accepts_the_manifests(raycluster: dict[str, Any], rayjob: dict[str, Any]) -> None:
+    """KubeRay's CRD schema (strict, as kubectl applies) and the operator's own rules accept both objects."""
+    assert check_crd_schema(raycluster) == []
+    assert check_crd_schema(rayjob) == []
+    assert check_raycluster(raycluster) == []
+    assert check_rayjob(rayjob) == []
+    assert check_rayjob_deadline(rayjob) == []
 
 
 def test_no_literal_secrets_anywhere() -> None:
@@ -534,10 +855,22 @@ def test_aws_launcher(launcher: dict[str, Any], cfg: Config) -> None:
     assert check_aws_schema(launcher) == []
     assert check_aws_node_types(launcher, cfg) == []
     assert check_aws_token_auth(launcher) == []
+    assert check_aws_image(launcher) == []
+    assert check_aws_object_store(launcher) == []
 
 
 def test_dockerfile(dockerfile_text: str) -> None:
-    assert check_dockerfile(dockerfile_text) == []
+    assert check_dockerfile(dockerfile_text, LOCK_SCRIPT.read_text()) == []
+
+
+def test_lock_files() -> None:
+    """requirements.lock (the image) and requirements-test.lock (CI) pin pyproject.toml's dependencies alike."""
+    assert check_locks(PROJECT, LOCK.read_text(), TEST_LOCK.read_text()) == []
+    assert lock_python(LOCK_SCRIPT.read_text()) == "3.11"
+    assert LOCK_SCRIPT.stat().st_mode & 0o111, f"{LOCK_SCRIPT} is not executable"
+    subprocess.run(["bash", "-n", str(LOCK_SCRIPT)], check=True)
+    for lock in (LOCK, TEST_LOCK):
+        assert LOCK_SCRIPT.relative_to(REPO).as_posix() in lock.read_text().splitlines()[1], f"{lock} header"
 
 
 def test_local_scripts() -> None:
@@ -583,9 +916,68 @@ KUBERAY_BREAKS: dict[str, tuple[Mutation, Callable[[dict[str, Any], Config], Pro
         lambda s: _group(s, GPU_GROUP)["rayStartParams"].update({"num-cpus": "8"}),
         check_gpu_pods_hold_no_data_actors,
     ),
-    "one GPU replica": (lambda s: _group(s, GPU_GROUP).update({"replicas": 1, "minReplicas": 1}), check_gpu_replicas),
+    "idle GPU pod kept": (lambda s: _group(s, GPU_GROUP).update({"replicas": 1, "minReplicas": 1}), check_gpu_replicas),
     "GPU maxReplicas too small": (lambda s: _group(s, GPU_GROUP).update({"maxReplicas": 1}), check_gpu_replicas),
-    "one CPU-data pod": (lambda s: _group(s, CPU_GROUP).update({"replicas": 1, "minReplicas": 1}), check_cpu_group),
+    "one CPU-data pod at most": (lambda s: _group(s, CPU_GROUP).update({"maxReplicas": 1}), check_cpu_group),
+    "idle CPU-data pods kept": (
+        lambda s: _group(s, CPU_GROUP).update({"replicas": 2, "minReplicas": 2}),
+        check_cpu_group,
+    ),
+    "autoscaling off": (lambda s: s.update({"enableInTreeAutoscaling": False}), lambda s, c: check_autoscaling(s)),
+    "autoscaler v1": (lambda s: s["autoscalerOptions"].update({"version": "v1"}), lambda s, c: check_autoscaling(s)),
+    "no GCS fault tolerance": (
+        lambda s: s.pop("gcsFaultToleranceOptions"),
+        lambda s, c: check_gcs_fault_tolerance(s),
+    ),
+    "literal Redis password": (
+        lambda s: s["gcsFaultToleranceOptions"].update({"redisPassword": {"value": "hunter2"}}),
+        lambda s, c: check_gcs_fault_tolerance(s),
+    ),
+    "Redis address without port": (
+        lambda s: s["gcsFaultToleranceOptions"].update({"redisAddress": "redis.redis.svc"}),
+        lambda s, c: check_gcs_fault_tolerance(s),
+    ),
+    "object store size left to Ray": (
+        lambda s: _group(s, CPU_GROUP)["rayStartParams"].pop("object-store-memory"),
+        lambda s, c: check_object_store(s),
+    ),
+    "object store larger than /dev/shm": (
+        lambda s: _group(s, GPU_GROUP)["rayStartParams"].update({"object-store-memory": str(9 * 2**30)}),
+        lambda s, c: check_object_store(s),
+    ),
+    "/dev/shm half the pod's memory or more": (
+        lambda s: ray_container(s["headGroupSpec"])["resources"]["limits"].update({"memory": "4Gi"}),
+        lambda s, c: check_object_store(s),
+    ),
+    "/dev/shm on disk": (
+        lambda s: _volume_at(_group(s, CPU_GROUP), "/dev/shm")["emptyDir"].pop("medium"),
+        lambda s, c: check_object_store(s),
+    ),
+    "no spill directory": (
+        lambda s: s["headGroupSpec"]["rayStartParams"].pop("object-spilling-directory"),
+        lambda s, c: check_object_store(s),
+    ),
+    "spill directory not mounted": (
+        lambda s: _group(s, GPU_GROUP)["rayStartParams"].update({"object-spilling-directory": "/tmp/spill"}),
+        lambda s, c: check_object_store(s),
+    ),
+    "spill volume in memory": (
+        lambda s: _volume_at(_group(s, GPU_GROUP), "/ray-spill")["emptyDir"].update({"medium": "Memory"}),
+        lambda s, c: check_object_store(s),
+    ),
+    "spill volume unbounded": (
+        lambda s: _volume_at(_group(s, CPU_GROUP), "/ray-spill")["emptyDir"].pop("sizeLimit"),
+        lambda s, c: check_object_store(s),
+    ),
+    "image re-pulled each start": (
+        lambda s: ray_container(_group(s, GPU_GROUP)).update({"imagePullPolicy": "Always"}),
+        lambda s, c: check_container_env(s),
+    ),
+    "latest tag": (
+        lambda s: ray_container(s["headGroupSpec"]).update({"image": "cmd-ray:latest"}),
+        lambda s, c: check_container_env(s),
+    ),
+    "labels back in rayStartParams": (labels_in_ray_start_params, check_kuberay_labels),
     "CPU-data advertises 4 CPUs": (
         lambda s: _group(s, CPU_GROUP)["rayStartParams"].update({"num-cpus": "4"}),
         check_cpu_group,
@@ -621,6 +1013,233 @@ def test_kuberay_checks_reject_a_broken_copy(breakage: str, raycluster: dict[str
     assert check(spec, cfg) == [], "the check must pass on the real manifest first"
     mutate(spec)
     assert check(spec, cfg), f"check did not notice: {breakage}"
+
+
+def _head_env(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return ray_container(doc["spec"]["headGroupSpec"])["env"]
+
+
+def _annotate(doc: dict[str, Any], key: str, value: str) -> None:
+    doc["metadata"].setdefault("annotations", {})[key] = value
+
+
+# The operator's semantic rules (tests/kuberay_rules.py): each breakage of a RayCluster, and a fragment of the
+# problem the rule reports. Rules marked 1.6 are those KubeRay >= 1.6.0 added.
+OPERATOR_BREAKS: dict[str, tuple[Mutation, str]] = {
+    "labels in the head's rayStartParams": (
+        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"labels": "cmd-ray.role=head"}),
+        "rayStartParams['labels'] is not supported",
+    ),
+    "labels in a worker's rayStartParams": (
+        lambda d: _group(d["spec"], CPU_GROUP)["rayStartParams"].update({"labels": "cmd-ray.role=data"}),
+        "rayStartParams['labels'] is not supported",
+    ),
+    "label key not a qualified name": (
+        lambda d: _group(d["spec"], CPU_GROUP).update({"labels": {"cmd-ray/role/data": "yes"}}),
+        "invalid label key",
+    ),
+    "label value with a space": (
+        lambda d: _group(d["spec"], GPU_GROUP).update({"labels": {"cmd-ray.role": "train nodes"}}),
+        "invalid label value",
+    ),
+    "label value too long": (
+        lambda d: _group(d["spec"], GPU_GROUP).update({"labels": {"cmd-ray.role": "t" * 64}}),
+        "invalid label value",
+    ),
+    "resources in rayStartParams and the group": (
+        lambda d: _group(d["spec"], GPU_GROUP).update({"resources": {"GPU": "1"}}),
+        "resources set in both",
+    ),
+    "head without containers": (
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].update({"containers": []}),
+        "at least one container",
+    ),
+    "worker without containers": (
+        lambda d: _group(d["spec"], CPU_GROUP)["template"]["spec"].update({"containers": []}),
+        "at least one container",
+    ),
+    "ft-enabled annotation beside gcsFaultToleranceOptions": (
+        lambda d: _annotate(d, "ray.io/ft-enabled", "true"),
+        "are both set",
+    ),
+    "external-storage-namespace annotation": (
+        lambda d: _annotate(d, "ray.io/external-storage-namespace", "cmd-ray"),
+        "external-storage-namespace",
+    ),
+    "redis-password in rayStartParams": (
+        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"redis-password": "x"}),
+        "redis-password",
+    ),
+    "REDIS_PASSWORD env": (
+        lambda d: _head_env(d).append({"name": "REDIS_PASSWORD", "value": "x"}),
+        "REDIS_PASSWORD",
+    ),
+    "RAY_REDIS_ADDRESS env beside gcsFaultToleranceOptions": (
+        lambda d: _head_env(d).append({"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}),
+        "RAY_REDIS_ADDRESS",
+    ),
+    "RAY_REDIS_ADDRESS env instead of gcsFaultToleranceOptions": (
+        lambda d: (
+            d["spec"].pop("gcsFaultToleranceOptions"),
+            _head_env(d).append({"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}),
+        ),
+        "without gcsFaultToleranceOptions",
+    ),
+    "redis username in rayStartParams": (
+        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"redis-username": "ray"}),
+        "redis username",
+    ),
+    "autoscaler v2 env while autoscaling is off": (
+        lambda d: (
+            d["spec"].update({"enableInTreeAutoscaling": False}),
+            _head_env(d).append({"name": "RAY_enable_autoscaler_v2", "value": "1"}),
+        ),
+        "while enableInTreeAutoscaling is off",
+    ),
+    "autoscaler version and env both set": (
+        lambda d: _head_env(d).append({"name": "RAY_enable_autoscaler_v2", "value": "1"}),
+        "both autoscalerOptions.version",
+    ),
+    "restartPolicy Always under autoscaler v2": (
+        lambda d: _group(d["spec"], GPU_GROUP)["template"]["spec"].update({"restartPolicy": "Always"}),
+        "autoscaler v2 needs Never",
+    ),
+    "suspended worker group under autoscaling": (
+        lambda d: _group(d["spec"], CPU_GROUP).update({"suspend": True}),
+        "cannot be suspended",
+    ),
+    "token auth on a Ray older than 2.52": (lambda d: d["spec"].update({"rayVersion": "2.51.1"}), "older than 2.52"),
+    "token auth without rayVersion": (lambda d: d["spec"].pop("rayVersion"), "rayVersion is not set"),
+    "minReplicas above maxReplicas (1.6)": (
+        lambda d: _group(d["spec"], GPU_GROUP).update({"minReplicas": 3}),
+        "greater than maxReplicas",
+    ),
+    "negative maxReplicas (1.6)": (lambda d: _group(d["spec"], GPU_GROUP).update({"maxReplicas": -1}), "negative"),
+    "no maxReplicas without autoscaling (1.6)": (
+        lambda d: (
+            d["spec"].update({"enableInTreeAutoscaling": False}),
+            _group(d["spec"], CPU_GROUP).pop("maxReplicas"),
+        ),
+        "must set both minReplicas and maxReplicas",
+    ),
+    "idleTimeoutSeconds under autoscaler v1 (1.6)": (
+        lambda d: (
+            d["spec"]["autoscalerOptions"].update({"version": "v1"}),
+            _group(d["spec"], CPU_GROUP).update({"idleTimeoutSeconds": 60}),
+        ),
+        "autoscaler v2 is not enabled",
+    ),
+    "name not a DNS-1035 label": (lambda d: d["metadata"].update({"name": "cmd_ray"}), "DNS-1035"),
+    "name too long": (lambda d: d["metadata"].update({"name": "c" * 54}), "longer than 53"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(OPERATOR_BREAKS))
+def test_operator_rules_reject_a_broken_copy(breakage: str, raycluster: dict[str, Any]) -> None:
+    mutate, fragment = OPERATOR_BREAKS[breakage]
+    broken = copy.deepcopy(raycluster)
+    assert check_raycluster(broken) == [], "the rules must pass on the real manifest first"
+    mutate(broken)
+    problems = check_raycluster(broken)
+    assert any(fragment in p for p in problems), (breakage, problems)
+
+
+RAYJOB_BREAKS: dict[str, tuple[Mutation, str]] = {
+    "no activeDeadlineSeconds": (lambda j: j["spec"].pop("activeDeadlineSeconds"), "activeDeadlineSeconds"),
+    "activeDeadlineSeconds 0": (lambda j: j["spec"].update({"activeDeadlineSeconds": 0}), "positive"),
+    "negative backoffLimit": (lambda j: j["spec"].update({"backoffLimit": -1}), "backoffLimit"),
+    "negative ttlSecondsAfterFinished": (lambda j: j["spec"].update({"ttlSecondsAfterFinished": -1}), "non-negative"),
+    "ttl without shutdown": (
+        lambda j: j["spec"].update({"shutdownAfterJobFinishes": False}),
+        "ttlSecondsAfterFinished",
+    ),
+    "suspended without shutdown": (
+        lambda j: j["spec"].update({"suspend": True, "shutdownAfterJobFinishes": False, "ttlSecondsAfterFinished": 0}),
+        "cannot be suspended",
+    ),
+    "neither rayClusterSpec nor clusterSelector": (lambda j: j["spec"].pop("rayClusterSpec"), "must be set"),
+    "runtimeEnvYAML not YAML": (lambda j: j["spec"].update({"runtimeEnvYAML": "working_dir: [/app"}), "not YAML"),
+    "backoffLimit in InteractiveMode": (
+        lambda j: j["spec"].update({"submissionMode": "InteractiveMode", "backoffLimit": 1}),
+        "InteractiveMode",
+    ),
+    "inline cluster with labels in rayStartParams": (
+        lambda j: _group(j["spec"]["rayClusterSpec"], GPU_GROUP)["rayStartParams"].update({"labels": "a=b"}),
+        "rayClusterSpec: worker group 'gpu-train': rayStartParams['labels']",
+    ),
+    "name too long": (lambda j: j["metadata"].update({"name": "d" * 48}), "longer than 47"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(RAYJOB_BREAKS))
+def test_rayjob_rules_reject_a_broken_copy(breakage: str, rayjob: dict[str, Any]) -> None:
+    mutate, fragment = RAYJOB_BREAKS[breakage]
+    broken = copy.deepcopy(rayjob)
+    assert check_rayjob(broken) + check_rayjob_deadline(broken) == []
+    mutate(broken)
+    problems = check_rayjob(broken) + check_rayjob_deadline(broken)
+    assert any(fragment in p for p in problems), (breakage, problems)
+
+
+# The CRD schema (strict): each breakage of a RayCluster (or, where named, the RayJob) and the path it names.
+SCHEMA_BREAKS: dict[str, tuple[str, Mutation, str]] = {
+    "rayStartParams value not a string": (
+        "raycluster",
+        lambda d: _group(d["spec"], GPU_GROUP)["rayStartParams"].update({"num-gpus": 1}),
+        "rayStartParams/num-gpus",
+    ),
+    "label value not a string": (
+        "raycluster",
+        lambda d: _group(d["spec"], CPU_GROUP).update({"labels": {"cmd-ray.role": 1}}),
+        "labels/cmd-ray.role",
+    ),
+    "misspelt field (pruned without strict validation)": (
+        "raycluster",
+        lambda d: _group(d["spec"], CPU_GROUP).update({"minReplica": 0}),
+        "workerGroupSpecs/0",
+    ),
+    "labels under the pod spec": (
+        "raycluster",
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].update({"labels": {"cmd-ray.role": "head"}}),
+        "headGroupSpec/template/spec",
+    ),
+    "unknown autoscaler version": (
+        "raycluster",
+        lambda d: d["spec"]["autoscalerOptions"].update({"version": "v3"}),
+        "autoscalerOptions/version",
+    ),
+    "GCS FT without redisAddress": (
+        "raycluster",
+        lambda d: d["spec"]["gcsFaultToleranceOptions"].pop("redisAddress"),
+        "gcsFaultToleranceOptions",
+    ),
+    "unknown auth mode": ("raycluster", lambda d: d["spec"]["authOptions"].update({"mode": "basic"}), "authOptions"),
+    "worker group without groupName": (
+        "raycluster",
+        lambda d: _group(d["spec"], GPU_GROUP).pop("groupName"),
+        "workerGroupSpecs/1",
+    ),
+    "GPU quantity not a quantity": (
+        "raycluster",
+        lambda d: _set_gpu_limit(d["spec"], "one"),
+        "nvidia.com/gpu",
+    ),
+    "activeDeadlineSeconds as text": (
+        "rayjob",
+        lambda j: j["spec"].update({"activeDeadlineSeconds": "4d"}),
+        "activeDeadlineSeconds",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(SCHEMA_BREAKS))
+def test_crd_schema_rejects_a_broken_copy(breakage: str, raycluster: dict[str, Any], rayjob: dict[str, Any]) -> None:
+    which, mutate, path = SCHEMA_BREAKS[breakage]
+    broken = copy.deepcopy(raycluster if which == "raycluster" else rayjob)
+    assert check_crd_schema(broken) == []
+    mutate(broken)
+    problems = check_crd_schema(broken)
+    assert any(path in p for p in problems), (breakage, problems)
 
 
 def test_same_groups_check_rejects_drift(raycluster: dict[str, Any], rayjob: dict[str, Any]) -> None:
@@ -726,6 +1345,53 @@ AWS_BREAKS: dict[str, tuple[Mutation, Callable[[dict[str, Any], Config], Problem
         lambda c: c.update({"file_mounts": {"~/cmd-ray": "."}}),
         lambda c, _: check_aws_token_auth(c),
     ),
+    "idle GPU nodes kept": (
+        lambda c: c["available_node_types"][AWS_GPU_TYPE].update({"min_workers": 2}),
+        check_aws_node_types,
+    ),
+    "idle data nodes kept": (
+        lambda c: c["available_node_types"][AWS_CPU_TYPE].update({"min_workers": 1}),
+        check_aws_node_types,
+    ),
+    "schema: label value not a string": (
+        lambda c: c["available_node_types"][AWS_CPU_TYPE].update({"labels": {"cmd-ray.role": 1}}),
+        lambda c, _: check_aws_schema(c),
+    ),
+    "latest image": (
+        lambda c: c["docker"].update({"image": "123456789012.dkr.ecr.us-west-2.amazonaws.com/cmd-ray:latest"}),
+        lambda c, _: check_aws_image(c),
+    ),
+    "pull before every run": (lambda c: c["docker"].update({"pull_before_run": True}), lambda c, _: check_aws_image(c)),
+    "head object store left to Ray": (
+        lambda c: c.update(
+            {
+                "head_start_ray_commands": [
+                    x.replace("--object-store-memory=", "--x=") for x in c["head_start_ray_commands"]
+                ]
+            }
+        ),
+        lambda c, _: check_aws_object_store(c),
+    ),
+    "no --shm-size on the head": (
+        lambda c: c["docker"].pop("head_run_options"),
+        lambda c, _: check_aws_object_store(c),
+    ),
+    "GPU object store larger than its /dev/shm": (
+        lambda c: c["available_node_types"][AWS_GPU_TYPE]["docker"]["worker_run_options"].__setitem__(
+            1, f"--env CMD_RAY_OBJECT_STORE_MEMORY={5 * 2**30}"
+        ),
+        lambda c, _: check_aws_object_store(c),
+    ),
+    "GPU /dev/shm more than half of g5.xlarge": (
+        lambda c: c["available_node_types"][AWS_GPU_TYPE]["docker"]["worker_run_options"].__setitem__(
+            0, "--shm-size=9g"
+        ),
+        lambda c, _: check_aws_object_store(c),
+    ),
+    "spill directory not mounted": (
+        lambda c: c["docker"].update({"run_options": [o for o in c["docker"]["run_options"] if "ray-spill" not in o]}),
+        lambda c, _: check_aws_object_store(c),
+    ),
 }
 
 
@@ -748,14 +1414,58 @@ def test_aws_checks_follow_the_config(launcher: dict[str, Any], cfg: Config) -> 
     [
         ("COPY --chown=ray:ray jobs/ ./jobs/", "# jobs not copied"),
         ("COPY --chown=ray:ray configs/ ./configs/", "# configs not copied"),
-        ("FROM python:3.11-slim", "FROM ubuntu:24.04"),
+        ("FROM python:3.11.7-slim-bookworm", "FROM ubuntu:24.04"),
+        ("FROM python:3.11.7-slim-bookworm", "FROM python:3.11-slim"),  # a moving tag
+        ("FROM python:3.11.7-slim-bookworm", "FROM python:3.12.8-slim-bookworm"),  # not the lock's Python
+        ("FROM python:3.11.7-slim-bookworm", "FROM python:3.11.7-slim-bookworm@sha256:1234"),  # a digest cut short
         ("WORKDIR /app", "WORKDIR /srv"),
         ("RUN pip install --no-deps . &&", "RUN true &&"),
+        ("RUN pip install --require-hashes -r requirements.lock", "RUN pip install ."),  # unlocked dependencies
+        ("COPY --chown=ray:ray requirements.lock ./", "# lock not copied"),
     ],
 )
 def test_dockerfile_check_rejects(old: str, new: str, dockerfile_text: str) -> None:
+    lock_script = LOCK_SCRIPT.read_text()
     assert old in dockerfile_text
-    assert check_dockerfile(dockerfile_text.replace(old, new))
+    assert check_dockerfile(dockerfile_text, lock_script) == []
+    assert check_dockerfile(dockerfile_text.replace(old, new, 1), lock_script)
+
+
+def test_dockerfile_check_accepts_a_digest(dockerfile_text: str) -> None:
+    pinned = dockerfile_text.replace("-slim-bookworm\n", "-slim-bookworm@sha256:" + "0" * 64 + "\n", 1)
+    assert "@sha256:" in pinned
+    assert check_dockerfile(pinned, LOCK_SCRIPT.read_text()) == []
+
+
+def _drop_pin(text: str, name: str) -> str:
+    """The lock without the entry of ``name`` (its ``name==…`` line and the ``--hash`` lines under it)."""
+    return re.sub(rf"(?m)^{re.escape(name)}==.*(?:\n[ #].*)*\n", "", text)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        "torch not pinned",
+        "torch outside pyproject's range",
+        "a pin without hashes",
+        "test lock drifts from the runtime lock",
+        "a test tool not pinned",
+    ],
+)
+def test_lock_check_rejects(breakage: str) -> None:
+    runtime, test = LOCK.read_text(), TEST_LOCK.read_text()
+    assert check_locks(PROJECT, runtime, test) == []
+    if breakage == "torch not pinned":
+        runtime = _drop_pin(runtime, "torch")
+    elif breakage == "torch outside pyproject's range":
+        runtime = re.sub(r"(?m)^torch==[^ ]+", "torch==2.99.0", runtime)
+    elif breakage == "a pin without hashes":
+        runtime = re.sub(r"(?m)^(pyyaml==[^ ]+) \\\n(\s+--hash=\S+( \\)?\n)+", r"\1\n", runtime)
+    elif breakage == "test lock drifts from the runtime lock":
+        test = re.sub(r"(?m)^numpy==[^ ]+", "numpy==1.26.4", test)
+    else:
+        test = _drop_pin(test, "pytest")
+    assert check_locks(PROJECT, runtime, test), breakage
 
 
 @pytest.mark.parametrize(
@@ -776,32 +1486,6 @@ def test_start_head_check_rejects(old: str, new: str) -> None:
 # ---------------------------------------------------------------- placement labels
 
 
-def parse_labels(text: str) -> dict[str, str]:
-    """``ray start --labels`` syntax: ``k1=v1,k2=v2``."""
-    return dict(item.split("=", 1) for item in text.split(",") if item)
-
-
-def check_kuberay_labels(spec: dict[str, Any], cfg: Config) -> Problems:
-    """The data group carries ``data.label_selector``, the train group ``scaling.label_selector``."""
-    problems: Problems = []
-    for group_name, wanted in ((CPU_GROUP, cfg.data.label_selector), (GPU_GROUP, cfg.scaling.label_selector)):
-        group = group_by_name(spec, group_name) or {}
-        labels = parse_labels(str((group.get("rayStartParams") or {}).get("labels", "")))
-        if not wanted or labels != wanted:
-            problems.append(f"{group_name}: labels {labels} do not match the config's selector {wanted}")
-    return problems
-
-
-def check_aws_labels(launcher: dict[str, Any], cfg: Config) -> Problems:
-    types = launcher["available_node_types"]
-    problems: Problems = []
-    for node_type, wanted in ((AWS_CPU_TYPE, cfg.data.label_selector), (AWS_GPU_TYPE, cfg.scaling.label_selector)):
-        labels = types.get(node_type, {}).get("labels") or {}
-        if not wanted or labels != wanted:
-            problems.append(f"{node_type}: labels {labels} do not match the config's selector {wanted}")
-    return problems
-
-
 def test_nodes_carry_the_labels_the_config_selects(
     raycluster: dict[str, Any], rayjob: dict[str, Any], launcher: dict[str, Any], cfg: Config
 ) -> None:
@@ -812,11 +1496,24 @@ def test_nodes_carry_the_labels_the_config_selects(
 
 def test_label_checks_reject_a_swapped_role(raycluster: dict[str, Any], launcher: dict[str, Any], cfg: Config) -> None:
     broken = copy.deepcopy(raycluster)
-    group_by_name(broken["spec"], GPU_GROUP)["rayStartParams"]["labels"] = "cmd-ray.role=data"
+    group_by_name(broken["spec"], GPU_GROUP)["labels"] = {"cmd-ray.role": "data"}
     assert check_kuberay_labels(broken["spec"], cfg)
     broken_launcher = copy.deepcopy(launcher)
     broken_launcher["available_node_types"][AWS_CPU_TYPE]["labels"] = {"cmd-ray.role": "train"}
     assert check_aws_labels(broken_launcher, cfg)
+
+
+def test_labels_in_ray_start_params_are_rejected(
+    raycluster: dict[str, Any], rayjob: dict[str, Any], cfg: Config
+) -> None:
+    """The pre-1.5 form fails the label check and the operator's own rule, in both manifests."""
+    for doc, check in ((raycluster, check_raycluster), (rayjob, check_rayjob)):
+        old_form = copy.deepcopy(doc)
+        spec = old_form["spec"] if doc is raycluster else old_form["spec"]["rayClusterSpec"]
+        labels_in_ray_start_params(spec)
+        assert any("rayStartParams.labels" in p for p in check_kuberay_labels(spec, cfg))
+        rejected = [p for p in check(old_form) if "rayStartParams['labels'] is not supported" in p]
+        assert len(rejected) == 3, rejected  # the head and both worker groups
 
 
 def test_mlflow_server_manifest_is_what_the_clusters_point_at(raycluster: dict[str, Any]) -> None:
@@ -828,3 +1525,4 @@ def test_mlflow_server_manifest_is_what_the_clusters_point_at(raycluster: dict[s
     )
     server = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert any(arg.startswith("--artifacts-destination=s3://") for arg in server["command"])
+    assert (server["image"], server["imagePullPolicy"]) == (IMAGE, PULL_POLICY)

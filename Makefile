@@ -6,10 +6,13 @@ DEMO_CONFIG ?= configs/demo.yaml
 
 .PHONY: install demo table1-demo test lint clean
 
-$(BIN)/cmd-ray: pyproject.toml
+# Installs the pinned, hash-checked versions of requirements-test.lock (the image installs requirements.lock, the
+# same pins without the test tools; cluster/lock.sh rewrites both from pyproject.toml), then the package itself.
+$(BIN)/cmd-ray: pyproject.toml requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-test.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(BIN)/cmd-ray

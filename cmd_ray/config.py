@@ -1039,7 +1039,12 @@ class EvaluationConfig(_Strict):
     use_gpu: bool = False
     gpus_per_task: float = Field(1.0, gt=0.0, le=1.0, description="with use_gpu; a fraction lets tasks share a GPU")
     plots: bool = Field(True, description="success / precision plots (PNG) into results_dir/plots")
-    overwrite: bool = Field(False, description="re-track sequences that already have complete results")
+    overwrite: bool = Field(
+        False,
+        description="re-track sequences that already have complete results, and replace a tracker folder's results "
+        "of another model or benchmark; only files cmd-ray wrote (a folder with meta.json): another tool's result "
+        "files are refused either way",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationConfig:

@@ -319,8 +319,8 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 
 def test_evaluation_tags_the_version_it_scored_and_logs_the_same_artifact_tree(registered, tmp_path):
     from cmd_ray.evaluation.benchmarks import read_benchmark
-    from cmd_ray.evaluation.results import write_result
-    from cmd_ray.evaluation.runner import run_evaluation
+    from cmd_ray.evaluation.results import prepare_tracker_dir, write_result
+    from cmd_ray.evaluation.runner import run_evaluation, tracker_meta
 
     root = _synthetic_demo(registered.root)
     results = tmp_path / "results"
@@ -335,9 +335,12 @@ def test_evaluation_tags_the_version_it_scored_and_logs_the_same_artifact_tree(r
             f"evaluation.trackers={trackers}",
         ],
     )
-    # Complete result files for every (tracker, sequence), so the job only scores and logs (no Ray task runs):
-    # the ground truth for the model, frame 1's box throughout for the static box.
-    for seq in read_benchmark("synthetic", str(root), None):
+    # Complete result files for every (tracker, sequence), as an earlier evaluation left them (meta.json first), so
+    # the job only scores and logs (no Ray task runs): the ground truth for the model, frame 1's box for the static.
+    sequences = read_benchmark("synthetic", str(root), None)
+    for i, tracker in enumerate(cfg.evaluation.trackers):
+        prepare_tracker_dir(results / tracker.name, tracker_meta(cfg, tracker, i, sequences))
+    for seq in sequences:
         gt = np.asarray(seq.ground_truth, dtype=np.float64)
         write_result(results / "distilled", seq.name, gt, np.full(len(gt), 0.02))
         write_result(results / "static", seq.name, np.repeat(gt[:1], len(gt), axis=0), np.zeros(len(gt)))

@@ -215,6 +215,8 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
         print(f"no detection (centre box used instead): {result.fallback_boxes} pairs")
     if result.unpaired_files:
         print(f"files without a partner: {result.unpaired_files}")
+    if result.resized_tir:
+        print(f"TIR resized to its RGB partner's size: {result.resized_tir} pairs")
     print(f"checkpoint:    {result.checkpoint_path}")
     print(f"MLflow run:    {result.run_location or result.run_id or '(unknown)'}")
     if result.selection is not None:

@@ -82,6 +82,8 @@ class TrainingResult:
     skipped_pairs: int
     fallback_boxes: int = 0
     unpaired_files: int = 0
+    resized_tir: int = 0
+    """Pairs whose TIR image was resized to its RGB partner's size (same aspect, other size)."""
     resumed_from_epoch: int | None = None
     teacher: Teacher | None = None
     nothing_to_train: bool = False
@@ -366,12 +368,19 @@ def fit(
         "unpaired_files": report.unpaired,
         "s3_retries_total": report.retries,
         "transient_read_failures_total": report.transient_failures,
+        "resized_tir_total": report.resized_tir,
     }
     mlflow_runs.log_metrics(cfg, run_id, totals, step=schedule.epochs)
     if report.skipped:
         logger.warning("%d pair(s) skipped: %s", report.skipped, "; ".join(report.examples[:5]))
     if report.fallback_boxes:
         logger.warning("%d pair(s) had no detection and trained on the centre box", report.fallback_boxes)
+    if report.resized_tir:
+        logger.warning(
+            "%d pair(s) had a TIR image of another size than its RGB partner, resized to it (same aspect), e.g. %s",
+            report.resized_tir,
+            report.resized_examples[:3],
+        )
     return result, report
 
 
@@ -488,6 +497,7 @@ def _finish(
         skipped_pairs=skipped.skipped,
         fallback_boxes=skipped.fallback_boxes,
         unpaired_files=skipped.unpaired,
+        resized_tir=skipped.resized_tir,
         resumed_from_epoch=resumed,
         teacher=teacher,
         selection=selection,

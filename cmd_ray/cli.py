@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 
 from cmd_ray.config import Config, ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
+from cmd_ray.data.skip_limit import SkippedDataError
 from cmd_ray.storage import StorageError, mask_credentials
 from cmd_ray.vocabulary import START_TEACHER, VARIANTS, Variant
 
@@ -664,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ConfigError, EmptyPrefixError, ManifestError, StorageError) as exc:
+    except (ConfigError, EmptyPrefixError, ManifestError, StorageError, SkippedDataError) as exc:
         print(f"cmd-ray: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
 

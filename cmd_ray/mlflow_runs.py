@@ -148,6 +148,11 @@ def log_metrics(cfg: Config, run_id: str, metrics: dict[str, float], step: int) 
     client(cfg).log_batch(run_id, metrics=batch)
 
 
+def log_text(cfg: Config, run_id: str, text: str, artifact_file: str) -> None:
+    """Write ``text`` (secrets redacted) as the run's artifact ``artifact_file``."""
+    client(cfg).log_text(run_id, redact(text), artifact_file)
+
+
 def set_tags(cfg: Config, run_id: str, tags: dict[str, Any]) -> None:
     client(cfg).log_batch(run_id, tags=[RunTag(key, str(redact(value))) for key, value in tags.items()])
 

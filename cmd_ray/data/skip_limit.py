@@ -30,7 +30,7 @@ def skipped_share_error(
     unreadable, when that share exceeds ``limit``; ``None`` when it does not (or nothing was listed).
 
     ``examples`` are the first ``"key: reason"`` lines of the skip report (a few are quoted); ``where`` says where the
-    full list is (the MLflow artifact, the job log).
+    skipped items are listed (the MLflow artifact, the job log).
     """
     if total <= 0 or skipped / total <= limit:
         return None
@@ -39,6 +39,6 @@ def skipped_share_error(
     return SkippedDataError(
         f"{skipped} of {total} {unit} ({skipped / total:.1%}) were unreadable and skipped, more than "
         f"{LIMIT_KEY}={limit:g} ({limit:.1%}) allows: the run failed and registered nothing. "
-        f"Skipped: {quoted}{more}" + (f" (all of them: {where})" if where else "") + ". Repair or remove those "
+        f"Skipped: {quoted}{more}" + (f" (listed in {where})" if where else "") + ". Repair or remove those "
         f"files, or raise {LIMIT_KEY} to train on the rest"
     )

@@ -24,7 +24,8 @@ from pydantic.fields import FieldInfo
 
 from cmd_ray.config import Config, ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
-from cmd_ray.storage import StorageError
+from cmd_ray.data.skip_limit import SkippedDataError
+from cmd_ray.storage import StorageError, mask_credentials
 from cmd_ray.vocabulary import START_TEACHER, VARIANTS, Variant
 
 if TYPE_CHECKING:
@@ -215,6 +216,8 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
         print(f"no detection (centre box used instead): {result.fallback_boxes} pairs")
     if result.unpaired_files:
         print(f"files without a partner: {result.unpaired_files}")
+    if result.resized_tir:
+        print(f"TIR resized to its RGB partner's size: {result.resized_tir} pairs")
     print(f"checkpoint:    {result.checkpoint_path}")
     print(f"MLflow run:    {result.run_location or result.run_id or '(unknown)'}")
     if result.selection is not None:
@@ -259,7 +262,7 @@ def _table1(args: argparse.Namespace) -> int:
     try:
         result = run_table1(cfg)
     except (EvaluationError, ResultsError, ModelLoadError) as exc:
-        print(f"cmd-ray: {exc}", file=sys.stderr)
+        print(f"cmd-ray: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
     print(f"\n{result.table}\n")
     for row in result.rows:
@@ -299,7 +302,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         result = run_evaluation(cfg)
     except (EvaluationError, ResultsError, ModelLoadError) as exc:
-        print(f"cmd-ray evaluate: {exc}", file=sys.stderr)
+        print(f"cmd-ray evaluate: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
     print(
         f"\nevaluation finished in {result.wall_s:.1f} s: {result.num_sequences} sequences x "
@@ -328,7 +331,7 @@ def _compare(args: argparse.Namespace) -> int:
             args.results_dirs, args.protocol, benchmark=args.benchmark, root=args.root, lsotb_subset=args.lsotb_subset
         )
     except ResultsError as exc:
-        print(f"cmd-ray compare: {exc}", file=sys.stderr)
+        print(f"cmd-ray compare: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
     scores = {r.label: r.scores for r in loaded}
     benchmark = loaded[0].benchmark
@@ -350,9 +353,14 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    from cmd_ray.registry import pull
+    from cmd_ray.models.loading import ModelLoadError
+    from cmd_ray.registry import RegistryError, pull
 
-    model, cfg = pull(args.model_uri, args.out, tracking_uri=args.tracking_uri)
+    try:
+        model, cfg = pull(args.model_uri, args.out, tracking_uri=args.tracking_uri)
+    except (RegistryError, ModelLoadError) as exc:
+        print(f"cmd-ray registry pull: {mask_credentials(str(exc))}", file=sys.stderr)
+        return 2
     params = sum(p.numel() for p in model.parameters())
     print(
         f"{args.model_uri}: {type(model).__name__} ({params} parameters, "
@@ -364,7 +372,7 @@ def _registry(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    print(dump_config(cfg), end="")
+    print(mask_credentials(dump_config(cfg)), end="")  # a password in a URI is not for the terminal
     for line in rate_notes(cfg):
         print(f"# {line}")
     return 0
@@ -570,7 +578,7 @@ def _boxes(args: argparse.Namespace) -> int:
     try:
         build_detector(cfg.data, cfg.storage.s3_endpoint_url)  # fails before any cluster work: no HOG, bad weights
     except (DetectorUnavailableError, DetectorWeightsError) as exc:
-        print(f"cmd-ray boxes: {exc}", file=sys.stderr)
+        print(f"cmd-ray boxes: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
     pairs = list_pairs(cfg)
     started = time.perf_counter()
@@ -606,7 +614,7 @@ def _merge(args: argparse.Namespace) -> int:
         else:
             written = merge.merge_modules(args.base, args.out, **parts)
     except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
-        print(f"cmd-ray merge: {exc}", file=sys.stderr)
+        print(f"cmd-ray merge: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
     if shorthand:
         print(f"merged (B3): IoU-Net reference branch from {args.reference}, test branch from {args.test} -> {written}")
@@ -616,8 +624,28 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+class MaskCredentials(logging.Filter):
+    """A handler filter that masks credentials inside URIs in every record it passes
+    (:func:`cmd_ray.storage.mask_credentials`): whatever module logs a tracking URI or data URI, the password of
+    ``https://user:pw@host`` does not reach the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def _mask_log_handlers() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, MaskCredentials) for f in handler.filters):
+            handler.addFilter(MaskCredentials())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _mask_log_handlers()
     args = build_parser().parse_args(argv)
     handlers = {
         "synth": _synth,
@@ -637,8 +665,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ConfigError, EmptyPrefixError, ManifestError, StorageError) as exc:
-        print(f"cmd-ray: {exc}", file=sys.stderr)
+    except (ConfigError, EmptyPrefixError, ManifestError, StorageError, SkippedDataError) as exc:
+        print(f"cmd-ray: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -313,6 +313,16 @@ class DataConfig(_Strict):
     min_box_size: float = Field(8.0, ge=1.0, description="detection: boxes narrower or lower (pixels) are dropped")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of pairs held out for validation")
+    max_skipped_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="a run whose unreadable (skipped) pairs exceed this share of the listed pairs (pretraining: of "
+        "the frames of pretrain.sequences_uri) fails and registers nothing. 1%: a few corrupt files in a real set "
+        "(KAIST ~95k pairs, LLVIP ~15k) stay far below it, while a systematic fault (a broken copy, the wrong "
+        "folder, a format the decoder cannot read) lies far above; every skipped pair is silently replaced by "
+        "another, so beyond a few per hundred an epoch no longer sees the data set it names. 1.0: never fail",
+    )
     num_actors: int = Field(1, ge=1, description="Ray Data actors that decode and crop")
     cpus_per_actor: float = Field(0.5, gt=0.0)
     object_store_memory_mb: int | None = Field(
@@ -1039,7 +1049,12 @@ class EvaluationConfig(_Strict):
     use_gpu: bool = False
     gpus_per_task: float = Field(1.0, gt=0.0, le=1.0, description="with use_gpu; a fraction lets tasks share a GPU")
     plots: bool = Field(True, description="success / precision plots (PNG) into results_dir/plots")
-    overwrite: bool = Field(False, description="re-track sequences that already have complete results")
+    overwrite: bool = Field(
+        False,
+        description="re-track sequences that already have complete results, and replace a tracker folder's results "
+        "of another model or benchmark; only files cmd-ray wrote (a folder with meta.json): another tool's result "
+        "files are refused either way",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationConfig:

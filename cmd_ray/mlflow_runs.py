@@ -3,7 +3,9 @@
 The embedded default is a local ``sqlite:///…/mlflow.db`` backend store (the
 model registry needs a database) with artifacts in ``mlartifacts/`` beside it;
 ``mlflow.tracking_uri`` in the config or ``MLFLOW_TRACKING_URI`` points it at a
-server instead. Values of secret environment variables never reach a param or tag.
+server instead. Values of secret environment variables and credentials inside URIs (``https://user:pw@host``)
+never reach a param, a tag or a printed line (:func:`redact`). Reading never creates a store: a ``sqlite:///`` store
+whose file does not exist is reported (:func:`check_store_exists`), not made.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cmd_ray.config import Config
+from cmd_ray.storage import has_credentials, mask_credentials
 
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 DEFAULT_DB = "mlflow.db"
@@ -30,10 +33,37 @@ def tracking_uri(cfg: Config) -> str:
     A relative sqlite path is made absolute so that Ray workers, whose working
     directory differs from the driver's, write to the same database.
     """
-    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    return resolve_store(cfg.mlflow.tracking_uri)
+
+
+def resolve_store(uri: str | None = None) -> str:
+    """The store ``uri`` names, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///$PWD/mlflow.db``; a relative sqlite
+    path made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
+
+
+class MissingStoreError(ValueError):
+    """A store to read from does not exist; the message names it."""
+
+
+def check_store_exists(uri: str) -> None:
+    """Before a read-only look into store ``uri``: a ``sqlite:///`` store must be an existing file, since opening
+    one creates it (an empty database, ``mlflow.db`` in the working folder by default). Servers are not checked.
+
+    Raises:
+        MissingStoreError: naming the store, and how to point at another.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    if not path.is_file():
+        raise MissingStoreError(
+            f"MLflow store {uri} does not exist (no file {path}); point mlflow.tracking_uri, --tracking-uri or "
+            "MLFLOW_TRACKING_URI at the store that holds the model"
+        )
 
 
 def pin_tracking_uri(cfg: Config) -> Config:
@@ -75,14 +105,15 @@ def experiment_id(cfg: Config) -> str:
 
 
 def redact(value: Any) -> Any:
-    """``value`` with the contents of secret environment variables replaced by ``***``."""
+    """``value`` with the contents of secret environment variables replaced by ``***`` and the credentials inside
+    any URI masked (:func:`cmd_ray.storage.mask_credentials`); other types pass through."""
     if not isinstance(value, str):
         return value
     for name in SECRET_ENV_VARS:
         secret = os.environ.get(name)
         if secret and secret in value:
             value = value.replace(secret, "***")
-    return value
+    return mask_credentials(value)
 
 
 def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
@@ -117,12 +148,40 @@ def log_metrics(cfg: Config, run_id: str, metrics: dict[str, float], step: int) 
     client(cfg).log_batch(run_id, metrics=batch)
 
 
+def log_text(cfg: Config, run_id: str, text: str, artifact_file: str) -> None:
+    """Write ``text`` (secrets redacted) as the run's artifact ``artifact_file``."""
+    client(cfg).log_text(run_id, redact(text), artifact_file)
+
+
 def set_tags(cfg: Config, run_id: str, tags: dict[str, Any]) -> None:
     client(cfg).log_batch(run_id, tags=[RunTag(key, str(redact(value))) for key, value in tags.items()])
 
 
 def end_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
-    client(cfg).set_terminated(run_id, status=status)
+    with url_print_masked(cfg):
+        client(cfg).set_terminated(run_id, status=status)
+
+
+@contextmanager
+def url_print_masked(cfg: Config) -> Iterator[None]:
+    """Within the block, MLflow does not print "View run … at: <tracking URI>/…" (it does when a run of a server
+    store ends) if the tracking URI holds credentials: cmd-ray prints the masked :func:`run_url` instead."""
+    if not has_credentials(tracking_uri(cfg)):
+        yield
+        return
+    before = os.environ.get(SUPPRESS_URL_PRINT)
+    os.environ[SUPPRESS_URL_PRINT] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SUPPRESS_URL_PRINT, None)
+        else:
+            os.environ[SUPPRESS_URL_PRINT] = before
+
+
+SUPPRESS_URL_PRINT = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+"""MLflow's own switch for the run URL it prints when a run ends (read by MLflow at that moment)."""
 
 
 @contextmanager
@@ -137,8 +196,8 @@ def terminated(cfg: Config, run_id: str) -> Iterator[None]:
 
 
 def run_url(cfg: Config, run_id: str) -> str:
-    """Where a person finds the run: the server page, or the local store and id."""
-    uri = tracking_uri(cfg)
+    """Where a person finds the run: the server page, or the local store and id (credentials in the URI masked)."""
+    uri = mask_credentials(tracking_uri(cfg))
     exp = experiment_id(cfg)
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"

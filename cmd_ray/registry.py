@@ -108,6 +108,11 @@ def selection_tags(metric: str, epoch: int, value: float, teacher_value: float) 
     }
 
 
+class RegistryError(ValueError):
+    """A registry URI that is malformed, or names a store, model, version or alias that does not exist; the message
+    names the URI and the store (credentials masked)."""
+
+
 @dataclass(frozen=True)
 class RegisteredModel:
     name: str
@@ -263,7 +268,7 @@ def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | Non
         config_path.write_text(mlflow_runs.redact(dump_config(cfg)))  # no secret reaches a logged file
         weights_path = Path(tmp, WEIGHTS_FILE)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow_runs.url_print_masked(cfg), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model.cpu(),
                 name="model",
@@ -315,19 +320,23 @@ def pull(
 ) -> tuple[nn.Module, Config]:
     """Fetch a registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) as a ready module.
 
-    The weights are loaded into a freshly built network (no pickled code runs).
+    ``tracking_uri`` names the store (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``); the entry is
+    looked up before anything is downloaded or written, and a ``sqlite:///`` store that does not exist is not
+    created. The weights are loaded into a freshly built network (no pickled code runs).
     With ``out_dir``, ``config.yaml`` and ``state_dict.pt`` are also written there.
 
     Returns:
         ``(model in eval mode on CPU, its run config)``.
+
+    Raises:
+        RegistryError: a malformed URI, a store that does not exist, or no such model, version or alias.
     """
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"model URI {model_uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    uri = mlflow_runs.resolve_store(tracking_uri)
+    model_version(model_uri, uri)  # a missing store or entry fails here, naming it, before any download
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=uri))
         config_path = _find(local, CONFIG_FILE, model_uri)
         weights_path = _find(local, WEIGHTS_FILE, model_uri)
         cfg = Config.model_validate(yaml.safe_load(config_path.read_text()))
@@ -381,9 +390,9 @@ def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelFiles:
     """The weights file, config and run id behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
 
     Raises:
-        ValueError: not a ``models:/`` URI, or no such model, version or alias (the message names it).
+        RegistryError: not a ``models:/`` URI, or no such store, model, version or alias (the message names it).
     """
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    uri = mlflow_runs.resolve_store(tracking_uri)
     version = model_version(model_uri, uri)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=uri))
@@ -395,18 +404,42 @@ def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelFiles:
 def model_version(model_uri: str, tracking_uri: str | None = None) -> ModelVersion:
     """The registry entry ``models:/NAME@ALIAS`` points at now (``models:/NAME/VERSION``: that version).
 
+    ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; a ``sqlite:///`` store that
+    does not exist is reported, not created.
+
     Raises:
-        ValueError: not a ``models:/`` URI, or no such model, version or alias (the message names it).
+        RegistryError: not a ``models:/`` URI, or no such store, model, version or alias (the message names the
+            URI and the store, credentials masked).
     """
     name, ref = _parse_model_uri(model_uri)
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    uri = mlflow_runs.resolve_store(tracking_uri)
     try:
+        mlflow_runs.check_store_exists(uri)
+    except mlflow_runs.MissingStoreError as exc:
+        raise RegistryError(f"{model_uri}: {mlflow_runs.redact(str(exc))}") from None
+    store = mlflow_runs.redact(uri)
+    try:
+        client = mlflow_runs.store_client(uri)
         if ref.startswith("@"):
             return client.get_model_version_by_alias(name, ref[1:])
         return client.get_model_version(name, ref)
     except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"{model_uri}: no such registered model version in {uri} ({exc.message})") from None
+        first_line = _first_line(exc.message)
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in first_line:
+            raise RegistryError(f"{model_uri}: cannot read the MLflow store {store} ({first_line})") from None
+        raise RegistryError(
+            f"{model_uri}: no such registered model version in the MLflow store {store} ({first_line})"
+        ) from None
+    except Exception as exc:  # the store cannot be opened at all: no driver for its scheme, unreachable, …
+        raise RegistryError(
+            f"{model_uri}: cannot open the MLflow store {store} ({type(exc).__name__}: {_first_line(str(exc))})"
+        ) from None
+
+
+def _first_line(text: str) -> str:
+    """The first line of an error message, secrets masked."""
+    lines = str(mlflow_runs.redact(text)).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _parse_model_uri(model_uri: str) -> tuple[str, str]:
@@ -420,7 +453,7 @@ def _parse_model_uri(model_uri: str) -> tuple[str, str]:
         name, version = body.split("/")
         if name and version.isdigit():
             return name, version
-    raise ValueError(f"model URI {model_uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+    raise RegistryError(f"model URI {model_uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
 def _find(root: Path, file_name: str, model_uri: str) -> Path:

@@ -5,10 +5,10 @@ checkpoint. That is only sound when the new config describes the same run: the s
 starting weights (``model.init_checkpoint``, ``distill.start.*``), learning rates (``distill.lr_scale`` among
 them: it changes the resolved rates as ``distill.lr_tcl`` does), schedule and seed. A resume may change where the
 run lives and how it is executed (the ``storage.*`` and ``scaling.*`` settings, the Ray Data actor pool, progress
-bars, the MLflow server), and how long it trains (``distill.epochs``, ``pretrain.epochs`` for the pretrain
-job). Every other difference between the config stored in the run's checkpoint and the new one is a *blocker*:
-:func:`resume_blockers` lists them, :func:`check_resume` raises a :class:`~cmd_ray.config.ConfigError` naming each
-key with its old and new value and how to start a new run instead.
+bars, the MLflow server, the cap on unreadable data), and how long it trains (``distill.epochs``, ``pretrain.epochs``
+for the pretrain job). Every other difference between the config stored in the run's checkpoint and the new one is
+a *blocker*: :func:`resume_blockers` lists them, :func:`check_resume` raises a :class:`~cmd_ray.config.ConfigError`
+naming each key with its old and new value and how to start a new run instead.
 
 Settings no training job reads (``tune.*``, ``synth.*``, ``tracker.*``, ``evaluation.*``) never block, and
 neither do those of the other job (``pretrain.*`` for distillation; for pretraining, the distillation-only
@@ -36,6 +36,7 @@ RESUMABLE: tuple[str, ...] = (
     "data.preserve_order",
     "data.progress",
     "data.label_selector",
+    "data.max_skipped_fraction",  # how much unreadable data the run tolerates, not what it trains on
 )
 """Dotted keys (a section name covers all its keys) that any resume may change: where the run's checkpoints
 and records live and how the run is executed, never what it trains on or how it learns."""

@@ -169,6 +169,36 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+_URI_AUTHORITY = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^\s/?#\"'<>]*)")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:password|passwd|pwd|token|access_token|secret|api_key|apikey)=)(?P<value>[^&;#\s\"'<>]+)",
+    re.IGNORECASE,
+)
+MASK = "***"
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the credentials inside any URI it holds masked: the password of ``scheme://user:password@host``
+    (``user:***@host``), a user part without a password (often a token: ``***@host``), and the value of a
+    ``password``, ``token``, ``secret`` or ``api_key`` query parameter. The one helper every log line, printed
+    line, MLflow param or tag and error message that may carry a URI goes through (``mlflow.tracking_uri``
+    ``https://user:pw@host``, ``postgresql://user:pw@host/db``, ``s3://key:secret@bucket``)."""
+
+    def authority(match: re.Match[str]) -> str:
+        userinfo, at, host = match["authority"].rpartition("@")
+        if not at:
+            return match[0]
+        user, colon, _ = userinfo.partition(":")
+        return f"{match['scheme']}{user + ':' + MASK if colon else MASK}@{host}"
+
+    return _SECRET_QUERY.sub(lambda m: m["key"] + MASK, _URI_AUTHORITY.sub(authority, text))
+
+
+def has_credentials(uri: str) -> bool:
+    """Whether :func:`mask_credentials` would hide something in ``uri``."""
+    return mask_credentials(uri) != uri
+
+
 def s3_endpoint(endpoint_url: str | None = None) -> str | None:
     """The S3 endpoint in force: the argument, else the standard environment variables."""
     return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

@@ -35,10 +35,11 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import TRACKING_METRICS, Config, metric_mode
 from cmd_ray.data.distill_stream import list_pairs
+from cmd_ray.data.skip_limit import SkippedDataError
 from cmd_ray.evaluation.validation import TrackingValidator, tracking_validator
 from cmd_ray.storage import ray_storage
 from cmd_ray.train.teacher import Teacher, log_start, resolve_start, start_tags
-from cmd_ray.train.trainer import check_trainable, fit
+from cmd_ray.train.trainer import SKIPPED_TAG, check_trainable, fit
 
 SEARCHED = ("lr_tcl", "lr_bbe", "loss_weight_bbe")
 TRIAL_TAG = "cmd_ray.tune_trial_id"
@@ -230,6 +231,12 @@ def _child_runs(cfg: Config, parent: str) -> dict[str, str]:
     return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs if TRIAL_TAG in run.data.tags}
 
 
+def _skipped_too_much(cfg: Config, parent: str) -> set[str]:
+    """Trial ids whose run skipped more data than ``data.max_skipped_fraction`` allows (they failed; never picked)."""
+    runs = mlflow_runs.find_runs(cfg, f"tags.mlflow.parentRunId = '{parent}'")
+    return {run.data.tags[TRIAL_TAG] for run in runs if TRIAL_TAG in run.data.tags and SKIPPED_TAG in run.data.tags}
+
+
 def _run_trial(
     params: dict[str, float],
     base: dict[str, Any],
@@ -335,7 +342,17 @@ def run_sweep(cfg: Config, pairs: list[tuple[str, str]] | None = None) -> SweepR
         trial_metrics = {t: float(r.metrics[metric]) for t, r in results.items() if r.metrics and metric in r.metrics}
         trial_table = {t: _table_row(r.metrics or {}) for t, r in results.items()}
         trial_params = {t: {n: float(r.config[n]) for n in SEARCHED if n in r.config} for t, r in results.items()}
-        checkpointed = {t: value for t, value in trial_metrics.items() if "checkpoint_path" in results[t].metrics}
+        refused = _skipped_too_much(cfg, sweep_run)
+        checkpointed = {
+            t: value
+            for t, value in trial_metrics.items()
+            if "checkpoint_path" in results[t].metrics and t not in refused
+        }
+        if refused and not checkpointed:
+            raise SkippedDataError(
+                f"every trial of sweep {cfg.storage.run_name} skipped more data than data.max_skipped_fraction="
+                f"{cfg.data.max_skipped_fraction:g} allows (see the trial runs' {SKIPPED_TAG} tags): nothing registered"
+            )
         if not checkpointed:
             raise RuntimeError(f"no trial of sweep {cfg.storage.run_name} reported a checkpoint")
         best_trial = pick_best(checkpointed, mode)

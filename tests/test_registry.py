@@ -319,8 +319,8 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 
 def test_evaluation_tags_the_version_it_scored_and_logs_the_same_artifact_tree(registered, tmp_path):
     from cmd_ray.evaluation.benchmarks import read_benchmark
-    from cmd_ray.evaluation.results import write_result
-    from cmd_ray.evaluation.runner import run_evaluation
+    from cmd_ray.evaluation.results import prepare_tracker_dir, write_result
+    from cmd_ray.evaluation.runner import run_evaluation, tracker_meta
 
     root = _synthetic_demo(registered.root)
     results = tmp_path / "results"
@@ -335,9 +335,12 @@ def test_evaluation_tags_the_version_it_scored_and_logs_the_same_artifact_tree(r
             f"evaluation.trackers={trackers}",
         ],
     )
-    # Complete result files for every (tracker, sequence), so the job only scores and logs (no Ray task runs):
-    # the ground truth for the model, frame 1's box throughout for the static box.
-    for seq in read_benchmark("synthetic", str(root), None):
+    # Complete result files for every (tracker, sequence), as an earlier evaluation left them (meta.json first), so
+    # the job only scores and logs (no Ray task runs): the ground truth for the model, frame 1's box for the static.
+    sequences = read_benchmark("synthetic", str(root), None)
+    for i, tracker in enumerate(cfg.evaluation.trackers):
+        prepare_tracker_dir(results / tracker.name, tracker_meta(cfg, tracker, i, sequences))
+    for seq in sequences:
         gt = np.asarray(seq.ground_truth, dtype=np.float64)
         write_result(results / "distilled", seq.name, gt, np.full(len(gt), 0.02))
         write_result(results / "static", seq.name, np.repeat(gt[:1], len(gt), axis=0), np.zeros(len(gt)))
@@ -393,3 +396,36 @@ def test_python_api_doc_runs_as_written(registered, monkeypatch, capsys):
     np.testing.assert_allclose(result.boxes[0], gt[0])
     assert str(namespace["version"].version) == registered.student.version
     assert "variant: D3 loss from the teacher (distill.variant=D3" in capsys.readouterr().out
+
+
+def test_a_missing_store_is_named_and_never_created(tmp_path, monkeypatch, capsys):
+    """``cmd-ray registry pull`` only looks: a sqlite store that does not exist is reported (rc 2), not created."""
+    from cmd_ray.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(registry.RegistryError, match=rf"MLflow store sqlite:///{tmp_path}/mlflow\.db does not exist"):
+        registry.pull("models:/nonexistent@alias")
+    rc = main(["registry", "pull", "models:/nonexistent@alias", "--out", "pulled"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("cmd-ray registry pull: models:/nonexistent@alias: MLflow store sqlite:///")
+    assert "Traceback" not in err[0]
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no pulled/
+
+
+def test_a_missing_entry_in_an_existing_store_gives_rc_2_naming_the_store(cfg, tmp_path, capsys):
+    from cmd_ray.cli import main
+
+    run_id = mlflow_runs.start_run(cfg, "makes-the-store")
+    mlflow_runs.end_run(cfg, run_id)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    store = cfg.mlflow.tracking_uri
+    rc = main(
+        ["registry", "pull", "models:/nonexistent@alias", "--out", str(tmp_path / "pulled"), "--tracking-uri", store]
+    )
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cmd-ray")]  # MLflow logs too
+    assert rc == 2 and len(err) == 1
+    expected = f"models:/nonexistent@alias: no such registered model version in the MLflow store {store}"
+    assert err[0].startswith(f"cmd-ray registry pull: {expected}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -124,6 +124,7 @@ class SampleMaker:
         self._skip_counter = skip_counter
         self._local = SkipTally() if skip_counter is None else None
         self._bad: set[int] = set()
+        self._resized: set[int] = set()  # pairs whose TIR resize is reported already (once per maker)
         self._retries = 0  # storage retries made by this maker's loads, not yet reported
         self._transient: list[tuple[str, str]] = []  # (key, reason) not yet reported
         self._remote = self._pairs.rgb_uri(0).startswith("s3://")
@@ -259,7 +260,12 @@ class SampleMaker:
         rgb_uri, tir_uri = self._pairs[pair_index]
         rgb = decode_rgb(self._read(rgb_uri), rgb_uri)
         tir = decode_tir(self._read(tir_uri), tir_uri)
-        return align_pair(rgb, tir, key=rgb_uri)
+        aligned = align_pair(rgb, tir, key=rgb_uri)
+        if aligned[1].shape != tir.shape and pair_index not in self._resized:
+            self._resized.add(pair_index)
+            (th, tw), (rh, rw) = tir.shape, rgb.shape[:2]
+            self._record("record_resized", self._pairs.key(pair_index), f"TIR {tw}x{th} -> {rw}x{rh}")
+        return aligned
 
     def boxes(self, pair_index: int, rgb: np.ndarray, tir: np.ndarray) -> PseudoBoxes:
         """The pseudo boxes of pair ``pair_index`` (decoded as ``rgb``, ``tir``) for ``data.boxes``."""

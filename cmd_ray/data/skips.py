@@ -1,6 +1,6 @@
-"""What a sample stream could not use as intended: skipped pairs, centre-box fallbacks, unpaired files and
-storage retries, counted once per key across every data actor (a zero-CPU :class:`SkipCounter` actor) or locally
-(:class:`SkipTally`, when a maker runs without Ray)."""
+"""What a sample stream could not use as intended: skipped pairs, centre-box fallbacks, unpaired files, TIR images
+resized to their RGB partner and storage retries, counted once per key across every data actor (a zero-CPU
+:class:`SkipCounter` actor) or locally (:class:`SkipTally`, when a maker runs without Ray)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ class SkipReport:
         transient_failures: reads that failed transiently on every attempt (count of occurrences); the pair was
             not used for that sample but stays in the data set. ``transient_examples``: the first few
             ``"key: reason"``.
+        resized_tir: pairs whose TIR image had another size (same aspect) than its RGB partner and was resized to
+            it (:func:`cmd_ray.data.processing.align_pair`; each pair once); ``resized_examples`` the first few
+            ``"key: TIR wxh -> wxh"``.
     """
 
     skipped: int = 0
@@ -42,6 +45,8 @@ class SkipReport:
     retries: int = 0
     transient_failures: int = 0
     transient_examples: list[str] = field(default_factory=list)
+    resized_tir: int = 0
+    resized_examples: list[str] = field(default_factory=list)
 
 
 class SkipTally:
@@ -53,6 +58,7 @@ class SkipTally:
     def __init__(self) -> None:
         self._skipped: set[str] = set()
         self._fallbacks: set[str] = set()
+        self._resized: set[str] = set()
         self._report = SkipReport()
 
     def record(self, key: str, reason: str) -> None:
@@ -75,6 +81,17 @@ class SkipTally:
         if len(self._report.fallback_examples) < EXAMPLES_KEPT:
             self._report.fallback_examples.append(key)
         logger.info("no detection in pair %s: using the centre box", key)
+
+    def record_resized(self, key: str, change: str) -> None:
+        """Pair ``key``'s TIR image was resized to its RGB partner's size (``change``: ``"TIR 320x256 -> 640x512"``);
+        counted and logged once per key."""
+        if key in self._resized:
+            return
+        self._resized.add(key)
+        self._report.resized_tir += 1
+        if len(self._report.resized_examples) < EXAMPLES_KEPT:
+            self._report.resized_examples.append(f"{key}: {change}")
+        logger.info("pair %s: %s (resized to its RGB partner)", key, change)
 
     def record_storage(self, retries: int, transient: list[tuple[str, str]]) -> None:
         """Add ``retries`` storage retries and the ``(key, reason)`` of reads that failed transiently after every
@@ -99,8 +116,8 @@ class SkipTally:
 
 @ray.remote(num_cpus=0)
 class SkipCounter:
-    """Counts skipped pairs, centre-box fallbacks, unpaired files, storage retries and transient read failures
-    across all data actors (see :class:`SkipTally`)."""
+    """Counts skipped pairs, centre-box fallbacks, unpaired files, resized TIR images, storage retries and transient
+    read failures across all data actors (see :class:`SkipTally`)."""
 
     def __init__(self) -> None:
         self._tally = SkipTally()
@@ -110,6 +127,9 @@ class SkipCounter:
 
     def record_fallback(self, key: str) -> None:
         self._tally.record_fallback(key)
+
+    def record_resized(self, key: str, change: str) -> None:
+        self._tally.record_resized(key, change)
 
     def record_storage(self, retries: int, transient: list[tuple[str, str]]) -> None:
         self._tally.record_storage(retries, transient)

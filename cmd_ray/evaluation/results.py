@@ -480,11 +480,42 @@ def _settings_change(old: ResultMeta, new: ResultMeta) -> str | None:
     return f"the tracker settings changed ({describe_changes(old.settings, new.settings)})"
 
 
+def foreign_result_files(
+    tracker_dir: Path | str, sequences: Iterable[str], endpoint_url: str | None = None
+) -> list[str]:
+    """The result files of ``sequences`` (``<seq>.txt``, ``<seq>_time.txt``) in a folder cmd-ray did not write: one
+    without ``meta.json`` (cmd-ray writes it before any result file). Empty for cmd-ray's folders and new ones."""
+    if _read_meta_text(tracker_dir, endpoint_url) is not None:
+        return []
+    names = {f"{seq}{suffix}" for seq in sequences for suffix in (BOXES_SUFFIX, TIMES_SUFFIX)}
+    return sorted(list_files(tracker_dir, endpoint_url) & names)
+
+
+def check_not_foreign(tracker_dir: Path | str, sequences: Iterable[str], endpoint_url: str | None = None) -> None:
+    """Refuse a result folder that holds another tool's results of ``sequences`` (:func:`foreign_result_files`):
+    evaluating into it would overwrite them, or take a complete one for cmd-ray's. ``evaluation.overwrite`` is the
+    permission to replace what cmd-ray wrote, not another tool's files: it does not lift this.
+
+    Raises:
+        ResultsError: naming the first such file, their count, and how to proceed.
+    """
+    found = foreign_result_files(tracker_dir, sequences, endpoint_url)
+    if found:
+        folder = location(tracker_dir)
+        raise ResultsError(
+            f"{storage.join(folder, found[0])} was not written by cmd-ray ({folder} has no {META_FILE}; "
+            f"{len(found)} result file(s) of this evaluation's sequences there): evaluate neither overwrites nor "
+            "reuses another tool's results, with or without evaluation.overwrite=true. Move those files away, or "
+            "evaluate into a folder of its own (evaluation.results_dir, or another tracker name)"
+        )
+
+
 def prepare_tracker_dir(
     tracker_dir: Path | str, meta: ResultMeta, overwrite: bool = False, endpoint_url: str | None = None
 ) -> ResultMeta:
     """Write ``meta`` into the folder (created on local disk); refuse to mix results of another model or benchmark,
-    and drop results tracked under other settings.
+    refuse a folder of another tool's results (:func:`check_not_foreign`, whatever ``overwrite`` says), and drop
+    results tracked under other settings.
 
     When ``meta.json`` already exists with the same identity (:meth:`ResultMeta.identity`), its sequences are kept
     and the new ones appended, so results of an earlier run stay part of the folder. A different identity raises
@@ -498,6 +529,7 @@ def prepare_tracker_dir(
     Returns:
         the meta written.
     """
+    check_not_foreign(tracker_dir, meta.sequences, endpoint_url)
     if not overwrite and _read_meta_text(tracker_dir, endpoint_url) is not None:
         old = read_meta(tracker_dir, endpoint_url)
         changed = {k: (v, meta.identity()[k]) for k, v in old.identity().items() if v != meta.identity()[k]}

@@ -5,6 +5,9 @@
 1. read the benchmark's sequences (``evaluation.benchmark``/``root``) and check every tracker's result folder
    (``results_dir/<tracker>/meta.json``: results of another model or benchmark are never mixed in) — all before
    any cluster work;
+   A folder without ``meta.json`` that holds result files of these sequences belongs to another tool: the job refuses
+   it (:func:`~cmd_ray.evaluation.results.check_not_foreign`), ``evaluation.overwrite`` or not, before writing
+   anything;
 2. plan: a (tracker, sequence) whose result files are complete (one line per frame) is skipped, unless
    ``evaluation.overwrite`` or the folder's results were tracked under other settings (``meta.json`` records
    ``tracker.*`` and the weights file's stamp; :func:`~cmd_ray.evaluation.results.prepare_tracker_dir` removes
@@ -55,6 +58,7 @@ from cmd_ray.evaluation.results import (
     S3_READ_THREADS,
     ResultMeta,
     atomic_write_text,
+    check_not_foreign,
     complete_sequences,
     frames_per_second,
     list_files,
@@ -482,9 +486,15 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
     metas = {}
     todo: list[_Task] = []
     skipped = 0
+    planned = [
+        (where, tracker, tracker_meta(cfg, tracker, i, where.sequences, where.root))
+        for where in passes
+        for i, tracker in enumerate(ev.trackers)
+    ]
+    for where, tracker, meta in planned:  # another tool's results anywhere: refused before any folder is written
+        check_not_foreign(where.tracker_dirs[tracker.name], meta.sequences, endpoint)
     for where in passes:
-        for i, tracker in enumerate(ev.trackers):
-            meta = tracker_meta(cfg, tracker, i, where.sequences, where.root)
+        for tracker, meta in [(t, m) for w, t, m in planned if w is where]:
             meta = prepare_tracker_dir(where.tracker_dirs[tracker.name], meta, ev.overwrite, endpoint)
             if where is tir_pass:
                 metas[tracker.name] = meta

@@ -96,7 +96,12 @@ def _pytracking_from_raw(raw: Any, path: Path) -> PytrackingCheckpoint:
     else:
         weights = next((raw[k] for k in ("net", "model", "state_dict") if isinstance(raw.get(k), Mapping)), None)
     if weights is None:
-        raise CheckpointError(f"checkpoint {path} has no 'net' state dict (keys: {sorted(map(str, raw))[:10]})")
+        held = next((raw[k] for k in ("net", "model", "state_dict") if k in raw), None)
+        if isinstance(held, PickledObject):  # e.g. a pickled call of os.system where the weights belong: never run
+            what = f"holds a pickled {type(held).qualname()} where its state dict belongs"
+        else:
+            what = f"has no 'net' state dict (keys: {sorted(map(str, raw))[:10]})"
+        raise CheckpointError(f"checkpoint {path} {what}")
     state, dropped, stripped = normalize_weights(weights, path)
 
     constructor = to_plain(raw.get("constructor"))

@@ -5,6 +5,12 @@
 or a pytracking checkpoint, local or on S3. The driver reads it once; workers get the bytes from the Ray
 object store, so a hundred workers do not each download a 200 MB file.
 
+Every URI is read *and checked* here, before Ray starts (:func:`check_weights`): a file the restricted unpickler
+refuses (corrupt, or one whose pickle names code to run), or weights of another network (nothing fits, or tensors
+of another shape), fail with a :class:`~cmd_ray.config.ConfigError` naming the setting and the URI, instead of a
+worker error that Ray Train retries ``storage.max_failures`` times. The workers load by the same rule
+(:func:`load_teacher_weights`).
+
 A D row whose config names its start (``distill.start``: B3, or B1 and B2, and C1, any of the same kinds of URI)
 starts instead from B3's IoU-Net with C1's classifier (§4.3), merged here on the driver with
 :func:`cmd_ray.distill.merge.merge_modules` (:func:`resolve_start`); ``jobs/table1.py`` merges B3 with the same
@@ -26,6 +32,7 @@ from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config, ConfigError
 from cmd_ray.distill.merge import merge_modules
 from cmd_ray.models.checkpoint import LoadReport, load_into, load_state_dict
+from cmd_ray.models.dimpnet import build_model
 from cmd_ray.models.loading import checkpoint_file
 from cmd_ray.models.safe_unpickler import CheckpointError
 from cmd_ray.registry import START_TAG, VARIANT_TAG, start_source_tags, start_sources_text
@@ -120,21 +127,80 @@ def read_weights(cfg: Config, uri: str, key: str) -> Teacher:
                 f"{key} {uri} is a {theirs.architecture}/{theirs.preset} network, but this run "
                 f"builds {ours.architecture}/{ours.preset}: set model.architecture and model.preset to match"
             )
+        check_weights(cfg, files.weights, key, uri)
         return Teacher(uri, files.weights, files.run_id, files.version)
     try:
         weights = read_bytes(checkpoint_file(uri, cfg.storage.s3_endpoint_url), cfg.storage.s3_endpoint_url)
     except (StorageError, OSError) as exc:
         where = "on S3" if is_s3(uri) else "on this machine"
         raise ConfigError(f"{key} {uri} cannot be read {where}: {exc}") from None
+    check_weights(cfg, weights, key, uri)
     return Teacher(uri, weights, run_id=_producing_run(weights))
 
 
-def merge_weights(base: bytes, **parts: bytes) -> bytes:
+def parse_weights(weights: bytes, source: str) -> dict[str, torch.Tensor]:
+    """The state dict held by ``weights`` (a weights file's bytes), read as
+    :func:`~cmd_ray.models.checkpoint.load_state_dict` reads a file: no pickled code runs.
+
+    Raises:
+        CheckpointError: naming ``source`` (the URI the bytes came from), not the temporary file they pass through.
+    """
+    with tempfile.TemporaryDirectory(prefix="cmd-ray-weights-") as tmp:
+        path = Path(tmp) / "weights.pt"
+        path.write_bytes(weights)
+        try:
+            return load_state_dict(path)
+        except CheckpointError as exc:
+            raise CheckpointError(" ".join(str(exc).replace(str(path), source).split())) from None
+
+
+def fit_problem(report: LoadReport) -> str | None:
+    """Why weights loaded with ``report`` (:func:`~cmd_ray.models.checkpoint.load_into`) are not a network of this
+    kind: nothing fits, or a tensor has another shape than the network's (a checkpoint of another preset or
+    architecture); ``None`` when they are. Missing and extra keys alone are fine (backbone-only weights, a
+    pytracking file's extra buffers): they are logged as a partial load."""
+    if not report.loaded:
+        return "no tensor of it fits this network"
+    if report.shape_mismatches:
+        key, (theirs, ours) = next(iter(report.shape_mismatches.items()))
+        return (
+            f"{len(report.shape_mismatches)} tensor(s) have another shape than this network's, e.g. {key}: "
+            f"{list(theirs)} in the file, {list(ours)} in the network"
+        )
+    return None
+
+
+def check_weights(cfg: Config, weights: bytes, key: str, uri: str) -> LoadReport:
+    """Parse ``weights`` (read from ``uri``, the value of setting ``key``) and load them into ``cfg``'s network by
+    the rule the training workers use (:func:`load_teacher_weights`), here on the driver before any cluster work.
+
+    Raises:
+        ConfigError: naming ``key`` and ``uri``: a file the restricted unpickler refuses or that holds no state dict,
+            or weights of another network (:func:`fit_problem`).
+    """
+    try:
+        state = parse_weights(weights, uri)
+    except CheckpointError as exc:
+        raise ConfigError(f"{key}={uri} is not a usable checkpoint: {exc}") from None
+    report = load_into(build_model(cfg), state)
+    problem = fit_problem(report)
+    if problem is not None:
+        network = f"{cfg.model.architecture}/{cfg.model.preset}"
+        raise ConfigError(
+            f"{key}={uri} does not fit the {network} network this run builds: {problem}. Point {key} at weights of "
+            "this network, or set model.architecture and model.preset to the file's"
+        )
+    return report
+
+
+def merge_weights(base: bytes, names: dict[str, str] | None = None, **parts: bytes) -> bytes:
     """:func:`~cmd_ray.distill.merge.merge_modules` on weights in memory: ``base`` with each part (``tcl``,
     ``bbe_reference``, ``bbe_test``) taken from the weights given for it; returns a plain state dict's bytes.
 
     Raises:
-        CheckpointError: weights that do not merge (key sets or shapes that differ, a part ``base`` lacks).
+        CheckpointError: weights that do not merge (key sets or shapes that differ, a part ``base`` lacks); the
+            message names each input by ``names`` (``{"base": …, part: …}``, e.g. their URIs), not by the temporary
+            files they pass through.
     """
     with tempfile.TemporaryDirectory(prefix="cmd-ray-merge-") as tmp:
         folder = Path(tmp)
@@ -142,7 +208,13 @@ def merge_weights(base: bytes, **parts: bytes) -> bytes:
         for part, weights in parts.items():
             (folder / f"{part}.pt").write_bytes(weights)
         files = {part: folder / f"{part}.pt" for part in parts}
-        return merge_modules(folder / "base.pt", folder / "merged.pt", **files).read_bytes()
+        try:
+            return merge_modules(folder / "base.pt", folder / "merged.pt", **files).read_bytes()
+        except CheckpointError as exc:
+            text = str(exc)
+            for name, label in (names or {}).items():
+                text = text.replace(str(folder / f"{name}.pt"), label)
+            raise CheckpointError(text) from None
 
 
 def merge_uris(cfg: Config, base: tuple[str, str], **parts: tuple[str, str]) -> bytes:
@@ -159,8 +231,9 @@ def merge_uris(cfg: Config, base: tuple[str, str], **parts: tuple[str, str]) -> 
 
     base_weights = read(*base)
     part_weights = {part: read(*named) for part, named in parts.items()}
+    names = {"base": base[1], **{part: uri for part, (_, uri) in parts.items()}}
     try:
-        return merge_weights(base_weights, **part_weights)
+        return merge_weights(base_weights, names, **part_weights)
     except (CheckpointError, ValueError) as exc:
         keys = ", ".join([base[0], *(key for key, _ in parts.values())])
         raise ConfigError(f"{keys}: cannot merge: {exc}") from None
@@ -224,19 +297,19 @@ def _producing_run(weights: bytes) -> str | None:
 
 
 def load_teacher_weights(model: nn.Module, teacher: Teacher) -> LoadReport | None:
-    """Load ``teacher``'s weights into ``model`` (what fits; the rest is reported).
+    """Load ``teacher``'s weights into ``model``: missing and extra keys are reported, weights of another network
+    (:func:`fit_problem`) refused. The driver checks every start by this rule before Ray starts
+    (:func:`check_weights`), so a worker meets no bad file.
 
     Raises:
-        CheckpointError: nothing in the file fits the network.
+        CheckpointError: naming the starting weights' source: an unreadable file, or weights of another network.
     """
     if teacher.weights is None:
         return None
-    with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-        tmp.write(teacher.weights)
-        tmp.flush()
-        report = load_into(model, load_state_dict(tmp.name))
-    if not report.loaded:
-        raise CheckpointError(f"starting weights {teacher.describe()} have nothing that fits this network")
+    report = load_into(model, parse_weights(teacher.weights, teacher.describe()))
+    problem = fit_problem(report)
+    if problem is not None:
+        raise CheckpointError(f"starting weights {teacher.describe()} do not fit this network: {problem}")
     if not report.ok:
         logger.warning("teacher %s loaded partially:\n%s", teacher.describe(), report)
     return report

@@ -42,6 +42,7 @@ from cmd_ray.data.distill_stream import list_pairs, split_pairs, training_datase
 from cmd_ray.data.epochs import EpochCursor
 from cmd_ray.data.pretrain_stream import pretraining_dataset
 from cmd_ray.data.sequences import LabeledSequence, list_sequences, split_sequences
+from cmd_ray.data.skip_limit import SkippedDataError, skipped_share_error
 from cmd_ray.data.skips import SkipCounter, SkipReport
 from cmd_ray.data.streams import ingest_config, on_driver_node
 from cmd_ray.models.training_state import load_training_state
@@ -82,6 +83,8 @@ class TrainingResult:
     skipped_pairs: int
     fallback_boxes: int = 0
     unpaired_files: int = 0
+    resized_tir: int = 0
+    """Pairs whose TIR image was resized to its RGB partner's size (same aspect, other size)."""
     resumed_from_epoch: int | None = None
     teacher: Teacher | None = None
     nothing_to_train: bool = False
@@ -366,13 +369,64 @@ def fit(
         "unpaired_files": report.unpaired,
         "s3_retries_total": report.retries,
         "transient_read_failures_total": report.transient_failures,
+        "resized_tir_total": report.resized_tir,
     }
     mlflow_runs.log_metrics(cfg, run_id, totals, step=schedule.epochs)
     if report.skipped:
         logger.warning("%d pair(s) skipped: %s", report.skipped, "; ".join(report.examples[:5]))
     if report.fallback_boxes:
         logger.warning("%d pair(s) had no detection and trained on the centre box", report.fallback_boxes)
+    if report.resized_tir:
+        logger.warning(
+            "%d pair(s) had a TIR image of another size than its RGB partner, resized to it (same aspect), e.g. %s",
+            report.resized_tir,
+            report.resized_examples[:3],
+        )
+    check_skipped(cfg, run_id, report, len(pairs), "pairs")
     return result, report
+
+
+SKIPPED_TAG = "cmd_ray.too_much_skipped"
+"""Run tag of a run that skipped more than ``data.max_skipped_fraction``: ``"<skipped>/<total> <unit>"``."""
+SKIPPED_ARTIFACT = "skipped.txt"
+"""Run artifact listing the skipped items (the first ones, with their reasons) and the count per reason."""
+
+
+def skipped_listing(report: SkipReport, total: int, unit: str) -> str:
+    """The text of :data:`SKIPPED_ARTIFACT`: the count and share, the count per reason, the first skipped items."""
+    lines = [f"{report.skipped} of {total} {unit} skipped as unreadable", "", "by reason:"]
+    lines += [f"  {count}  {reason}" for reason, count in sorted(report.by_reason.items(), key=lambda kv: -kv[1])]
+    lines += ["", f"first {len(report.examples)}:", *(f"  {line}" for line in report.examples)]
+    return "\n".join(lines) + "\n"
+
+
+def check_skipped(cfg: Config, run_id: str, report: SkipReport, total: int, unit: str) -> None:
+    """Fail the run when more than ``data.max_skipped_fraction`` of its ``total`` items (``unit``) were skipped.
+
+    Whenever anything was skipped the list goes to the run's artifact :data:`SKIPPED_ARTIFACT`; a run over the limit
+    also gets :data:`SKIPPED_TAG` (so that a rerun of it registers nothing either, :func:`_nothing_to_train`).
+
+    Raises:
+        SkippedDataError: the count, the share, the first skipped items and where the rest are listed.
+    """
+    if report.skipped:
+        mlflow_runs.log_text(cfg, run_id, skipped_listing(report, total, unit), SKIPPED_ARTIFACT)
+    where = f"artifact {SKIPPED_ARTIFACT} of MLflow run {run_id} and the job log's 'skipping' warnings"
+    error = skipped_share_error(report.skipped, total, cfg.data.max_skipped_fraction, unit, report.examples, where)
+    if error is not None:
+        mlflow_runs.set_tags(cfg, run_id, {SKIPPED_TAG: f"{report.skipped}/{total} {unit}"})
+        raise error
+
+
+def _refused_for_skips(cfg: Config, tags: dict[str, str], run_id: str) -> SkippedDataError | None:
+    """The error of a finished run whose :data:`SKIPPED_TAG` still exceeds ``data.max_skipped_fraction``."""
+    recorded = tags.get(SKIPPED_TAG)
+    if not recorded:
+        return None
+    counts, _, unit = recorded.partition(" ")
+    skipped, _, total = counts.partition("/")
+    where = f"artifact {SKIPPED_ARTIFACT} of MLflow run {run_id}"
+    return skipped_share_error(int(skipped), int(total), cfg.data.max_skipped_fraction, unit, (), where)
 
 
 def storage_uri(cfg: Config, path: str) -> str:
@@ -488,6 +542,7 @@ def _finish(
         skipped_pairs=skipped.skipped,
         fallback_boxes=skipped.fallback_boxes,
         unpaired_files=skipped.unpaired,
+        resized_tir=skipped.resized_tir,
         resumed_from_epoch=resumed,
         teacher=teacher,
         selection=selection,
@@ -524,13 +579,18 @@ def _nothing_to_train(cfg: Config, schedule: Schedule, previous: PreviousRun, re
         try:
             history = epoch_history(cfg, run_id)
             location = mlflow_runs.run_url(cfg, run_id)
+            tags = mlflow_runs.client(cfg).get_run(run_id).data.tags
         except Exception as exc:  # the run's MLflow record is elsewhere (another tracking_uri): report without it
-            logger.info("MLflow run %s not readable from %s: %s", run_id, mlflow_runs.tracking_uri(cfg), exc)
+            store = mlflow_runs.redact(mlflow_runs.tracking_uri(cfg))
+            logger.info("MLflow run %s not readable from %s: %s", run_id, store, exc)
             note += (
-                f" Its MLflow run {run_id} is not in {mlflow_runs.tracking_uri(cfg)}, so nothing is registered there:"
+                f" Its MLflow run {run_id} is not in {store}, so nothing is registered there:"
                 f" train anew under another {RUN_NAME_KEY[schedule.job]} to record it in this store."
             )
         else:
+            refused = _refused_for_skips(cfg, tags, run_id)
+            if refused is not None:  # its training skipped too much: a rerun registers nothing either
+                raise refused
             if register:
                 registered = _register_finished(cfg, schedule, run_id, previous.checkpoint_path)
     return TrainingResult(
@@ -677,6 +737,7 @@ def run_pretraining(cfg: Config, sequences: list[LabeledSequence] | None = None)
         result = _fit(cfg, schedule, datasets, run_id, teacher, skip_counter, cursor)
         report = ray.get(skip_counter.report.remote())
         mlflow_runs.log_metrics(cfg, run_id, {"skipped_frames_total": report.skipped}, step=schedule.epochs)
+        check_skipped(cfg, run_id, report, sum(len(s.frames) for s in sequences), "frames")
         return result, report
 
     return _finish(cfg, schedule, run_id, resumed, teacher, train)

@@ -11,7 +11,7 @@ from pair_samples import data_config, maker_for
 from cmd_ray.config import load_config
 from cmd_ray.data.detect import DetectorWeightsError, hog_available
 from cmd_ray.data.distill_stream import SampleMaker, list_pairs, split_pairs, training_dataset
-from cmd_ray.data.images import encode_rgb
+from cmd_ray.data.images import encode_rgb, encode_tir
 from cmd_ray.data.pairs import PairTable, write_manifest
 from cmd_ray.data.skips import SkipCounter
 from cmd_ray.data.streams import TRAIN_STREAM
@@ -144,6 +144,29 @@ def test_side_by_side_pairs_are_split_and_odd_widths_counted(tmp_path):
     assert rgb.shape == (128, 160, 3) and tir.shape == (128, 160)
     maker({"data": np.arange(12)})
     assert maker.local_report.skipped == 1 and "odd.png" in maker.local_report.examples[0]
+
+
+def test_a_tir_image_resized_to_its_rgb_partner_is_counted_once(tmp_path):
+    """A TIR image of the RGB image's aspect but another size is resized (align_pair) and counted, once per pair, in
+    the report the job logs to MLflow (``resized_tir_total``); pairs of equal size are not."""
+    root = tmp_path / "pairs"
+    (root / "rgb").mkdir(parents=True)
+    (root / "tir").mkdir()
+    for i in range(3):
+        rgb, tir = generate_pair(np.random.default_rng(i), 160, 128)
+        if i == 1:  # half size, same aspect
+            tir = cv2.resize(tir, (80, 64), interpolation=cv2.INTER_AREA)
+        (root / "rgb" / f"{i:04d}.png").write_bytes(encode_rgb(rgb, ".png"))
+        (root / "tir" / f"{i:04d}.png").write_bytes(encode_tir(tir, ".png"))
+    cfg = data_config(str(root))
+    maker = maker_for(cfg)
+    rgb, tir = maker.load(1)
+    assert tir.shape == rgb.shape[:2] == (128, 160)
+    maker({"data": np.arange(24)})  # every pair drawn, pair 1 several times
+    report = maker.local_report
+    assert report.resized_tir == 1 and report.skipped == 0
+    assert len(report.resized_examples) == 1
+    assert report.resized_examples[0].endswith("0001.png: TIR 80x64 -> 160x128")
 
 
 def test_manifest_boxes_are_used_instead_of_detecting(pair_root, tmp_path):

@@ -274,3 +274,47 @@ def test_results_of_another_model_are_not_mixed_in(tmp_path, seq_root, mlflow_db
     )
     with pytest.raises(ResultsError, match="kind: 'dimp' there, 'static' now"):
         run_evaluation(cfg, progress=False)
+
+
+@pytest.mark.parametrize("overwrite", ["false", "true"])
+def test_another_tools_result_files_are_never_overwritten(tmp_path, seq_root, capsys, overwrite):
+    """A tracker folder without meta.json that holds result files of the evaluated sequences is another tool's: the
+    job refuses it (rc 2, one line naming the file), ``evaluation.overwrite=true`` included, and writes nothing."""
+    from cmd_ray import cli
+
+    sequences = load_sequences(_cfg(tmp_path, seq_root))
+    foreign = tmp_path / "results" / "second"
+    foreign.mkdir(parents=True)
+    for seq in sequences:
+        (foreign / f"{seq.name}.txt").write_text("1,2,3,4\n" * 5)  # 5 lines: not a complete result here
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in foreign.iterdir()}
+    cfg = _cfg(tmp_path, seq_root, f"evaluation.overwrite={overwrite}")
+    with pytest.raises(ResultsError, match="was not written by cmd-ray"):
+        run_evaluation(cfg, progress=False)
+    args = [f"evaluation.root={seq_root}", f"evaluation.results_dir={tmp_path / 'results'}", STATIC_PAIR]
+    rc = cli.main(
+        ["evaluate", *args, f"mlflow.tracking_uri=sqlite:///{tmp_path}/never.db", f"evaluation.overwrite={overwrite}"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    first = sequences[0].name
+    assert err[0].startswith(
+        f"cmd-ray evaluate: {foreign / first}.txt was not written by cmd-ray ({foreign} has no meta.json"
+    )
+    assert "evaluation.overwrite=true" in err[0] and "evaluation.results_dir" in err[0]
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in foreign.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["second"]  # "first" was not created either
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_a_folder_of_unrelated_files_is_still_usable(tmp_path, seq_root):
+    """Only result files of this evaluation's sequences make a folder another tool's: a README does not."""
+    from cmd_ray.evaluation.results import check_not_foreign
+
+    sequences = [s.name for s in load_sequences(_cfg(tmp_path, seq_root))]
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "README.txt").write_text("notes\n")
+    check_not_foreign(tmp_path / "t", sequences)
+    (tmp_path / "t" / f"{sequences[1]}_time.txt").write_text("0.1\n")
+    with pytest.raises(ResultsError, match=rf"{sequences[1]}_time\.txt was not written by cmd-ray"):
+        check_not_foreign(tmp_path / "t", sequences)

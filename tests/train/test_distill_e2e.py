@@ -25,7 +25,8 @@ def test_distill_job_reads_and_checkpoints_on_s3(s3_server, ray_session, tmp_pat
         SynthConfig(num_pairs=12, num_rgb_sequences=0, num_tir_sequences=0),
         progress=False,
     )
-    # One corrupt pair among the good ones: counted and skipped, never a crashed job.
+    # One corrupt pair among the good ones (1 of 13, 7.7%): counted and skipped, never a crashed job, under a
+    # data.max_skipped_fraction that allows that share (the 1% default fails such a run: test_skip_limit.py).
     write_bytes(f"s3://{bucket}/synth/pairs/rgb/999999.jpg", b"not a jpeg")
     write_bytes(f"s3://{bucket}/synth/pairs/tir/999999.jpg", b"not a jpeg either")
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -41,6 +42,7 @@ def test_distill_job_reads_and_checkpoints_on_s3(s3_server, ray_session, tmp_pat
             "mlflow.registered_model_name=e2e-tracker",
             "scaling.num_workers=2",
             "distill.epochs=3",
+            "data.max_skipped_fraction=0.1",
         ],
     )
 

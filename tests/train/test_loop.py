@@ -1,6 +1,8 @@
 """Pieces of the training loop: teacher loading, the optimizer groups, the schedules (no cluster), and one validation
 pass read through Ray Data."""
 
+import io
+
 import pytest
 import torch
 
@@ -29,11 +31,18 @@ def test_teacher_weights_are_loaded_from_the_init_checkpoint(tmp_path):
         assert torch.equal(tensor, teacher.state_dict()[name]), name
 
 
-def test_a_checkpoint_of_another_network_is_refused(tmp_path):
-    cfg = load_config(None, [f"model.init_checkpoint={tmp_path / 'other.pt'}"])
-    torch.save({"something.else.weight": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match=r"other\.pt"):
-        load_teacher(build_model(cfg), cfg)
+def test_a_worker_refuses_weights_of_another_network_naming_their_source(tmp_path):
+    """The workers' rule (the driver checks every start by it first, tests/train/test_refused_starts.py)."""
+    from cmd_ray.train.teacher import Teacher
+
+    cfg = load_config(None)
+    state = build_model(cfg).state_dict()
+    state["bb_regressor.conv3_1r.0.bias"] = torch.zeros(33)  # one layer of another size: another network
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with pytest.raises(CheckpointError, match=r"s3://b/other\.pt do not fit .*conv3_1r\.0\.bias: \[33\]") as caught:
+        load_teacher_weights(build_model(cfg), Teacher("s3://b/other.pt", buffer.getvalue()))
+    assert "/tmp" not in str(caught.value) and "cmd-ray-weights" not in str(caught.value)
 
 
 def test_optimizer_groups_carry_the_configured_learning_rates():

@@ -193,5 +193,11 @@ def test_an_unreadable_or_unmergeable_start_fails_naming_its_key(tmp_path, weigh
     with pytest.raises(ConfigError, match=r"distill\.start\.c1 .*nowhere\.pt cannot be read"):
         resolve_start(load_config(None, [*start, f"distill.start.c1={tmp_path / 'nowhere.pt'}"]))
     torch.save({"something.else.weight": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(ConfigError, match=r"distill\.start\.b3, distill\.start\.c1: cannot merge"):
+    with pytest.raises(ConfigError, match=r"distill\.start\.c1=.*other\.pt does not fit the dimp/tiny network"):
         resolve_start(load_config(None, [*start, f"distill.start.c1={tmp_path / 'other.pt'}"]))
+    # each fits the network, but the C1 file lacks the classifier the merge takes from it: named by key and URI
+    partial = {k: v for k, v in _state(weights["c1"]).items() if not k.startswith(CLASSIFIER)}
+    torch.save(partial, tmp_path / "no_classifier.pt")
+    with pytest.raises(ConfigError, match=r"distill\.start\.b3, distill\.start\.c1: cannot merge") as caught:
+        resolve_start(load_config(None, [*start, f"distill.start.c1={tmp_path / 'no_classifier.pt'}"]))
+    assert "no_classifier.pt" in str(caught.value) and "cmd-ray-merge-" not in str(caught.value)

@@ -1,15 +1,20 @@
 """MLflow model registry: log the distilled tracker, register it, set an alias, pull it back; and :func:`load_model`,
 the one way to load a network from any source (registry URI, checkpoint, state dict).
 
-A registered version is an ``mlflow.pytorch`` model that travels on its own:
+A registered version is an MLflow ``python_function`` model that travels on its own and holds no pickled object:
 
-- its extra files carry what cmd-ray needs to rebuild it without unpickling code: ``config.yaml`` (the resolved
-  run config) and ``state_dict.pt`` (weights, loaded with ``weights_only=True``);
-- ``code/cmd_ray/`` is the cmd-ray package itself (MLflow's ``code_paths``), so a process without cmd-ray
-  installed loads the model (MLflow puts ``code/`` on ``sys.path``);
+- ``python_model`` is the code file :mod:`cmd_ray.pyfunc_model` (MLflow's models-from-code): ``predict`` takes a
+  dict of named float32 arrays and returns the classifier's score maps and the IoU-Net's IoUs (see that module);
+- its artifacts are ``state_dict.pt`` (the weights, a ``torch.save`` of a dict of tensors, read with
+  ``weights_only=True``), ``network.json`` (:func:`network_description`: what rebuilds the network) and
+  ``config.yaml`` (the resolved run config, for cmd-ray's own :func:`pull` and :func:`fetch`);
+- ``code/cmd_ray_net/`` is a copy of the network code made when the model is logged
+  (:mod:`cmd_ray.models.standalone`), so a process without cmd-ray installed loads the model (MLflow puts
+  ``code/`` on ``sys.path``); it imports no ``cmd_ray`` module and cannot shadow an installed cmd-ray;
 - ``requirements.txt`` pins the third-party packages that code imports (:data:`MODEL_REQUIREMENTS`, at the
   versions installed where the model was logged), all resolvable from a package index;
-- its signature names the network's inputs and outputs with their shapes (:func:`model_signature`);
+- its signature names ``predict``'s inputs and outputs with their shapes (:func:`model_signature`), and its input
+  example (:func:`input_example`) is one such call at the config's crop size;
 - the version's description and tags name the variant, the teacher and the training data
   (:func:`version_description`) and, for a run that selected its weights by tracking (``distill.select_by``), which
   epoch the version holds and whether it beat the teacher; an evaluation adds its scores as ``eval.*`` tags
@@ -19,8 +24,12 @@ A registered version is an ``mlflow.pytorch`` model that travels on its own:
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,30 +47,26 @@ from torch import nn
 import cmd_ray
 from cmd_ray import mlflow_runs
 from cmd_ray.config import Config, dump_config
+from cmd_ray.models import standalone
 from cmd_ray.models.checkpoint import load_state_dict
-from cmd_ray.models.dimpnet import DiMPNet, TrackerNet
+from cmd_ray.models.dimpnet import DiMPNet, TrackerNet, network_spec
 from cmd_ray.models.loading import ModelLoadError, load_checkpoint_model, network_with_weights
 from cmd_ray.vocabulary import START_D, get_variant, paper_start
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "state_dict.pt"
+NETWORK_FILE = "network.json"
 CODE_DIR = "code"
-"""Folder of a logged model that holds the shipped ``cmd_ray`` package (MLflow's ``code_paths``)."""
+"""Folder of a logged model that holds the shipped network code (MLflow's ``code_paths``)."""
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+"""The models-from-code file given to MLflow as ``python_model`` (never imported by cmd-ray)."""
+ARTIFACTS = {"weights": WEIGHTS_FILE, "network": NETWORK_FILE, "config": CONFIG_FILE}
+"""``artifacts`` key ─▶ file of a logged model; ``weights`` and ``network`` are the keys
+:mod:`cmd_ray.pyfunc_model` reads."""
 
-MODEL_REQUIREMENTS: tuple[str, ...] = (
-    "torch",
-    "torchvision",
-    "numpy",
-    "opencv-python-headless",
-    "pillow",
-    "pydantic",
-    "pyyaml",
-    "pyarrow",
-    "tqdm",
-)
-"""Distributions the shipped ``cmd_ray`` code imports to load a model, rebuild its network and track with it
-(``cmd_ray.registry``, ``cmd_ray.models``, ``cmd_ray.tracking``, ``cmd_ray.evaluation.loading``). MLflow adds its
-own pin; Ray, boto3 and matplotlib are needed only by the jobs, not by a logged model."""
+MODEL_REQUIREMENTS: tuple[str, ...] = ("torch", "torchvision", "numpy")
+"""Distributions the model's code imports when MLflow loads it (:mod:`cmd_ray.pyfunc_model` and the shipped
+``cmd_ray_net``); MLflow adds its own pin. cmd-ray itself is not needed to load a model."""
 
 # Run tags the training jobs set (cmd_ray.train.trainer / cmd_ray.train.teacher); read here, where train is not
 # importable (it imports this module).
@@ -138,29 +143,67 @@ def model_requirements(packages: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[s
 
 
 def model_signature(model: nn.Module) -> ModelSignature:
-    """The input/output schema of ``model.forward`` (a DiMPNet or an ATOMNet), ``-1`` marking a free size.
+    """The input/output schema of the logged model's ``predict`` (:mod:`cmd_ray.pyfunc_model`), ``-1`` marking a
+    free size; ``model`` (a DiMPNet or an ATOMNet) decides whether there are ``scores``.
 
-    Inputs (float32): ``train_imgs`` ``[Ntr, B, 3, H, W]`` and ``test_imgs`` ``[Nte, B, 3, H, W]`` (reference and
-    test crops, ImageNet-normalised, H = W = the crop side), ``train_bb`` ``[Ntr, B, 4]`` (reference boxes
-    ``x, y, w, h`` in crop pixels) and ``test_proposals`` ``[Nte, B, P, 4]`` (boxes to score in the test crops).
+    Inputs (float32; one test frame per sequence): ``train_imgs`` ``[Ntr, B, 3, S, S]`` and ``test_imgs``
+    ``[B, 3, S, S]`` (reference and test crops, ImageNet-normalised, S the crop side), ``train_bb`` ``[Ntr, B, 4]``
+    (reference boxes ``x, y, w, h`` in crop pixels) and ``test_proposals`` ``[B, P, 4]`` (boxes to score in the
+    test crops).
 
-    Outputs (float32): ``iou_pred`` ``[Nte, B, P]`` (predicted IoU of each proposal, trained against ``2·IoU − 1``)
-    and, for DiMP, ``scores`` ``[I, Nte, B, L, L]``: the target classifier's score map after each of the ``I``
-    filter iterates (``forward`` returns them as a list), ``L = H/16 + (filter_size + 1) % 2``.
+    Outputs (float32): for DiMP, ``scores`` ``[B, L, L]``: the target classifier's score map on the test crop with
+    the final filter iterate, ``L = S/16 + (filter_size + 1) % 2``; and ``iou_pred`` ``[B, P]`` (predicted IoU of
+    each proposal, trained against ``2·IoU − 1``).
     """
     f32 = np.dtype(np.float32)
     inputs = Schema(
         [
             TensorSpec(f32, (-1, -1, 3, -1, -1), "train_imgs"),
-            TensorSpec(f32, (-1, -1, 3, -1, -1), "test_imgs"),
+            TensorSpec(f32, (-1, 3, -1, -1), "test_imgs"),
             TensorSpec(f32, (-1, -1, 4), "train_bb"),
-            TensorSpec(f32, (-1, -1, -1, 4), "test_proposals"),
+            TensorSpec(f32, (-1, -1, 4), "test_proposals"),
         ]
     )
-    outputs = [TensorSpec(f32, (-1, -1, -1), "iou_pred")]
+    outputs = [TensorSpec(f32, (-1, -1), "iou_pred")]
     if isinstance(getattr(model, "module", model), DiMPNet):
-        outputs.insert(0, TensorSpec(f32, (-1, -1, -1, -1, -1), "scores"))
+        outputs.insert(0, TensorSpec(f32, (-1, -1, -1), "scores"))
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+
+
+def network_description(cfg: Config) -> dict[str, Any]:
+    """What ``network.json`` holds: :func:`~cmd_ray.models.dimpnet.network_spec` (what the shipped code's
+    ``build_network`` reads) and ``image_size``, the crop side ``S`` the network was configured for."""
+    return {**network_spec(cfg), "image_size": cfg.data.sampling.output_sz}
+
+
+def input_example(cfg: Config, num_proposals: int = 4) -> dict[str, np.ndarray]:
+    """One ``predict`` call at the config's crop side ``S`` (``Ntr = B = 1``): the logged model's input example.
+
+    The crops are pseudo-random multiples of 1/8 in ``[-2, 2]`` (about the range of ImageNet-normalised pixels;
+    short in the example's JSON); the reference box is a centred square of side ``S / search_area_factor`` and
+    the ``num_proposals`` proposals are that box and shifted or scaled copies, in whole pixels.
+
+    Returns:
+        ``{"train_imgs": [1, 1, 3, S, S], "train_bb": [1, 1, 4], "test_imgs": [1, 3, S, S],
+        "test_proposals": [1, num_proposals, 4]}``, float32.
+    """
+    size = cfg.data.sampling.output_sz
+    rng = np.random.default_rng(0)
+
+    def crops(*shape: int) -> np.ndarray:
+        return (rng.integers(-16, 17, size=shape) / 8).astype(np.float32)
+
+    side = round(size / cfg.data.sampling.search_area_factor)
+    x = (size - side) // 2
+    shift, grow = max(side // 4, 1), max(side // 8, 1)
+    variants = [(0, 0, 0), (shift, 0, 0), (0, -shift, 0), (-grow, -grow, 2 * grow)]
+    proposals = [[x + dx, x + dy, side + ds, side + ds] for dx, dy, ds in (variants * num_proposals)[:num_proposals]]
+    return {
+        "train_imgs": crops(1, 1, 3, size, size),
+        "train_bb": np.array([[[x, x, side, side]]], dtype=np.float32),
+        "test_imgs": crops(1, 3, size, size),
+        "test_proposals": np.array([proposals], dtype=np.float32),
+    }
 
 
 def version_description(cfg: Config, run: Run) -> tuple[str, dict[str, str]]:
@@ -257,29 +300,30 @@ def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | Non
     """Log ``model`` to run ``run_id``, register it as ``name`` (default ``cfg.mlflow.registered_model_name``)
     and point ``cfg.mlflow.alias`` at the new version.
 
-    The logged model ships the ``cmd_ray`` package (``code/``), pins :func:`model_requirements`, carries
-    :func:`model_signature`, and its version gets :func:`version_description` (read off run ``run_id``: call
-    this after the run's tags and counts are logged).
+    The logged model is a ``python_function`` model from code (:mod:`cmd_ray.pyfunc_model`) with the weights,
+    :func:`network_description` and the config as artifacts; it ships the network code (``code/cmd_ray_net``),
+    pins :func:`model_requirements`, carries :func:`model_signature` and :func:`input_example` (MLflow loads the
+    model once and runs the example through it while logging), and its version gets :func:`version_description`
+    (read off run ``run_id``: call this after the run's tags and counts are logged).
     """
     name, alias = name or cfg.mlflow.registered_model_name, cfg.mlflow.alias
     client = mlflow_runs.client(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp, CONFIG_FILE)
-        config_path.write_text(mlflow_runs.redact(dump_config(cfg)))  # no secret reaches a logged file
-        weights_path = Path(tmp, WEIGHTS_FILE)
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
-        with mlflow_runs.url_print_masked(cfg), mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model.cpu(),
+        files = {key: Path(tmp, file_name) for key, file_name in ARTIFACTS.items()}
+        files["config"].write_text(mlflow_runs.redact(dump_config(cfg)))  # no secret reaches a logged file
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, files["weights"])
+        files["network"].write_text(json.dumps(network_description(cfg), indent=2) + "\n")
+        code = standalone.write_standalone_package(Path(tmp, CODE_DIR), cmd_ray.__version__)
+        with mlflow_runs.url_print_masked(cfg), mlflow.start_run(run_id=run_id), _leaves_no_shipped_code():
+            info = mlflow.pyfunc.log_model(
                 name="model",
-                extra_files=[str(config_path), str(weights_path)],
-                code_paths=[str(Path(cmd_ray.__file__).parent)],
+                python_model=str(PYFUNC_MODEL_FILE),  # a code file: MLflow pickles nothing
+                artifacts={key: str(path) for key, path in files.items()},
+                code_paths=[str(code)],
                 pip_requirements=model_requirements(),
                 signature=model_signature(model),
+                input_example=input_example(cfg),
                 registered_model_name=name,
-                # pt2 would trace forward() with an example input; the pickled flavour is for MLflow's own
-                # loaders, while cmd-ray's pull() reads only config.yaml and the weights.
-                serialization_format="pickle",
             )
     version = str(info.registered_model_version)
     description, version_tags = version_description(cfg, client.get_run(run_id))
@@ -288,6 +332,20 @@ def log_and_register(cfg: Config, run_id: str, model: nn.Module, name: str | Non
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, alias, version)
     return RegisteredModel(name=name, version=version, alias=alias, run_id=run_id)
+
+
+@contextmanager
+def _leaves_no_shipped_code() -> Iterator[None]:
+    """Undo what loading a logged model does to this process: MLflow validates the input example by loading the
+    model here, which puts its (temporary) ``code/`` folder first on ``sys.path`` and imports ``cmd_ray_net``."""
+    path = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = [entry for entry in sys.path if entry in path]
+        package = standalone.STANDALONE_PACKAGE
+        for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[module]
 
 
 def version_from_run(cfg: Config, run_id: str, name: str | None = None) -> RegisteredModel | None:

@@ -15,13 +15,15 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.config import Config, SynthConfig, load_config
 from cmd_ray.mlflow_runs import store_client
-from cmd_ray.models.dimpnet import build_model
+from cmd_ray.models import standalone
+from cmd_ray.models.dimpnet import build_model, network_spec
 
 
 @pytest.fixture
@@ -157,21 +159,49 @@ def test_logged_model_pins_installed_packages_ships_its_code_and_has_a_signature
         installed = importlib.metadata.version(req.name)
         assert req.specifier.contains(installed, prereleases=True), f"{req} but {installed} is installed"
 
-    shipped = local / registry.CODE_DIR / "cmd_ray"
-    for source in (REPO / "cmd_ray").rglob("*.py"):
-        assert (shipped / source.relative_to(REPO / "cmd_ray")).read_bytes() == source.read_bytes(), source
-    assert not list(shipped.rglob("__pycache__"))
+    # The network code travels as cmd_ray_net: cmd-ray's own modules, renamed, and nothing else
+    shipped = local / registry.CODE_DIR / standalone.STANDALONE_PACKAGE
+    copied = [m for m in standalone.module_closure() if m != "cmd_ray"]
+    assert {"cmd_ray.models.dimpnet", "cmd_ray.models.prroi", "cmd_ray.vocabulary"} <= set(copied)
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file()) == sorted(
+        [Path("__init__.py"), *(standalone.module_file(m).relative_to(REPO / "cmd_ray") for m in copied)]
+    )
+    for module in copied:
+        source = standalone.module_file(module)
+        text = (shipped / source.relative_to(REPO / "cmd_ray")).read_text()
+        assert text == standalone.renamed_source(source.read_text()), module
+        assert "cmd_ray" not in standalone.imported_packages(text), module
+    assert "\nfrom cmd_ray_net.models.backbone import ResNetBackbone" in (shipped / "models/dimpnet.py").read_text()
+
+    # No pickled Python object: a models-from-code python_model, the weights as a plain tensors file
+    flavors = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
+    assert set(flavors) == {"python_function"}
+    pyfunc = flavors["python_function"]
+    assert "python_model" not in pyfunc and Path(pyfunc["model_code_path"]).name == "pyfunc_model.py"
+    assert (local / "pyfunc_model.py").read_bytes() == registry.PYFUNC_MODEL_FILE.read_bytes()
+    assert "cmd_ray" not in standalone.imported_packages(registry.PYFUNC_MODEL_FILE.read_text())
+    assert {key: Path(a["path"]).name for key, a in pyfunc["artifacts"].items()} == registry.ARTIFACTS
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".pth", ".cloudpickle")]
+    state = torch.load(local / "artifacts" / registry.WEIGHTS_FILE, weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert json.loads((local / "artifacts" / registry.NETWORK_FILE).read_text()) == {
+        **network_spec(registered.cfg),
+        "image_size": registered.cfg.data.sampling.output_sz,
+    }
 
     signature = mlflow.models.get_model_info(registered.student.uri).signature
     assert signature is not None
     inputs = {spec.name: spec.shape for spec in signature.inputs.inputs}
     assert inputs == {
         "train_imgs": (-1, -1, 3, -1, -1),
-        "test_imgs": (-1, -1, 3, -1, -1),
+        "test_imgs": (-1, 3, -1, -1),
         "train_bb": (-1, -1, 4),
-        "test_proposals": (-1, -1, -1, 4),
+        "test_proposals": (-1, -1, 4),
     }
-    assert [spec.name for spec in signature.outputs.inputs] == ["scores", "iou_pred"]
+    assert {spec.name: spec.shape for spec in signature.outputs.inputs} == {
+        "scores": (-1, -1, -1),
+        "iou_pred": (-1, -1),
+    }
 
 
 def test_version_description_names_variant_teacher_and_data(registered):
@@ -208,29 +238,67 @@ def test_version_description_names_variant_teacher_and_data(registered):
 FRESH_PROCESS = """
 import importlib.util, json, sys
 
-site_packages, model_uri, tracking_uri, dst = sys.argv[1:5]
+site_packages, tracking_uri, arrays_path = sys.argv[1:4]
+model_uris = sys.argv[4:]
+
+# Any unpickling fails, and is recorded: the C and the Python pickle modules, before anything else is imported.
+import pickle, _pickle
+unpickled = []
+def refuse(*args, **kwargs):
+    unpickled.append(repr(args)[:200])
+    raise RuntimeError("unpickling is not allowed here")
+class RefusingUnpickler(_pickle.Unpickler):  # subclasses, so code that subclasses them still imports
+    def __init__(self, *args, **kwargs):
+        refuse(*args)
+class RefusingPyUnpickler(pickle._Unpickler):
+    def __init__(self, *args, **kwargs):
+        refuse(*args)
+for module in (pickle, _pickle):
+    module.load = module.loads = refuse
+    module.Unpickler = RefusingUnpickler
+pickle._load = pickle._loads = refuse
+pickle._Unpickler = RefusingPyUnpickler
+
 sys.path.append(site_packages)  # added by hand, so its .pth files (the editable cmd-ray install) never run
-assert importlib.util.find_spec("cmd_ray") is None, "cmd_ray is importable without the model's code"
-import mlflow.pytorch
-import torch
+assert importlib.util.find_spec("cmd_ray") is None, "cmd_ray is importable: the check would prove nothing"
+import mlflow
+import numpy as np
 
 mlflow.set_tracking_uri(tracking_uri)
-net = mlflow.pytorch.load_model(model_uri, dst_path=dst)  # puts the model's code/ on sys.path, then unpickles
-import cmd_ray.evaluation.loading, cmd_ray.registry, cmd_ray.tracking  # what a user of the model imports
-
-g = torch.Generator().manual_seed(0)
-imgs = {k: torch.rand(1, 2, 3, 128, 128, generator=g) for k in ("train_imgs", "test_imgs")}
-train_bb = torch.tensor([[[40.0, 40.0, 48.0, 48.0]] * 2])
-proposals = torch.tensor([[[[40.0, 40.0, 48.0, 48.0], [30.0, 50.0, 40.0, 40.0], [60.0, 60.0, 30.0, 30.0]]] * 2])
-with torch.no_grad():
-    scores, iou = net(**imgs, train_bb=train_bb, test_proposals=proposals)
-print(json.dumps({
-    "cmd_ray": cmd_ray.__file__,
-    "network": type(net).__module__ + "." + type(net).__name__,
-    "scores": [list(s.shape) for s in scores],
-    "iou": list(iou.shape),
-    "modules": sorted(m.__file__ for name, m in list(sys.modules.items()) if name.partition(".")[0] == "cmd_ray"),
-}))
+report = {"models": {}}
+arrays = {}
+for i, uri in enumerate(model_uris):
+    model = mlflow.pyfunc.load_model(uri)
+    example = model.input_example
+    out = model.predict(example)
+    arrays |= {f"{i}/in/{k}": v for k, v in example.items()} | {f"{i}/out/{k}": v for k, v in out.items()}
+    errors = {}
+    bad = {
+        "float64": {**example, "test_imgs": example["test_imgs"].astype(np.float64)},
+        "no_proposals": {k: v for k, v in example.items() if k != "test_proposals"},
+        "two_sequences": {**example, "test_imgs": np.concatenate([example["test_imgs"]] * 2)},
+    }
+    for what, data in bad.items():
+        try:
+            model.predict(data)
+            errors[what] = None
+        except Exception as exc:
+            errors[what] = f"{type(exc).__name__}: {exc}"
+    report["models"][uri] = {
+        "input_types": {k: [str(v.dtype), list(v.shape)] for k, v in example.items()},
+        "output_types": {k: [str(v.dtype), list(v.shape)] for k, v in out.items()},
+        "errors": errors,
+    }
+np.savez(arrays_path, **arrays)
+report["cmd_ray_importable"] = importlib.util.find_spec("cmd_ray") is not None
+report["unpickled"] = unpickled
+report["modules"] = sorted(
+    m.__file__ for name, m in list(sys.modules.items()) if name.partition(".")[0] in ("cmd_ray", "cmd_ray_net")
+)
+report["model_modules"] = sorted(
+    m.__file__ for name, m in list(sys.modules.items()) if name.startswith("code_model_") and m.__file__
+)
+print(json.dumps(report))
 """
 
 
@@ -254,33 +322,76 @@ def _with_dependencies(names: set[str]) -> set[str]:
     return seen
 
 
-def test_model_loads_in_a_fresh_process_from_the_shipped_code_alone(registered, tmp_path):
+def test_plain_mlflow_loads_and_predicts_without_cmd_ray_and_without_unpickling(registered, tmp_path):
+    """``mlflow.pyfunc.load_model(uri).predict(input_example)`` in a process where cmd_ray cannot be imported and
+    every unpickler raises gives what cmd-ray's own network gives on the same arrays, for DiMP and for ATOM."""
+    atom_cfg = load_config(
+        None,
+        [f"mlflow.tracking_uri={registered.uri}", "model.architecture=atom", "distill.variant=B1"],
+    )
+    torch.manual_seed(5)
+    run_id = mlflow_runs.start_run(atom_cfg, "atom")
+    atom = registry.log_and_register(atom_cfg, run_id, build_model(atom_cfg), "unit-atom")
+    mlflow_runs.end_run(atom_cfg, run_id)
+
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS)
-    dst = tmp_path / "downloaded"
-    dst.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_"))}
     # -I: no PYTHONPATH, no user site, no script or working folder on sys.path; -S: no site-packages .pth files
-    cmd = [sys.executable, "-I", "-S", str(script), sysconfig.get_paths()["purelib"], registered.student.uri]
+    cmd = [sys.executable, "-I", "-S", str(script), sysconfig.get_paths()["purelib"], registered.uri]
+    uris = [registered.student.uri, atom.uri]
+    arrays_file = tmp_path / "arrays.npz"
     proc = subprocess.run(
-        [*cmd, registered.uri, str(dst)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [*cmd, str(arrays_file), *uris], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert Path(report["cmd_ray"]).is_relative_to(dst / registry.CODE_DIR / "cmd_ray"), report["cmd_ray"]
-    assert report["network"] == "cmd_ray.models.dimpnet.DiMPNet"
-    assert report["iou"] == [1, 2, 3] and all(shape[:2] == [1, 2] for shape in report["scores"])
+    assert report["unpickled"] == [] and not report["cmd_ray_importable"]
+    assert report["modules"] and all("/code/cmd_ray_net/" in f for f in report["modules"]), report["modules"]
+    assert [Path(f).name for f in report["model_modules"]] == ["pyfunc_model.py"] * 2
 
-    # Every distribution the loaded cmd_ray modules import at module level is pinned, or required by a pin.
-    # (Imports inside functions are the jobs' optional parts: boto3 for s3://, matplotlib for plots, Ray.)
-    requirements = (_download(registered, tmp_path / "model") / "requirements.txt").read_text()
-    pinned = {Requirement(line).name for line in requirements.split()}
-    modules = [Path(f) for f in report["modules"]]
-    assert {"registry.py", "dimp.py", "dimpnet.py", "loading.py"} <= {m.name for m in modules}
+    arrays = np.load(arrays_file, allow_pickle=False)
+    size = registered.cfg.data.sampling.output_sz
+    for i, (uri, arch) in enumerate(zip(uris, ("dimp", "atom"), strict=True)):
+        got = report["models"][uri]
+        assert got["input_types"] == {
+            "train_imgs": ["float32", [1, 1, 3, size, size]],
+            "train_bb": ["float32", [1, 1, 4]],
+            "test_imgs": ["float32", [1, 3, size, size]],
+            "test_proposals": ["float32", [1, 4, 4]],
+        }
+        expected_out = {"iou_pred": ["float32", [1, 4]]}
+        if arch == "dimp":  # L = 128/16 + (4 + 1) % 2 = 9
+            expected_out = {"scores": ["float32", [1, 9, 9]], **expected_out}
+        assert got["output_types"] == expected_out
+        errors = got["errors"]
+        assert "float64" in errors["float64"] and "test_imgs" in errors["float64"], errors
+        assert "test_proposals" in errors["no_proposals"], errors
+        assert "test_imgs starts with sizes (2,)" in errors["two_sequences"], errors
+
+        # cmd-ray's own network (pull: rebuilt from config.yaml, weights loaded) on the same arrays
+        net, _ = registry.pull(uri, tracking_uri=registered.uri)
+        x = {
+            k: torch.from_numpy(arrays[f"{i}/in/{k}"])
+            for k in ("train_imgs", "train_bb", "test_imgs", "test_proposals")
+        }
+        with torch.no_grad():
+            out = net(x["train_imgs"], x["test_imgs"][None], x["train_bb"], x["test_proposals"][None])
+        iou = out[0] if arch == "atom" else out[1][0]
+        np.testing.assert_allclose(arrays[f"{i}/out/iou_pred"], iou.numpy(), rtol=0, atol=1e-5)
+        if arch == "dimp":
+            np.testing.assert_allclose(arrays[f"{i}/out/scores"], out[0][-1][0].numpy(), rtol=0, atol=1e-5)
+            assert float(np.abs(out[0][-1][0]).max()) > 1e-3  # a real score map, not zeros on both sides
+
+    # Every distribution the shipped code imports at module level is pinned, or required by a pin.
+    local = _download(registered, tmp_path / "model")
+    pinned = {Requirement(line).name for line in (local / "requirements.txt").read_text().split()}
+    modules = [*(local / registry.CODE_DIR).rglob("*.py"), local / "pyfunc_model.py"]
     owners = importlib.metadata.packages_distributions()
-    imported = set().union(*(_module_level_imports(m) for m in modules)) - set(sys.stdlib_module_names) - {"cmd_ray"}
+    imported = set().union(*(_module_level_imports(m) for m in modules)) - set(sys.stdlib_module_names)
+    imported -= {standalone.STANDALONE_PACKAGE}
     dists = {canonicalize_name(d) for name in imported for d in owners.get(name, [name])}
-    assert dists >= {"torch", "torchvision", "numpy", "opencv-python-headless", "pydantic", "pyyaml", "mlflow"}
+    assert {"torch", "torchvision", "numpy", "mlflow"} <= dists, dists  # mlflow's module is in 3 distributions
     unpinned = dists - _with_dependencies(pinned)
     assert not unpinned, f"imported by the shipped code but neither pinned nor required by a pin: {unpinned}"
 

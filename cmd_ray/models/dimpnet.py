@@ -42,7 +42,7 @@ both frames; ``DiMPNet.forward(clf_feature_grad=…)`` lets it learn through the
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -447,28 +447,79 @@ TrackerNet = DiMPNet | ATOMNet
 """Either network (what :func:`build_model` returns)."""
 
 
+NETWORK_SPEC_KEYS: dict[str, tuple[str, ...]] = {
+    "dimp": ("architecture", "preset", "filter_size", "feature_stride", "init_gauss_sigma"),
+    "atom": ("architecture", "preset"),
+}
+"""The keys of a network spec (:func:`network_spec`), by architecture: all :func:`build_network` reads."""
+
+
+def network_spec(cfg: Config) -> dict[str, Any]:
+    """The settings that rebuild the network ``cfg`` describes, as plain JSON values.
+
+    ``{"architecture", "preset"}``, and for DiMP also ``filter_size`` and ``feature_stride`` (from
+    ``data.sampling``) and ``init_gauss_sigma``: the label sigma (feature cells) the filter optimizer starts from,
+    that of the config's crops (``label_sigma_factor / search_area_factor * feature_sz``, as pytracking's
+    ``init_gauss_sigma``). :func:`build_network` of the result is :func:`build_model` of ``cfg``.
+
+    Raises:
+        ValueError: an unknown architecture or preset.
+    """
+    arch, preset = cfg.model.architecture, cfg.model.preset
+    _check_network(arch, preset)
+    if arch == "atom":
+        return {"architecture": arch, "preset": preset}
+    sampling = cfg.data.sampling
+    return {
+        "architecture": arch,
+        "preset": preset,
+        "filter_size": sampling.filter_size,
+        "feature_stride": sampling.feature_stride,
+        "init_gauss_sigma": sampling.label_sigma_factor / sampling.search_area_factor * sampling.feature_sz,
+    }
+
+
+def build_network(spec: Mapping[str, Any]) -> TrackerNet:
+    """A randomly initialised network from a :func:`network_spec` (keys other than :data:`NETWORK_SPEC_KEYS`
+    are ignored).
+
+    ``architecture`` and ``preset`` pick the factory (:data:`FACTORIES`); a DiMP factory gets ``filter_size``,
+    ``feature_stride`` and ``init_gauss_sigma``.
+
+    Raises:
+        ValueError: an unknown architecture or preset, or a missing key.
+    """
+    arch, preset = spec.get("architecture"), spec.get("preset")
+    _check_network(arch, preset)
+    missing = [key for key in NETWORK_SPEC_KEYS[arch] if key not in spec]
+    if missing:
+        raise ValueError(f"network spec of {arch}/{preset} lacks {', '.join(missing)}")
+    factory = FACTORIES[arch][preset]
+    if arch == "atom":
+        return factory()
+    return factory(
+        filter_size=int(spec["filter_size"]),
+        feature_stride=int(spec["feature_stride"]),
+        init_gauss_sigma=float(spec["init_gauss_sigma"]),
+    )
+
+
+def _check_network(arch: Any, preset: Any) -> None:
+    if arch not in FACTORIES:
+        raise ValueError(f"unsupported architecture {arch!r}; allowed: {', '.join(FACTORIES)}")
+    if preset not in FACTORIES[arch]:
+        raise ValueError(f"unknown {arch} preset {preset!r}; allowed: {', '.join(FACTORIES[arch])}")
+
+
 def build_model(cfg: Config) -> TrackerNet:
-    """The network a :class:`~cmd_ray.config.Config` describes.
+    """The network a :class:`~cmd_ray.config.Config` describes: :func:`build_network` of :func:`network_spec`.
 
     ``model.architecture`` and ``model.preset`` pick the factory (:data:`FACTORIES`); for DiMP the
     filter size and stride come from ``data.sampling`` and the label sigma the filter optimizer starts
     from is the one of the config's crops (``label_sigma_factor / search_area_factor * feature_sz``,
     as pytracking's ``init_gauss_sigma``).
     """
-    arch, preset = cfg.model.architecture, cfg.model.preset
-    if arch not in FACTORIES:
-        raise ValueError(f"unsupported architecture {arch!r}; allowed: {', '.join(FACTORIES)}")
-    if preset not in FACTORIES[arch]:
-        raise ValueError(f"unknown {arch} preset {preset!r}; allowed: {', '.join(FACTORIES[arch])}")
-    factory = FACTORIES[arch][preset]
-    if arch == "atom":
-        return factory()
-    sampling = cfg.data.sampling
-    return factory(
-        filter_size=sampling.filter_size,
-        feature_stride=sampling.feature_stride,
-        init_gauss_sigma=sampling.label_sigma_factor / sampling.search_area_factor * sampling.feature_sz,
-    )
+    return build_network(network_spec(cfg))
 
 
 def _unwrap(model: nn.Module) -> TrackerNet:

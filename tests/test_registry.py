@@ -331,8 +331,11 @@ def test_plain_mlflow_loads_and_predicts_without_cmd_ray_and_without_unpickling(
     )
     torch.manual_seed(5)
     run_id = mlflow_runs.start_run(atom_cfg, "atom")
+    path = list(sys.path)
     atom = registry.log_and_register(atom_cfg, run_id, build_model(atom_cfg), "unit-atom")
     mlflow_runs.end_run(atom_cfg, run_id)
+    # MLflow ran the example through the model here while logging; its code folder and modules are gone again
+    assert sys.path == path and not [m for m in sys.modules if m.startswith(standalone.STANDALONE_PACKAGE)]
 
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS)

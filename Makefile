@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo table1-demo test lint clean
+.PHONY: install demo demo-seeds table1-demo test lint clean
 
 # Installs the pinned, hash-checked versions of requirements-test.lock (the image installs requirements.lock, the
 # same pins without the test tools; cluster/lock.sh rewrites both from pyproject.toml), then the package itself.
@@ -32,6 +32,21 @@ demo: install
 	$(BIN)/python jobs/pretrain.py --config $(DEMO_CONFIG) $(TIR_LABELS)
 	$(BIN)/python jobs/distill.py --config $(DEMO_CONFIG)
 	$(BIN)/python jobs/evaluate.py --config $(DEMO_CONFIG) evaluation.overwrite=true
+
+# The distilled tracker's spread over seeds, after `make demo` (its seed 0): seeds 1 and 2 distill from the same
+# teacher (each seeds its sample stream and its workers), then the teacher and the three seeds are evaluated together.
+SEED_TRACKERS := [{name: teacher, kind: dimp, model: "models:/cmd-ray-demo-teacher@candidate"}, \
+	{name: d3-seed0, kind: dimp, model: "models:/cmd-ray-demo-tracker@candidate"}, \
+	{name: d3-seed1, kind: dimp, model: "models:/cmd-ray-demo-tracker-seed1@candidate"}, \
+	{name: d3-seed2, kind: dimp, model: "models:/cmd-ray-demo-tracker-seed2@candidate"}]
+
+demo-seeds: install
+	for seed in 1 2; do \
+		$(BIN)/python jobs/distill.py --config $(DEMO_CONFIG) distill.seed=$$seed storage.run_name=demo-distill-seed$$seed \
+			mlflow.registered_model_name=cmd-ray-demo-tracker-seed$$seed || exit 1; \
+	done
+	$(BIN)/python jobs/evaluate.py --config $(DEMO_CONFIG) evaluation.results_dir=results/demo-seeds \
+		evaluation.overwrite=true 'evaluation.trackers=$(SEED_TRACKERS)'
 
 # The paper's Table 1 on the demo's data: every row, 5 seeds (mean ± std, paired intervals against A1), after
 # `make demo` (it needs the teacher).

@@ -157,8 +157,8 @@ def test_an_explicit_rate_is_kept_and_reported_as_an_override_of_the_rows_rate()
     assert (cfg.distill.lr_tcl, cfg.distill.lr_bbe) == (5e-6, 3e-3)
     # lr_bbe is no override: C1 does not train the IoU-Net, so its rate is never used
     assert cfg.distill.rate_overrides() == {"lr_tcl": (5e-6, 1e-6)}
-    demo = load_config("configs/demo.yaml", [])
-    assert demo.distill.rate_overrides() == {"lr_tcl": (1e-4, 2e-8), "lr_bbe": (1e-3, 1e-7)}
+    demo = load_config("configs/demo.yaml", ["distill.lr_tcl=1e-3"])  # the demo scales D3's rates; one set by hand
+    assert demo.distill.rate_overrides() == {"lr_tcl": (1e-3, 1e-4)}
 
 
 def test_resolved_rates_survive_a_dump_and_reload_as_workers_do():
@@ -198,9 +198,9 @@ def test_explicit_rates_are_not_scaled_and_are_overrides_of_the_scaled_paper_rat
     cfg = load_config(None, ["distill.variant=D3", "distill.lr_scale=10", "distill.lr_bbe=3e-3"])
     assert (cfg.distill.lr_tcl, cfg.distill.lr_bbe) == (2e-7, 3e-3)
     assert cfg.distill.rate_overrides() == {"lr_bbe": (3e-3, 1e-6)}
-    demo = load_config("configs/demo.yaml", ["distill.lr_scale=100"])  # the demo's explicit rates stay as written
-    assert (demo.distill.lr_tcl, demo.distill.lr_bbe) == (1e-4, 1e-3)
-    assert load_config("configs/demo.yaml", []).distill.lr_scale == 1.0
+    demo = load_config("configs/demo.yaml", [])  # D3's paper rates times the demo's lr_scale, no override
+    assert (demo.distill.lr_scale, demo.distill.lr_tcl, demo.distill.lr_bbe) == (5000.0, 1e-4, 5e-4)
+    assert demo.distill.rate_overrides() == {}
 
 
 def test_scaled_rates_survive_a_dump_and_reload_unscaled_twice():

@@ -182,7 +182,8 @@ def check_weights(cfg: Config, weights: bytes, key: str, uri: str) -> LoadReport
         state = parse_weights(weights, uri)
     except CheckpointError as exc:
         raise ConfigError(f"{key}={uri} is not a usable checkpoint: {exc}") from None
-    report = load_into(build_model(cfg), state)
+    with torch.random.fork_rng(devices=[]):  # a check: the caller's random stream (its initialisation) stays as it was
+        report = load_into(build_model(cfg), state)
     problem = fit_problem(report)
     if problem is not None:
         network = f"{cfg.model.architecture}/{cfg.model.preset}"

@@ -15,10 +15,11 @@ Errors. Every read, write, listing page and delete follows one :class:`RetryPoli
 such as ``SlowDown``, HTTP 429/5xx, timeouts, connection resets and refusals) is retried with exponential backoff and
 full jitter until the operation's time budget (``storage.read_timeout_s``, default :data:`DEFAULT_READ_TIMEOUT_S`)
 is spent; then :class:`TransientStorageError` is raised. A permanent one (missing key or bucket, access denied, an
-invalid request) raises :class:`StorageError` at once. The threads of a process back off together: a transient
-error holds every new attempt of the process until the failing thread's backoff has passed, so a throttled or
-unreachable store sees one process slow down, not eight threads keep hammering it. :func:`stats` counts this
-process's retries and failures.
+invalid request) raises :class:`StorageError` at once. The threads of a process back off together
+(:class:`_Gate`): after a transient error no attempt starts until the backoff has passed, then one attempt at a
+time probes the store until it answers, so a throttled or unreachable store sees each process as one client that
+backs off, not eight threads that keep retrying (nor, in the data actors, reads of other pairs: see
+:func:`cmd_ray.data.streams.read_policy`). :func:`stats` counts this process's retries and failures.
 
 S3 credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles,
 instance roles); the endpoint from ``endpoint_url`` if given, else ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``),
@@ -37,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -79,11 +80,12 @@ class TransientStorageError(StorageError):
 class RetryPolicy:
     """How one storage operation retries transient errors: exponential backoff with full jitter within a time budget.
 
-    Before attempt ``n + 1`` the operation waits ``uniform(0, min(max_delay_s, base_delay_s * 2**(n - 1)))`` seconds
-    (AWS's "full jitter": clients that failed together spread out instead of retrying in lockstep), and it stops
-    retrying once ``budget_s`` seconds have passed since its first attempt (the last backoff is cut to end there and
-    one final attempt is made). A single attempt is bounded by the connection timeouts (:data:`READ_TIMEOUT_S`), so an
-    operation can overrun its budget by at most one attempt.
+    After the ``n``-th failed attempt in a row (counted per process: :class:`_Gate`) the next one waits
+    ``uniform(0, min(max_delay_s, base_delay_s * 2**(n - 1)))`` seconds (AWS's "full jitter": clients that failed
+    together spread out instead of retrying in lockstep). An operation stops once ``budget_s`` seconds have passed
+    since it started: a failure after that, or a backoff that reaches it, raises :class:`TransientStorageError`. A
+    single attempt is bounded by the connection timeouts (:data:`READ_TIMEOUT_S`), so an operation can overrun its
+    budget by at most one attempt.
 
     Attributes:
         budget_s: total seconds an operation keeps retrying (``storage.read_timeout_s``).
@@ -133,6 +135,56 @@ class StorageStats:
     clients_created: int = 0
 
 
+class _Gate:
+    """This process's view of the store, shared by its threads: healthy (attempts run freely) or failing.
+
+    A transient error turns it to failing: no attempt starts until a backoff has passed, then one attempt at a
+    time probes the store while the others wait; any answer that is not a transient error (success, or a permanent
+    error: the store answered) turns it healthy again and releases them all. The backoff's exponent counts the
+    probes that failed in a row, whichever thread made them, so a process behaves as one client that backs off,
+    not as many that retry on their own. Attempts already under way when the store started failing do not raise the
+    exponent.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.failures = 0  # failed probes in a row (0: healthy)
+        self.hold_until = 0.0  # time.monotonic() before which no attempt starts while failing
+        self.probing = False
+        self.last_error: BaseException | None = None
+
+    def enter(self, deadline: float) -> bool | None:
+        """Wait for this process's turn, at most until ``deadline``: False to attempt freely (healthy), True to
+        attempt as the probe (then :meth:`leave` must follow), None when the deadline passed while waiting."""
+        with self.cond:
+            while self.failures:
+                now = time.monotonic()
+                if now >= deadline:
+                    return None
+                if now < self.hold_until:
+                    self.cond.wait(min(self.hold_until, deadline) - now)  # the backoff itself
+                elif self.probing:
+                    self.cond.wait(deadline - now)  # another thread probes; it notifies
+                else:
+                    self.probing = True
+                    return True
+            return False
+
+    def leave(self, probe: bool, failure: BaseException | None, policy: RetryPolicy, rng: random.Random) -> None:
+        """After an attempt: ``failure`` is its transient error, or None when the store answered."""
+        with self.cond:
+            if probe:
+                self.probing = False
+            if failure is None:
+                self.failures = 0
+            elif probe or not self.failures:
+                self.failures += 1
+                self.last_error = failure
+                until = time.monotonic() + policy.backoff_s(self.failures, rng)
+                self.hold_until = max(self.hold_until, until)
+            self.cond.notify_all()
+
+
 class _State:
     """Caches and counters of one process (rebuilt in a forked child)."""
 
@@ -142,7 +194,7 @@ class _State:
         self.cache: dict[tuple[Any, ...], Any] = {}
         self.counts = {"retries": 0, "transient_failures": 0, "filesystems_created": 0, "clients_created": 0}
         self.random = random.Random()
-        self.hold_until = 0.0  # time.monotonic() before which no new attempt starts (the process backs off together)
+        self.gate = _Gate()
 
 
 _state = _State()
@@ -424,27 +476,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def _hold(until: float) -> None:
-    """Hold this process's new attempts until ``until`` (``time.monotonic()``; a later hold wins)."""
-    state = _current()
-    with state.lock:
-        state.hold_until = max(state.hold_until, until)
-
-
-def _wait_for_hold(deadline: float) -> None:
-    """Wait while this process backs off (see :func:`_hold`), at most until ``deadline``."""
-    state = _current()
-    while True:
-        with state.lock:
-            until = min(state.hold_until, deadline)
-        pause = until - time.monotonic()
-        if pause <= 0:
-            return
-        time.sleep(pause)  # the backoff itself; another failure may extend the hold, hence the loop
-
-
 def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy | None = None) -> T:
-    """``call()``, repeated after transient errors (see :func:`is_transient`) as ``policy`` says.
+    """``call()``, repeated after transient errors (see :func:`is_transient`) as ``policy`` says, in step with the
+    other operations of this process (:class:`_Gate`).
 
     Args:
         what: names the operation and URI in errors ("read s3://bucket/key").
@@ -455,34 +489,50 @@ def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy | None = 
         StorageError: a permanent error, at once (the original is its cause).
     """
     policy = DEFAULT_POLICY if policy is None else policy
+    state = _current()
+    gate = state.gate
     started = time.monotonic()
     deadline = started + policy.budget_s
     attempt = 0
+    last: BaseException | None = None
     while True:
-        _wait_for_hold(deadline)
+        probe = gate.enter(deadline)
+        if probe is None:  # the budget passed while this process backed off
+            last = last or gate.last_error
+            _count("transient_failures")
+            raise TransientStorageError(
+                f"cannot {what}: {_describe(last) if last else 'the store kept failing'} (transient; "
+                f"{attempt} attempt(s) over {time.monotonic() - started:.1f} s, the retry budget of "
+                f"{policy.budget_s:g} s, storage.read_timeout_s)"
+            ) from last
+        if attempt:
+            _count("retries")
         attempt += 1
         try:
-            return call()
-        except StorageError:
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                if _is_missing(exc):
-                    missing = FileNotFoundError(errno.ENOENT, _describe(exc))
-                    missing.__cause__ = exc
-                    raise MissingObjectError(f"cannot {what}: {_describe(exc)}") from missing
-                if isinstance(exc, OSError) or _is_boto_error(exc):
-                    raise StorageError(f"cannot {what}: {_describe(exc)}") from exc
-                raise
-            now = time.monotonic()
-            if now >= deadline:
-                _count("transient_failures")
-                raise TransientStorageError(
-                    f"cannot {what}: {_describe(exc)} (transient; failed {attempt} attempt(s) over "
-                    f"{now - started:.1f} s, the retry budget of {policy.budget_s:g} s, storage.read_timeout_s)"
-                ) from exc
-            _count("retries")
-            _hold(now + min(policy.backoff_s(attempt, _current().random), deadline - now))
+            result = call()
+        except BaseException as exc:
+            transient = isinstance(exc, Exception) and not isinstance(exc, StorageError) and is_transient(exc)
+            gate.leave(probe, exc if transient else None, policy, state.random)  # otherwise the store answered
+            if not transient:
+                _raise_permanent(what, exc)
+            last = exc
+            continue
+        gate.leave(probe, None, policy, state.random)
+        return result
+
+
+def _raise_permanent(what: str, exc: BaseException) -> NoReturn:
+    """Raise the permanent error ``exc`` of operation ``what`` as a :class:`StorageError` naming it (a missing
+    object as :class:`MissingObjectError`); anything else that is no storage error unchanged."""
+    if isinstance(exc, StorageError) or not isinstance(exc, Exception):
+        raise exc
+    if _is_missing(exc):
+        missing = FileNotFoundError(errno.ENOENT, _describe(exc))
+        missing.__cause__ = exc
+        raise MissingObjectError(f"cannot {what}: {_describe(exc)}") from missing
+    if isinstance(exc, OSError) or _is_boto_error(exc):
+        raise StorageError(f"cannot {what}: {_describe(exc)}") from exc
+    raise exc
 
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})

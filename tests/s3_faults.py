@@ -11,7 +11,8 @@
 
 Failure modes: ``"503"`` (S3's ``SlowDown`` XML error body), ``"unavailable"`` (503 ``ServiceUnavailable``),
 ``"403"`` (``AccessDenied``), ``"301"`` (``PermanentRedirect``) and ``"reset"`` (the TCP connection is closed with
-RST, before any answer). ``counts`` tallies what the proxy did; ``seen[path]`` counts requests per path.
+RST, before any answer). ``counts`` tallies what the proxy did; ``seen[path]`` counts requests per path and
+``forwarded[(method, path)]`` those passed on to the upstream.
 Threads only (``http.server``); no dependency beyond the standard library.
 """
 
@@ -83,6 +84,7 @@ class FaultyS3Proxy:
         self.random = random.Random(seed)
         self.plan: dict[tuple[str | None, str], list] = {}
         self.seen: Counter[str] = Counter()
+        self.forwarded: Counter[tuple[str, str]] = Counter()
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.outage_started = threading.Event()
@@ -210,6 +212,7 @@ class FaultyS3Proxy:
                 self.counts["reset"] += 1
                 return "reset"
             self.counts["forwarded"] += 1
+            self.forwarded[(method, path)] += 1
             return None
 
     def close(self) -> None:

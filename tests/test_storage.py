@@ -11,7 +11,6 @@ import pytest
 from s3_faults import FaultyS3Proxy
 
 from cmd_ray import storage
-from cmd_ray.local_cluster import wait_until
 
 
 def test_local_round_trip_and_listing(tmp_path):
@@ -177,38 +176,37 @@ def test_backoff_is_exponential_with_full_jitter_and_a_cap():
         storage.RetryPolicy(budget_s=1.0, base_delay_s=1.0, max_delay_s=0.5)
 
 
-def test_the_threads_of_a_process_back_off_together():
-    """A transient error in one thread holds the next attempt of every thread until its backoff has passed."""
-    import random
+def test_the_threads_of_a_process_back_off_together(flaky, flaky_bucket):
+    """While the store fails, a process probes it one attempt at a time: eight threads cost about what one does."""
+    uri = f"s3://{flaky_bucket}/ok/outage.bin"
+    storage.write_bytes(uri, b"o")
+    path = f"/{flaky_bucket}/ok/outage.bin"
+    flaky.fail(path, -1, "503")
+    policy = storage.RetryPolicy(budget_s=1.0, base_delay_s=0.01, max_delay_s=0.04)
 
-    state = storage._current()
-    state.random = random.Random(3)
-    policy = storage.RetryPolicy(budget_s=30.0, base_delay_s=1.0, max_delay_s=1.0)
-    assert random.Random(3).uniform(0.0, 1.0) > 0.2  # the hold outlasts the poll below
-    failures = iter([ConnectionResetError(104, "Connection reset by peer")])
-    marked = time.monotonic()
+    def read() -> BaseException | None:
+        try:
+            storage.read_bytes(uri, flaky.endpoint_url, policy)
+        except storage.TransientStorageError as exc:
+            return exc
+        return None
 
-    def flaky_call() -> str:
-        error = next(failures, None)
-        if error is not None:
-            raise error
-        return "a"
-
-    first = threading.Thread(target=storage.with_retries, args=("read a", flaky_call, policy))
-    first.start()
-    wait_until(lambda: state.hold_until > marked, "the first thread's backoff", timeout_s=30)
-    hold = state.hold_until
-    attempted: list[float] = []
-
-    def healthy_call() -> str:
-        attempted.append(time.monotonic())
-        return "b"
-
-    asked = time.monotonic()
-    assert storage.with_retries("read b", healthy_call, policy) == "b"
-    first.join(30)
-    assert asked < hold, "the backoff was over before the second read started: nothing was tested"
-    assert attempted[0] >= hold  # the healthy read waited for the other thread's backoff
+    assert isinstance(read(), storage.TransientStorageError)
+    alone = flaky.seen[path]
+    flaky.fail(path, 0, "503")
+    assert read() is None  # the store answers: the process is healthy again
+    flaky.fail(path, -1, "503")
+    before = flaky.seen[path]
+    errors: list[BaseException | None] = []
+    threads = [threading.Thread(target=lambda: errors.append(read())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    together = flaky.seen[path] - before
+    assert len(errors) == 8 and all(isinstance(e, storage.TransientStorageError) for e in errors)
+    # each thread on its own would make about `alone` attempts (8x in all); in step: one series plus the first 8
+    assert together < 2 * alone + 8, (alone, together)
 
 
 def test_pyarrow_errors_are_classified_from_what_pyarrow_really_says(flaky, flaky_bucket):

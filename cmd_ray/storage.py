@@ -80,10 +80,11 @@ class TransientStorageError(StorageError):
 class RetryPolicy:
     """How one storage operation retries transient errors: exponential backoff with full jitter within a time budget.
 
-    After the ``n``-th failed attempt in a row (counted per process: :class:`_Gate`) the next one waits
-    ``uniform(0, min(max_delay_s, base_delay_s * 2**(n - 1)))`` seconds (AWS's "full jitter": clients that failed
-    together spread out instead of retrying in lockstep). An operation stops once ``budget_s`` seconds have passed
-    since it started: a failure after that, or a backoff that reaches it, raises :class:`TransientStorageError`. A
+    After its ``n``-th failed attempt an operation waits ``uniform(0, min(max_delay_s, base_delay_s * 2**(n - 1)))``
+    seconds (AWS's "full jitter": clients that failed together spread out instead of retrying in lockstep), and as
+    long as the store fails, the same after the ``n``-th failed probe of its process (:class:`_Gate`). An operation
+    stops once ``budget_s`` seconds have passed since it started: a failure after that, or a backoff that reaches
+    it, raises :class:`TransientStorageError`. A
     single attempt is bounded by the connection timeouts (:data:`READ_TIMEOUT_S`), so an operation can overrun its
     budget by at most one attempt.
 
@@ -143,7 +144,8 @@ class _Gate:
     error: the store answered) turns it healthy again and releases them all. The backoff's exponent counts the
     probes that failed in a row, whichever thread made them, so a process behaves as one client that backs off,
     not as many that retry on their own. Attempts already under way when the store started failing do not raise the
-    exponent.
+    exponent. Each operation also waits its own backoff (:func:`with_retries`): one object can keep failing while
+    the process's other reads succeed.
     """
 
     def __init__(self) -> None:
@@ -153,22 +155,24 @@ class _Gate:
         self.probing = False
         self.last_error: BaseException | None = None
 
-    def enter(self, deadline: float) -> bool | None:
-        """Wait for this process's turn, at most until ``deadline``: False to attempt freely (healthy), True to
-        attempt as the probe (then :meth:`leave` must follow), None when the deadline passed while waiting."""
+    def enter(self, deadline: float, not_before: float = 0.0) -> bool | None:
+        """Wait for this operation's turn: until ``not_before`` (its own backoff, ``time.monotonic()``) and, while
+        the store fails, until the process's backoff has passed and no other thread probes. Returns False to
+        attempt freely (healthy), True to attempt as the probe (then :meth:`leave` must follow), None when
+        ``deadline`` came first."""
         with self.cond:
-            while self.failures:
+            while True:
                 now = time.monotonic()
-                if now >= deadline:
-                    return None
-                if now < self.hold_until:
-                    self.cond.wait(min(self.hold_until, deadline) - now)  # the backoff itself
-                elif self.probing:
-                    self.cond.wait(deadline - now)  # another thread probes; it notifies
-                else:
+                until = max(not_before, self.hold_until if self.failures else 0.0)
+                if now < until or (self.failures and self.probing):
+                    if now >= deadline:
+                        return None
+                    self.cond.wait((min(until, deadline) if now < until else deadline) - now)  # the backoff
+                    continue
+                if self.failures:
                     self.probing = True
                     return True
-            return False
+                return False
 
     def leave(self, probe: bool, failure: BaseException | None, policy: RetryPolicy, rng: random.Random) -> None:
         """After an attempt: ``failure`` is its transient error, or None when the store answered."""
@@ -495,9 +499,10 @@ def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy | None = 
     deadline = started + policy.budget_s
     attempt = 0
     last: BaseException | None = None
+    own_backoff = 0.0  # time.monotonic() before which this operation does not try again
     while True:
-        probe = gate.enter(deadline)
-        if probe is None:  # the budget passed while this process backed off
+        probe = gate.enter(deadline, own_backoff)
+        if probe is None:  # the budget passed while backing off
             last = last or gate.last_error
             _count("transient_failures")
             raise TransientStorageError(
@@ -516,6 +521,15 @@ def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy | None = 
             if not transient:
                 _raise_permanent(what, exc)
             last = exc
+            now = time.monotonic()
+            if now >= deadline:
+                _count("transient_failures")
+                raise TransientStorageError(
+                    f"cannot {what}: {_describe(exc)} (transient; failed {attempt} attempt(s) over "
+                    f"{now - started:.1f} s, the retry budget of {policy.budget_s:g} s, storage.read_timeout_s)"
+                ) from exc
+            # its own backoff too: one object can keep failing while the process's other reads succeed
+            own_backoff = now + policy.backoff_s(attempt, state.random)
             continue
         gate.leave(probe, None, policy, state.random)
         return result

@@ -209,6 +209,30 @@ def test_the_threads_of_a_process_back_off_together(flaky, flaky_bucket):
     assert together < 2 * alone + 8, (alone, together)
 
 
+def test_one_failing_object_backs_off_and_times_out_while_other_reads_succeed(flaky, flaky_bucket):
+    storage.write_bytes(f"s3://{flaky_bucket}/ok/bad-key.bin", b"x")
+    storage.write_bytes(f"s3://{flaky_bucket}/ok/good-key.bin", b"g")
+    flaky.fail(f"/{flaky_bucket}/ok/bad-key.bin", -1, "unavailable")
+    policy = storage.RetryPolicy(budget_s=0.5, base_delay_s=0.01, max_delay_s=0.04)
+    errors: list[BaseException] = []
+
+    def read_bad() -> None:
+        try:
+            storage.read_bytes(f"s3://{flaky_bucket}/ok/bad-key.bin", flaky.endpoint_url, policy)
+        except storage.TransientStorageError as exc:
+            errors.append(exc)
+
+    bad = threading.Thread(target=read_bad)
+    bad.start()
+    good = 0
+    while bad.is_alive() and good < 2000:  # healthy reads alongside, each one turning the process healthy again
+        assert storage.read_bytes(f"s3://{flaky_bucket}/ok/good-key.bin", flaky.endpoint_url, policy) == b"g"
+        good += 1
+    bad.join(30)
+    assert not bad.is_alive() and len(errors) == 1 and "ServiceUnavailable" in str(errors[0])
+    assert flaky.seen[f"/{flaky_bucket}/ok/bad-key.bin"] < 100  # backed off: at most 0.04 s apart, 0.5 s in all
+
+
 def test_pyarrow_errors_are_classified_from_what_pyarrow_really_says(flaky, flaky_bucket):
     """The classifier against pyarrow's own messages (resolve() hands out pyarrow filesystems to other callers)."""
     storage.write_bytes(f"s3://{flaky_bucket}/pa/k.bin", b"k")

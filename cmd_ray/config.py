@@ -692,6 +692,17 @@ class StorageConfig(_Strict):
     s3_endpoint_url: str | None = Field(None, description="overrides AWS_ENDPOINT_URL for s3:// URIs")
     checkpoints_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
+    read_timeout_s: float = Field(
+        300.0,
+        ge=0.0,
+        description="seconds one image read of the data actors (sample streams, cmd-ray boxes) keeps retrying "
+        "transient S3 errors (SlowDown, 5xx, timeouts, resets) with exponential backoff and full jitter before its "
+        "batch fails; no other pair is ever drawn in its place. Minutes, so that samples wait out a throttled or "
+        "briefly unreachable store. Other storage operations follow the same policy with the defaults",
+    )
+    retry_max_delay_s: float = Field(
+        20.0, ge=0.1, description="longest backoff between two attempts of one read (the first is at most 0.1 s)"
+    )
 
 
 class MlflowConfig(_Strict):

@@ -11,10 +11,15 @@ hands out one pyarrow ``S3FileSystem`` per process for the callers that need a f
 checkpoints). All are created lazily, once per process, endpoint, region and access key, under a lock, and
 reused; a forked child builds its own (the cache is keyed by the process id and cleared after ``fork``).
 
-Errors. A transient S3 error (throttling such as ``SlowDown``, HTTP 429/5xx, timeouts, connection resets and
-refusals) is retried up to :data:`MAX_ATTEMPTS` times with exponential backoff and jitter; when every attempt failed,
-:class:`TransientStorageError` is raised. A permanent one (missing key or bucket, access denied, an invalid request)
-raises :class:`StorageError` at once. :func:`stats` counts this process's retries and failures.
+Errors. Every read, write, listing page and delete follows one :class:`RetryPolicy`: a transient error (throttling
+such as ``SlowDown``, HTTP 429/5xx, timeouts, connection resets and refusals) is retried with exponential backoff and
+full jitter until the operation's time budget (``storage.read_timeout_s``, default :data:`DEFAULT_READ_TIMEOUT_S`)
+is spent; then :class:`TransientStorageError` is raised. A permanent one (missing key or bucket, access denied, an
+invalid request) raises :class:`StorageError` at once. The threads of a process back off together
+(:class:`_Gate`): after a transient error no attempt starts until the backoff has passed, then one attempt at a
+time probes the store until it answers, so a throttled or unreachable store sees each process as one client that
+backs off, not eight threads that keep retrying (nor, in the data actors, reads of other pairs: see
+:func:`cmd_ray.data.streams.read_policy`). :func:`stats` counts this process's retries and failures.
 
 S3 credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles,
 instance roles); the endpoint from ``endpoint_url`` if given, else ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``),
@@ -33,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -41,12 +46,12 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 
-MAX_ATTEMPTS = 5
-"""Attempts (the first one included) of an S3 request that fails transiently."""
+DEFAULT_READ_TIMEOUT_S = 300.0
+"""Seconds one storage operation keeps retrying transient errors by default (``storage.read_timeout_s``)."""
 BASE_DELAY_S = 0.1
-"""Backoff before the 2nd attempt in seconds; doubled before each further one (with jitter), capped at MAX_DELAY_S."""
-MAX_DELAY_S = 5.0
-"""Longest backoff between two attempts, in seconds."""
+"""Upper end of the backoff before the 2nd attempt in seconds; doubled before each further attempt."""
+MAX_DELAY_S = 20.0
+"""Upper end of any backoff between two attempts, in seconds (``storage.retry_max_delay_s``; AWS SDKs use 20 s)."""
 MAX_POOL_CONNECTIONS = 32
 """HTTP connections the shared boto3 client keeps (threads of one process share it, e.g. ``cmd-ray synth``)."""
 
@@ -65,10 +70,49 @@ class MissingObjectError(StorageError):
 
 
 class TransientStorageError(StorageError):
-    """A transient error (throttling, 5xx, timeout, connection reset) persisted through every attempt.
+    """A transient error (throttling, 5xx, timeout, connection reset) persisted for the whole retry budget.
 
-    The object may well be readable later: callers should not treat it as bad data.
+    The object may well be readable later: callers must not treat it as bad data.
     """
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one storage operation retries transient errors: exponential backoff with full jitter within a time budget.
+
+    After its ``n``-th failed attempt an operation waits ``uniform(0, min(max_delay_s, base_delay_s * 2**(n - 1)))``
+    seconds (AWS's "full jitter": clients that failed together spread out instead of retrying in lockstep), and as
+    long as the store fails, the same after the ``n``-th failed probe of its process (:class:`_Gate`). An operation
+    stops once ``budget_s`` seconds have passed since it started: a failure after that, or a backoff that reaches
+    it, raises :class:`TransientStorageError`. A
+    single attempt is bounded by the connection timeouts (:data:`READ_TIMEOUT_S`), so an operation can overrun its
+    budget by at most one attempt.
+
+    Attributes:
+        budget_s: total seconds an operation keeps retrying (``storage.read_timeout_s``).
+        base_delay_s: upper end of the first backoff.
+        max_delay_s: upper end of any backoff (``storage.retry_max_delay_s``).
+    """
+
+    budget_s: float = DEFAULT_READ_TIMEOUT_S
+    base_delay_s: float = BASE_DELAY_S
+    max_delay_s: float = MAX_DELAY_S
+
+    def __post_init__(self) -> None:
+        if not (self.budget_s >= 0 and self.base_delay_s > 0 and self.max_delay_s >= self.base_delay_s):
+            raise ValueError(f"invalid retry policy {self}: needs budget_s >= 0 and 0 < base_delay_s <= max_delay_s")
+
+    def ceiling_s(self, attempt: int) -> float:
+        """Upper end of the backoff after failed attempt ``attempt`` (1-based)."""
+        return min(self.max_delay_s, self.base_delay_s * 2 ** min(attempt - 1, 62))
+
+    def backoff_s(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based): uniform in ``[0, ceiling_s(attempt)]``."""
+        return rng.uniform(0.0, self.ceiling_s(attempt))
+
+
+DEFAULT_POLICY = RetryPolicy()
+"""The policy of an operation given none (a caller with a config passes ``storage.read_timeout_s``'s)."""
 
 
 # --------------------------------------------------------------------------- per-process state
@@ -80,7 +124,8 @@ class StorageStats:
 
     Attributes:
         retries: attempts repeated after a transient error (whether a later attempt succeeded or not).
-        transient_failures: operations that failed transiently on every attempt (:class:`TransientStorageError`).
+        transient_failures: operations that failed transiently for their whole retry budget
+            (:class:`TransientStorageError`).
         filesystems_created: pyarrow ``S3FileSystem`` objects built (one per endpoint, region and access key).
         clients_created: boto3 S3 clients built (likewise).
     """
@@ -89,6 +134,59 @@ class StorageStats:
     transient_failures: int = 0
     filesystems_created: int = 0
     clients_created: int = 0
+
+
+class _Gate:
+    """This process's view of the store, shared by its threads: healthy (attempts run freely) or failing.
+
+    A transient error turns it to failing: no attempt starts until a backoff has passed, then one attempt at a
+    time probes the store while the others wait; any answer that is not a transient error (success, or a permanent
+    error: the store answered) turns it healthy again and releases them all. The backoff's exponent counts the
+    probes that failed in a row, whichever thread made them, so a process behaves as one client that backs off,
+    not as many that retry on their own. Attempts already under way when the store started failing do not raise the
+    exponent. Each operation also waits its own backoff (:func:`with_retries`): one object can keep failing while
+    the process's other reads succeed.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.failures = 0  # failed probes in a row (0: healthy)
+        self.hold_until = 0.0  # time.monotonic() before which no attempt starts while failing
+        self.probing = False
+        self.last_error: BaseException | None = None
+
+    def enter(self, deadline: float, not_before: float = 0.0) -> bool | None:
+        """Wait for this operation's turn: until ``not_before`` (its own backoff, ``time.monotonic()``) and, while
+        the store fails, until the process's backoff has passed and no other thread probes. Returns False to
+        attempt freely (healthy), True to attempt as the probe (then :meth:`leave` must follow), None when
+        ``deadline`` came first."""
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                until = max(not_before, self.hold_until if self.failures else 0.0)
+                if now < until or (self.failures and self.probing):
+                    if now >= deadline:
+                        return None
+                    self.cond.wait((min(until, deadline) if now < until else deadline) - now)  # the backoff
+                    continue
+                if self.failures:
+                    self.probing = True
+                    return True
+                return False
+
+    def leave(self, probe: bool, failure: BaseException | None, policy: RetryPolicy, rng: random.Random) -> None:
+        """After an attempt: ``failure`` is its transient error, or None when the store answered."""
+        with self.cond:
+            if probe:
+                self.probing = False
+            if failure is None:
+                self.failures = 0
+            elif probe or not self.failures:
+                self.failures += 1
+                self.last_error = failure
+                until = time.monotonic() + policy.backoff_s(self.failures, rng)
+                self.hold_until = max(self.hold_until, until)
+            self.cond.notify_all()
 
 
 class _State:
@@ -100,6 +198,7 @@ class _State:
         self.cache: dict[tuple[Any, ...], Any] = {}
         self.counts = {"retries": 0, "transient_failures": 0, "filesystems_created": 0, "clients_created": 0}
         self.random = random.Random()
+        self.gate = _Gate()
 
 
 _state = _State()
@@ -381,47 +480,73 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def _backoff_s(attempt: int) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based): half the capped exponential, plus jitter."""
-    ceiling = min(MAX_DELAY_S, BASE_DELAY_S * 2 ** (attempt - 1))
-    return ceiling / 2 + _current().random.uniform(0, ceiling / 2)
-
-
-def with_retries(what: str, call: Callable[[], T], attempts: int | None = None) -> T:
-    """``call()``, repeated after transient errors (see :func:`is_transient`) with exponential backoff and jitter.
+def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy | None = None) -> T:
+    """``call()``, repeated after transient errors (see :func:`is_transient`) as ``policy`` says, in step with the
+    other operations of this process (:class:`_Gate`).
 
     Args:
         what: names the operation and URI in errors ("read s3://bucket/key").
-        attempts: attempts in all (default :data:`MAX_ATTEMPTS`).
+        policy: backoff and time budget (default :data:`DEFAULT_POLICY`).
 
     Raises:
-        TransientStorageError: every attempt failed transiently (the last error is its cause).
+        TransientStorageError: transient errors for the whole budget (the last error is its cause).
         StorageError: a permanent error, at once (the original is its cause).
     """
-    limit = MAX_ATTEMPTS if attempts is None else max(1, attempts)
-    attempt = 1
+    policy = DEFAULT_POLICY if policy is None else policy
+    state = _current()
+    gate = state.gate
+    started = time.monotonic()
+    deadline = started + policy.budget_s
+    attempt = 0
+    last: BaseException | None = None
+    own_backoff = 0.0  # time.monotonic() before which this operation does not try again
     while True:
+        probe = gate.enter(deadline, own_backoff)
+        if probe is None:  # the budget passed while backing off
+            last = last or gate.last_error
+            _count("transient_failures")
+            raise TransientStorageError(
+                f"cannot {what}: {_describe(last) if last else 'the store kept failing'} (transient; "
+                f"{attempt} attempt(s) over {time.monotonic() - started:.1f} s, the retry budget of "
+                f"{policy.budget_s:g} s, storage.read_timeout_s)"
+            ) from last
+        if attempt:
+            _count("retries")
+        attempt += 1
         try:
-            return call()
-        except StorageError:
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                if _is_missing(exc):
-                    missing = FileNotFoundError(errno.ENOENT, _describe(exc))
-                    missing.__cause__ = exc
-                    raise MissingObjectError(f"cannot {what}: {_describe(exc)}") from missing
-                if isinstance(exc, OSError) or _is_boto_error(exc):
-                    raise StorageError(f"cannot {what}: {_describe(exc)}") from exc
-                raise
-            if attempt >= limit:
+            result = call()
+        except BaseException as exc:
+            transient = isinstance(exc, Exception) and not isinstance(exc, StorageError) and is_transient(exc)
+            gate.leave(probe, exc if transient else None, policy, state.random)  # otherwise the store answered
+            if not transient:
+                _raise_permanent(what, exc)
+            last = exc
+            now = time.monotonic()
+            if now >= deadline:
                 _count("transient_failures")
                 raise TransientStorageError(
-                    f"cannot {what}: {_describe(exc)} (transient; failed {attempt} attempt(s))"
+                    f"cannot {what}: {_describe(exc)} (transient; failed {attempt} attempt(s) over "
+                    f"{now - started:.1f} s, the retry budget of {policy.budget_s:g} s, storage.read_timeout_s)"
                 ) from exc
-            _count("retries")
-            time.sleep(_backoff_s(attempt))
-            attempt += 1
+            # its own backoff too: one object can keep failing while the process's other reads succeed
+            own_backoff = now + policy.backoff_s(attempt, state.random)
+            continue
+        gate.leave(probe, None, policy, state.random)
+        return result
+
+
+def _raise_permanent(what: str, exc: BaseException) -> NoReturn:
+    """Raise the permanent error ``exc`` of operation ``what`` as a :class:`StorageError` naming it (a missing
+    object as :class:`MissingObjectError`); anything else that is no storage error unchanged."""
+    if isinstance(exc, StorageError) or not isinstance(exc, Exception):
+        raise exc
+    if _is_missing(exc):
+        missing = FileNotFoundError(errno.ENOENT, _describe(exc))
+        missing.__cause__ = exc
+        raise MissingObjectError(f"cannot {what}: {_describe(exc)}") from missing
+    if isinstance(exc, OSError) or _is_boto_error(exc):
+        raise StorageError(f"cannot {what}: {_describe(exc)}") from exc
+    raise exc
 
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
@@ -501,11 +626,14 @@ def _bucket_and_key(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
+def read_bytes(uri: str, endpoint_url: str | None = None, policy: RetryPolicy | None = None) -> bytes:
     """The whole content of ``uri`` (an S3 object: one ``GetObject`` request per attempt).
 
+    Args:
+        policy: retries of transient errors (default :data:`DEFAULT_POLICY`: minutes, not seconds).
+
     Raises:
-        TransientStorageError: S3 failed transiently on every one of :data:`MAX_ATTEMPTS` attempts.
+        TransientStorageError: S3 failed transiently for the whole retry budget of ``policy``.
         StorageError: a permanent error (missing object or bucket, access denied, unsupported URI), at once.
     """
     if is_s3(uri):
@@ -519,14 +647,14 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
                 return _get_object(client, bucket, key)
             return _get_presigned(client, pool, bucket, key)
 
-        return with_retries(f"read {uri}", get)
+        return with_retries(f"read {uri}", get, policy)
     fs, path = resolve(uri)
 
     def read_local() -> bytes:
         with fs.open_input_stream(path) as stream:
             return stream.read()
 
-    return with_retries(f"read {uri}", read_local)
+    return with_retries(f"read {uri}", read_local, policy)
 
 
 PRESIGNED_EXPIRY_S = 900
@@ -597,7 +725,7 @@ MULTIPART_THRESHOLD = 1 << 30
 """Bytes from which :func:`write_bytes` uploads to S3 in parts (one ``PutObject`` below)."""
 
 
-def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
+def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None, policy: RetryPolicy | None = None) -> None:
     """Write ``data`` to ``uri`` (replacing it), creating parent folders on local disk.
 
     On S3 this is one ``PutObject`` per attempt (a multipart upload from :data:`MULTIPART_THRESHOLD` bytes).
@@ -617,7 +745,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
 
                 client.upload_fileobj(io.BytesIO(data), bucket, key)
 
-        with_retries(f"write {uri}", put)
+        with_retries(f"write {uri}", put, policy)
         return
     fs, path = resolve(uri)
 
@@ -626,7 +754,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
         with fs.open_output_stream(path) as stream:
             stream.write(data)
 
-    with_retries(f"write {uri}", write_local)
+    with_retries(f"write {uri}", write_local, policy)
 
 
 # --------------------------------------------------------------------------- paged listing
@@ -666,11 +794,12 @@ def iter_relative_files(
     client: Any = None,
     progress: bool = False,
     subfolder: str = "",
+    policy: RetryPolicy | None = None,
 ) -> Iterator[str]:
     """Paths (relative to ``root_uri``) of every file below ``root_uri/subfolder``, streamed as listed.
 
     On S3 this pages through ``ListObjectsV2`` (1000 keys a page, one request per page, each retried after a
-    transient error as :func:`with_retries` does); locally it walks the folder. Order is the store's (sorted on S3).
+    transient error as ``policy`` says); locally it walks the folder. Order is the store's (sorted on S3).
 
     Args:
         client: a boto3 S3 client to list with (default: :func:`s3_client`).
@@ -679,7 +808,7 @@ def iter_relative_files(
 
     Raises:
         MissingFolderError: a local root (or subfolder) that does not exist.
-        TransientStorageError: a page failed transiently on every attempt.
+        TransientStorageError: a page failed transiently for the whole retry budget.
         StorageError: the store refuses the listing (missing bucket, credentials); names the URI.
     """
     root = _root(root_uri)
@@ -688,18 +817,18 @@ def iter_relative_files(
     bar = tqdm(desc=f"listing {root.uri_prefix}{sub}", unit=" keys", disable=not progress, mininterval=0.5)
     try:
         if root.bucket is not None:
-            yield from _iter_s3(root, sub, client or s3_client(endpoint_url), bar, root_uri)
+            yield from _iter_s3(root, sub, client or s3_client(endpoint_url), bar, root_uri, policy)
         else:
             yield from _iter_local(root, sub, bar, root_uri)
     finally:
         bar.close()
 
 
-def _iter_s3(root: _Root, sub: str, client: Any, bar: tqdm, root_uri: str) -> Iterator[str]:
+def _iter_s3(root: _Root, sub: str, client: Any, bar: tqdm, root_uri: str, policy: RetryPolicy | None) -> Iterator[str]:
     cut = len(root.key_prefix)
     request: dict[str, Any] = {"Bucket": root.bucket, "Prefix": root.key_prefix + sub, "MaxKeys": 1000}
     while True:
-        page = with_retries(f"list {root_uri}", lambda: client.list_objects_v2(**request))
+        page = with_retries(f"list {root_uri}", lambda: client.list_objects_v2(**request), policy)
         contents = page.get("Contents", [])
         bar.update(len(contents))
         for item in contents:

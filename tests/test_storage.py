@@ -1,15 +1,14 @@
-import http.client
 import multiprocessing
 import socket
-import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
+from s3_faults import FaultyS3Proxy
 
 from cmd_ray import storage
 
@@ -56,111 +55,16 @@ def test_s3_round_trip_through_moto_server(s3_server):
 
 # --------------------------------------------------------------------------- real transient errors: a flaky proxy
 
-SLOW_DOWN = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message><RequestId>flaky</RequestId></Error>"
-)
-PERMANENT_REDIRECT = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect</Code>'
-    b"<Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message>"
-    b"<RequestId>flaky</RequestId></Error>"
-)
-ACCESS_DENIED = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-    b"<Message>Access Denied</Message><RequestId>flaky</RequestId></Error>"
-)
-
-
-class FlakyProxy:
-    """An HTTP proxy in front of the moto server that fails chosen requests for real.
-
-    ``fail(path, times, mode, method=None)``: the next ``times`` requests for ``path`` (``/bucket/key``; ``-1`` for
-    every one) are answered with ``mode``: ``"503"`` (S3's SlowDown), ``"403"`` (AccessDenied), ``"301"``
-    (PermanentRedirect) or ``"reset"`` (the TCP connection is reset); the rest are forwarded to moto.
-    ``seen[path]`` counts the requests per path.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = urlparse(upstream)
-        self.plan: dict[tuple[str | None, str], list] = {}
-        self.seen: dict[str, int] = {}
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def handle_request(self) -> None:
-                path = self.path.split("?")[0]
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                mode = proxy._next_mode(self.command, path)
-                if mode == "reset":
-                    linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                    self.close_connection = True
-                    return
-                if mode is not None:
-                    data = {"503": SLOW_DOWN, "403": ACCESS_DENIED, "301": PERMANENT_REDIRECT}[mode]
-                    self.send_response(int(mode))
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(data)
-                    return
-                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for name, value in response.getheaders():
-                    if name.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
-                        self.send_header(name, value)
-                length_out = response.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
-                self.send_header("Content-Length", str(length_out))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                upstream.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_request  # noqa: N815 (http.server names)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.endpoint_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def fail(self, path: str, times: int, mode: str, method: str | None = None) -> None:
-        with self.lock:
-            self.plan[(method, path)] = [times, mode]
-
-    def _next_mode(self, method: str, path: str) -> str | None:
-        with self.lock:
-            self.seen[path] = self.seen.get(path, 0) + 1
-            plan = self.plan.get((method, path)) or self.plan.get((None, path))
-            if plan is None or plan[0] == 0:
-                return None
-            plan[0] -= 1
-            return plan[1]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+FAST = storage.RetryPolicy(budget_s=0.3, base_delay_s=0.002, max_delay_s=0.01)
+"""Short backoffs and budget for the tests (the attempts stay real)."""
 
 
 @pytest.fixture
 def flaky(s3_server):
-    """A :class:`FlakyProxy` in front of the moto server, with short backoff delays (the attempts stay real)."""
-    proxy = FlakyProxy(s3_server.endpoint_url)
+    """A :class:`FaultyS3Proxy` in front of the moto server; operations without a policy get :data:`FAST`."""
+    proxy = FaultyS3Proxy(s3_server.endpoint_url)
     patch = pytest.MonkeyPatch()
-    patch.setattr(storage, "BASE_DELAY_S", 0.002)
-    patch.setattr(storage, "MAX_DELAY_S", 0.01)
+    patch.setattr(storage, "DEFAULT_POLICY", FAST)
     try:
         yield proxy
     finally:
@@ -227,26 +131,106 @@ def test_missing_keys_and_access_denied_fail_at_once(flaky, flaky_bucket):
     assert after.retries == before.retries and after.transient_failures == before.transient_failures
 
 
-def test_a_persistent_transient_error_raises_the_transient_subclass(flaky, flaky_bucket):
+def test_a_persistent_transient_error_raises_the_transient_subclass_when_the_budget_is_spent(flaky, flaky_bucket):
     storage.write_bytes(f"s3://{flaky_bucket}/ok/down.bin", b"d")
     flaky.fail(f"/{flaky_bucket}/ok/down.bin", -1, "503")
     before = storage.stats()
-    with pytest.raises(storage.TransientStorageError, match=r"SlowDown.*transient") as caught:
+    started = time.monotonic()
+    with pytest.raises(storage.TransientStorageError, match=r"SlowDown.*transient.*budget of 0.3 s") as caught:
         storage.read_bytes(f"s3://{flaky_bucket}/ok/down.bin", flaky.endpoint_url)
+    assert time.monotonic() - started >= FAST.budget_s  # it kept trying for the whole budget
     assert isinstance(caught.value, storage.StorageError)  # old callers still catch it
     after = storage.stats()
-    assert flaky.seen[f"/{flaky_bucket}/ok/down.bin"] == storage.MAX_ATTEMPTS
-    assert after.retries - before.retries == storage.MAX_ATTEMPTS - 1
+    attempts = flaky.seen[f"/{flaky_bucket}/ok/down.bin"]
+    assert attempts > 5  # backoffs of at most 10 ms within 0.3 s: a budget of time, not of attempts
+    assert after.retries - before.retries == attempts - 1
     assert after.transient_failures - before.transient_failures == 1
 
 
-def test_backoff_grows_exponentially_with_jitter_and_a_cap():
-    for attempt in range(1, 12):
-        ceiling = min(storage.MAX_DELAY_S, storage.BASE_DELAY_S * 2 ** (attempt - 1))
-        delays = {storage._backoff_s(attempt) for _ in range(20)}
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert len(delays) > 1  # jittered
-    assert storage._backoff_s(30) <= storage.MAX_DELAY_S
+def test_a_read_outlasts_a_long_run_of_slow_downs_within_its_budget(flaky, flaky_bucket):
+    """40 SlowDowns in a row: five attempts (the old policy) gave up after 1-2 s; a budget waits them out."""
+    storage.write_bytes(f"s3://{flaky_bucket}/ok/patient.bin", b"p")
+    flaky.fail(f"/{flaky_bucket}/ok/patient.bin", 40, "503")
+    patient = storage.RetryPolicy(budget_s=60.0, base_delay_s=0.002, max_delay_s=0.01)
+    before = storage.stats()
+    assert storage.read_bytes(f"s3://{flaky_bucket}/ok/patient.bin", flaky.endpoint_url, patient) == b"p"
+    after = storage.stats()
+    assert flaky.seen[f"/{flaky_bucket}/ok/patient.bin"] == 41
+    assert after.retries - before.retries == 40 and after.transient_failures == before.transient_failures
+
+
+def test_backoff_is_exponential_with_full_jitter_and_a_cap():
+    import random
+
+    policy = storage.RetryPolicy(budget_s=300.0, base_delay_s=0.1, max_delay_s=20.0)
+    rng = random.Random(0)
+    for attempt in range(1, 40):
+        ceiling = policy.ceiling_s(attempt)
+        assert ceiling == min(20.0, 0.1 * 2 ** (attempt - 1))
+        delays = [policy.backoff_s(attempt, rng) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        assert min(delays) < ceiling / 4 and max(delays) > 3 * ceiling / 4  # full jitter: the whole range
+    assert policy.ceiling_s(1000) == 20.0
+    assert storage.DEFAULT_READ_TIMEOUT_S == 300.0
+    with pytest.raises(ValueError, match="retry policy"):
+        storage.RetryPolicy(budget_s=1.0, base_delay_s=1.0, max_delay_s=0.5)
+
+
+def test_the_threads_of_a_process_back_off_together(flaky, flaky_bucket):
+    """While the store fails, a process probes it one attempt at a time: eight threads cost about what one does."""
+    uri = f"s3://{flaky_bucket}/ok/outage.bin"
+    storage.write_bytes(uri, b"o")
+    path = f"/{flaky_bucket}/ok/outage.bin"
+    flaky.fail(path, -1, "503")
+    policy = storage.RetryPolicy(budget_s=1.0, base_delay_s=0.01, max_delay_s=0.04)
+
+    def read() -> BaseException | None:
+        try:
+            storage.read_bytes(uri, flaky.endpoint_url, policy)
+        except storage.TransientStorageError as exc:
+            return exc
+        return None
+
+    assert isinstance(read(), storage.TransientStorageError)
+    alone = flaky.seen[path]
+    flaky.fail(path, 0, "503")
+    assert read() is None  # the store answers: the process is healthy again
+    flaky.fail(path, -1, "503")
+    before = flaky.seen[path]
+    errors: list[BaseException | None] = []
+    threads = [threading.Thread(target=lambda: errors.append(read())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    together = flaky.seen[path] - before
+    assert len(errors) == 8 and all(isinstance(e, storage.TransientStorageError) for e in errors)
+    # each thread on its own would make about `alone` attempts (8x in all); in step: one series plus the first 8
+    assert together < 2 * alone + 8, (alone, together)
+
+
+def test_one_failing_object_backs_off_and_times_out_while_other_reads_succeed(flaky, flaky_bucket):
+    storage.write_bytes(f"s3://{flaky_bucket}/ok/bad-key.bin", b"x")
+    storage.write_bytes(f"s3://{flaky_bucket}/ok/good-key.bin", b"g")
+    flaky.fail(f"/{flaky_bucket}/ok/bad-key.bin", -1, "unavailable")
+    policy = storage.RetryPolicy(budget_s=0.5, base_delay_s=0.01, max_delay_s=0.04)
+    errors: list[BaseException] = []
+
+    def read_bad() -> None:
+        try:
+            storage.read_bytes(f"s3://{flaky_bucket}/ok/bad-key.bin", flaky.endpoint_url, policy)
+        except storage.TransientStorageError as exc:
+            errors.append(exc)
+
+    bad = threading.Thread(target=read_bad)
+    bad.start()
+    good = 0
+    while bad.is_alive() and good < 2000:  # healthy reads alongside, each one turning the process healthy again
+        assert storage.read_bytes(f"s3://{flaky_bucket}/ok/good-key.bin", flaky.endpoint_url, policy) == b"g"
+        good += 1
+    bad.join(30)
+    assert not bad.is_alive() and len(errors) == 1 and "ServiceUnavailable" in str(errors[0])
+    assert flaky.seen[f"/{flaky_bucket}/ok/bad-key.bin"] < 100  # backed off: at most 0.04 s apart, 0.5 s in all
 
 
 def test_pyarrow_errors_are_classified_from_what_pyarrow_really_says(flaky, flaky_bucket):
@@ -329,29 +313,74 @@ def s3_pairs(s3_server, flaky_bucket) -> list[tuple[str, str]]:
     return list(list_two_folder_pairs(f"{root}/pairs").pairs)
 
 
-def _maker(pairs: list[tuple[str, str]], endpoint_url: str) -> Any:
+def _maker(pairs: list[tuple[str, str]], endpoint_url: str, retry: storage.RetryPolicy | None = None) -> Any:
     from cmd_ray.config import load_config
     from cmd_ray.data.distill_stream import SampleMaker
 
     cfg = load_config(None, [f"data.uri=s3://{pairs[0][0].split('/')[2]}/synthetic/pairs", "data.progress=false"])
-    return SampleMaker(pairs, cfg.data.model_dump(mode="json"), 0, 0, endpoint_url, skip_counter=None)
+    return SampleMaker(pairs, cfg.data.model_dump(mode="json"), 0, 0, endpoint_url, skip_counter=None, retry=retry)
 
 
-def test_sample_maker_keeps_a_pair_that_failed_transiently(flaky, s3_pairs):
+def _first_draws(pairs: list[tuple[str, str]], pair: int, count: int) -> list[int]:
+    """Sample indices of stream 0, seed 0 whose first draw is pair ``pair``."""
+    return [i for i in range(200) if np.random.default_rng([0, 0, i]).integers(len(pairs)) == pair][:count]
+
+
+def test_sample_maker_waits_out_throttling_on_its_own_pair(flaky, s3_pairs):
+    """Throttled reads are retried, never replaced: the batch is exactly the fault-free one."""
+    indices = np.arange(8)
+    expected = _maker(s3_pairs, flaky.endpoint_url)({"data": indices})
     flaky_key = "/" + s3_pairs[0][0][len("s3://") :]
-    flaky.fail(flaky_key, -1, "503")  # pair 0 is throttled for now
-    maker = _maker(s3_pairs, flaky.endpoint_url)
-    batch = maker({"data": np.arange(8)})
-    assert len(batch["ref_box"]) == 8  # pair 1 stood in
+    flaky.fail(flaky_key, 6, "503")  # pair 0 is throttled for a while
+    patient = storage.RetryPolicy(budget_s=60.0, base_delay_s=0.002, max_delay_s=0.01)
+    maker = _maker(s3_pairs, flaky.endpoint_url, retry=patient)
+    batch = maker({"data": indices})
+    for key, value in expected.items():
+        np.testing.assert_array_equal(batch[key], value)
     report = maker.local_report
-    assert report.transient_failures >= 1 and report.skipped == 0
-    assert report.retries == report.transient_failures * (storage.MAX_ATTEMPTS - 1)
+    assert report.retries == 6 and report.transient_failures == 0 and report.skipped == 0
+
+
+def test_a_transient_failure_after_the_budget_fails_the_sample_and_draws_no_other_pair(flaky, s3_pairs):
+    (index,) = _first_draws(s3_pairs, 0, 1)
+    other = "/" + s3_pairs[1][0][len("s3://") :]
+    flaky_key = "/" + s3_pairs[0][0][len("s3://") :]
+    flaky.fail(flaky_key, -1, "503")  # pair 0 stays throttled beyond the (short) budget
+    maker = _maker(s3_pairs, flaky.endpoint_url, retry=FAST)
+    with pytest.raises(storage.TransientStorageError, match=rf"sample {index}: pair .* no other pair is drawn"):
+        maker.sample(index)
+    assert flaky.seen[other] == 0  # pair 1 never stood in
+    report = maker.local_report
+    assert report.transient_failures == 1 and report.skipped == 0 and report.retries == flaky.seen[flaky_key] - 1
     assert s3_pairs[0][0].rsplit("/", 1)[-1].split(".")[0] in report.transient_examples[0]
-    flaky.fail(flaky_key, 0, "503")  # the throttling is over: pair 0 is drawn and used again
-    requests = flaky.seen[flaky_key]
-    maker({"data": np.arange(8, 16)})
-    assert flaky.seen[flaky_key] > requests
+    flaky.fail(flaky_key, 0, "503")  # the store is back: the same pair makes the same sample
+    expected = _maker(s3_pairs, flaky.endpoint_url).sample(index)
+    for key, value in maker.sample(index).items():
+        np.testing.assert_array_equal(value, expected[key])
     assert maker.local_report.skipped == 0
+
+
+def test_box_detector_never_writes_a_null_box_for_a_throttled_pair(flaky, s3_pairs, tmp_path):
+    from cmd_ray.config import load_config
+    from cmd_ray.data.box_precompute import NOT_SERVED, UNREADABLE, BoxDetector
+
+    cfg = load_config(None, [f"data.uri=s3://{s3_pairs[0][0].split('/')[2]}/synthetic/pairs", "data.progress=false"])
+    flaky_key = "/" + s3_pairs[1][1][len("s3://") :]  # the TIR image of pair 1
+    flaky.fail(flaky_key, 3, "503")
+    patient = storage.RetryPolicy(budget_s=60.0, base_delay_s=0.002, max_delay_s=0.01)
+    detector = BoxDetector(s3_pairs, cfg.data.model_dump(mode="json"), flaky.endpoint_url, retry=patient)
+    out = detector({"data": np.arange(2)})
+    assert list(out["found"] >= 0) == [True, True] and list(out["error"]) == ["", ""]
+    flaky.fail(flaky_key, -1, "503")  # throttled beyond the budget: not served, which is no unreadable pair
+    detector = BoxDetector(s3_pairs, cfg.data.model_dump(mode="json"), flaky.endpoint_url, retry=FAST)
+    out = detector({"data": np.array([1, 0])})
+    assert list(out["found"]) == [NOT_SERVED, NOT_SERVED]  # pair 0 is not tried while the store fails
+    assert "SlowDown" in out["error"][0] and "not served" in out["error"][1]
+    flaky.fail(flaky_key, 0, "503")
+    missing = [s3_pairs[0], (s3_pairs[1][0], s3_pairs[1][1].replace(".jpg", "-absent.jpg"))]
+    detector = BoxDetector(missing, cfg.data.model_dump(mode="json"), flaky.endpoint_url, retry=FAST)
+    out = detector({"data": np.arange(2)})
+    assert out["found"][0] >= 0 and out["found"][1] == UNREADABLE and "NoSuchKey" in out["error"][1]
 
 
 def test_sample_maker_marks_a_missing_pair_bad_once(flaky, s3_pairs):
@@ -392,3 +421,45 @@ def test_ray_storage_is_the_one_resolution_of_the_storage_path(tmp_path, monkeyp
     filesystem, path = storage.ray_storage("s3://bucket/prefix/", s3_server.endpoint_url)
     assert path == "bucket/prefix"
     assert filesystem is storage.s3_filesystem(s3_server.endpoint_url)  # this process's one S3 filesystem
+
+
+# --------------------------------------------------------------------------- the pretraining stream's view
+
+
+@pytest.fixture(scope="module")
+def s3_sequences(s3_server, flaky_bucket) -> list[Any]:
+    from cmd_ray.config import SynthConfig
+    from cmd_ray.data.sequences import list_sequences
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+
+    root = f"s3://{flaky_bucket}/sequences"
+    synth = SynthConfig(num_pairs=1, num_rgb_sequences=1, num_tir_sequences=0, sequence_length=6)
+    summary = write_synthetic_dataset(root, synth, progress=False)
+    return list_sequences(summary.rgb_sequences_uri)
+
+
+def _sequence_maker(sequences: list[Any], endpoint_url: str, retry: storage.RetryPolicy) -> Any:
+    from cmd_ray.config import Config
+    from cmd_ray.data.pretrain_stream import SequenceSampleMaker
+
+    sampling = Config().data.sampling.model_dump(mode="json")
+    return SequenceSampleMaker(sequences, sampling, 5, 0, 0, endpoint_url, skip_counter=None, retry=retry)
+
+
+def test_sequence_maker_never_marks_a_frame_bad_after_a_transient_error(flaky, s3_sequences):
+    indices = np.arange(6)
+    expected = _sequence_maker(s3_sequences, flaky.endpoint_url, FAST)({"data": indices})
+    path, _ = flaky.seen.most_common(1)[0]  # a frame these samples read
+    flaky.fail(path, -1, "503")  # the frame stays throttled beyond the (short) budget
+    maker = _sequence_maker(s3_sequences, flaky.endpoint_url, FAST)
+    with pytest.raises(storage.TransientStorageError, match="no other frame pair is drawn"):
+        maker({"data": indices})
+    report = maker.local_report
+    assert report.skipped == 0 and report.transient_failures == 1 and report.retries > 0
+    flaky.fail(path, 2, "503")  # the store recovers within the next read's budget
+    patient = storage.RetryPolicy(budget_s=60.0, base_delay_s=0.002, max_delay_s=0.01)
+    maker._retry = patient
+    batch = maker({"data": indices})  # the same maker: the frame was not marked bad
+    for key, value in expected.items():
+        np.testing.assert_array_equal(batch[key], value)
+    assert maker.local_report.skipped == 0

@@ -3,10 +3,11 @@
 Decoding, pseudo boxes and crops run on Ray Data actors (:class:`SampleMaker`, sized by ``data.num_actors`` /
 ``data.cpus_per_actor``), never on the training workers. Row ``i`` of the dataset is sample ``i`` of the whole run:
 its pair and its jitter are drawn from ``(seed, i)``, so the stream is deterministic per seed and an epoch is exactly
-``samples_per_epoch`` rows whatever the data-set size. A pair that cannot be read, decoded or aligned is recorded once
-in a :class:`~cmd_ray.data.skips.SkipCounter` actor (key and reason) and another pair is drawn instead; a pair whose
-detector found nothing is trained on the centre box and counted there too (``fallback_boxes``), as are the listing's
-unpaired files.
+``samples_per_epoch`` rows whatever the data-set size. A pair that cannot be read (permanently: missing, access
+denied), decoded or aligned is recorded once in a :class:`~cmd_ray.data.skips.SkipCounter` actor (key and reason) and
+another pair is drawn instead; a read that fails transiently (throttling, 5xx, resets) is retried for
+``storage.read_timeout_s`` and then fails the batch, never drawing another pair. A pair whose detector found nothing
+is trained on the centre box and counted there too (``fallback_boxes``), as are the listing's unpaired files.
 
 Memory. The pairs travel as one :class:`~cmd_ray.data.pairs.PairTable` (pyarrow string columns, about the URIs'
 length per pair) put in the object store once (``ray.put``); every actor maps it zero-copy instead of receiving a
@@ -45,9 +46,10 @@ from cmd_ray.data.streams import (
     VAL_STREAM,
     configure_dataset,
     index_blocks,
+    read_policy,
     stack_samples,
 )
-from cmd_ray.storage import StorageError, TransientStorageError, read_bytes
+from cmd_ray.storage import RetryPolicy, StorageError, TransientStorageError, read_bytes
 from cmd_ray.vocabulary import MIXINGS
 
 logger = logging.getLogger(__name__)
@@ -89,12 +91,16 @@ class SampleMaker:
         mixing: ``distill.mixing``. ``"side_by_side"`` (mix rows only; the config refuses it for the others) cuts
             each sample with :func:`~cmd_ray.data.processing.make_side_by_side_sample` (keys ``rgb_tir_ref``,
             ``tir_rgb_test`` in place of the four crops); ``"batch_split"`` with ``make_sample``.
+        retry: how reads retry transient errors (:func:`~cmd_ray.data.streams.read_policy`; default
+            :data:`~cmd_ray.storage.DEFAULT_POLICY`).
 
     Errors. A permanent one (missing object, access denied, undecodable bytes, misaligned pair) marks the pair bad
-    for the rest of the run (recorded once). A read that failed transiently after every retry
-    (:class:`~cmd_ray.storage.TransientStorageError`) only costs this sample its pair: another is drawn, the pair
-    stays usable, and the failure is counted as ``transient_failures``. The storage retries made while loading are
-    counted as ``retries``. Both go to the :class:`SkipCounter` in at most one call per batch.
+    for the rest of the run (recorded once) and the sample draws another pair. A transient one is retried by the read
+    for the whole budget of ``retry`` (the sample waits for the store; the actor's prefetch threads back off
+    together); if it persists (:class:`~cmd_ray.storage.TransientStorageError`), the failure is counted as
+    ``transient_failures`` and raised: the sample is never cut from another pair, and the pair is never marked bad.
+    The storage retries made while loading are counted as ``retries``. Both go to the :class:`SkipCounter` in at
+    most one call per batch.
 
     Reads. On S3, a batch's objects (the first pair each sample draws) are requested concurrently on
     :data:`PREFETCH_THREADS` threads when the batch starts, so that request latency overlaps decoding; the samples
@@ -110,6 +116,7 @@ class SampleMaker:
         endpoint_url: str | None,
         skip_counter: Any = None,
         mixing: str = "batch_split",
+        retry: RetryPolicy | None = None,
     ) -> None:
         if mixing not in MIXINGS:
             raise ValueError(f"unknown mixing {mixing!r}; allowed: {', '.join(MIXINGS)}")
@@ -121,6 +128,7 @@ class SampleMaker:
         self._seed = seed
         self._stream = stream
         self._endpoint_url = endpoint_url
+        self._retry = retry
         self._skip_counter = skip_counter
         self._local = SkipTally() if skip_counter is None else None
         self._bad: set[int] = set()
@@ -177,7 +185,7 @@ class SampleMaker:
             uris = [self._pairs.rgb_uri(pair_index)] if self._pairs.side_by_side else list(self._pairs[pair_index])
             for uri in uris:
                 if uri not in self._fetched:
-                    self._fetched[uri] = self._pool.submit(read_bytes, uri, self._endpoint_url)
+                    self._fetched[uri] = self._pool.submit(read_bytes, uri, self._endpoint_url, self._retry)
 
     def _drain_prefetch(self) -> None:
         futures = list(self._fetched.values())
@@ -190,7 +198,7 @@ class SampleMaker:
         """The bytes of ``uri``: prefetched for this batch, else read now (a failed prefetch is used once)."""
         future = self._fetched.get(uri)
         if future is None:
-            return read_bytes(uri, self._endpoint_url)
+            return read_bytes(uri, self._endpoint_url, self._retry)
         if future.exception() is not None:
             del self._fetched[uri]  # another sample of the batch drawing this pair reads it again
         return future.result()
@@ -198,24 +206,26 @@ class SampleMaker:
     def sample(self, index: int) -> dict[str, np.ndarray]:
         """Sample ``index`` of this stream (a dict of :func:`~cmd_ray.data.processing.make_sample`)."""
         rng = np.random.default_rng([self._seed, self._stream, index])
-        transient = 0
         for _ in range(MAX_DRAWS_PER_SAMPLE):
             pair_index = int(rng.integers(len(self._pairs)))
             if pair_index in self._bad:
                 continue
             try:
                 return self._cut(pair_index, rng)
-            except TransientStorageError as exc:  # S3 failed on every retry: not the pair's fault
-                transient += 1
-                self._transient.append((self._pairs.key(pair_index), str(exc)))
-                if self._local is not None:
-                    self.flush_storage_counts()
+            except TransientStorageError as exc:  # the store, not the pair: no other pair stands in
+                key = self._pairs.key(pair_index)
+                self._transient.append((key, str(exc)))
+                self.flush_storage_counts()
+                raise TransientStorageError(
+                    f"sample {index}: pair {key} could not be read within the retry budget (storage.read_timeout_s); "
+                    f"no other pair is drawn in its place: {exc}"
+                ) from exc
             except (StorageError, ImageDecodeError, PairMismatchError) as exc:
                 self._bad.add(pair_index)
                 self._record("record", self._pairs.key(pair_index), str(exc))
         raise RuntimeError(
-            f"sample {index}: {MAX_DRAWS_PER_SAMPLE} pairs in a row could not be read under {self._data.uri} "
-            f"({transient} of them failed transiently after every retry); see the skipped-pair log"
+            f"sample {index}: {MAX_DRAWS_PER_SAMPLE} pairs in a row could not be read under {self._data.uri}; "
+            "see the skipped-pair log"
         )
 
     _sample = sample  # the name benchmarks and older callers use
@@ -383,6 +393,7 @@ def _samples(
             "endpoint_url": cfg.storage.s3_endpoint_url,
             "skip_counter": skip_counter,
             "mixing": cfg.distill.mixing,
+            "retry": read_policy(cfg),
         },
         batch_size=cfg.distill.batch_size,
         batch_format="numpy",

@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import ray
 
+from cmd_ray import storage
 from cmd_ray.config import Config
 from cmd_ray.data.epochs import resume_from
 from cmd_ray.data.images import ImageDecodeError, decode_rgb
-from cmd_ray.data.streams import MAX_DRAWS_PER_SAMPLE, TRAIN_STREAM, VAL_STREAM, stack_samples
-from cmd_ray.storage import StorageError, read_bytes
+from cmd_ray.data.skips import SkipReport, SkipTally
+from cmd_ray.data.streams import MAX_DRAWS_PER_SAMPLE, TRAIN_STREAM, VAL_STREAM, read_policy, stack_samples
+from cmd_ray.storage import RetryPolicy, StorageError, TransientStorageError, read_bytes
 
 
 class SequenceSampleMaker:
@@ -20,7 +22,10 @@ class SequenceSampleMaker:
 
     Sample ``i`` draws its sequence, its reference/test frames (at most ``max_gap`` apart), its jitter and its
     photometric augmentation (grey crops; brightness in the training stream only) from ``(seed, stream, i)``.
-    An unreadable frame is recorded in the :class:`SkipCounter` once and another frame pair is drawn.
+    A permanently unreadable frame (missing, access denied, undecodable) is recorded in the :class:`SkipCounter`
+    once and another frame pair is drawn. A transient read error is retried for the budget of ``retry``
+    (:func:`~cmd_ray.data.streams.read_policy`); if it persists it is counted (``transient_failures``) and raised,
+    never marking the frame bad nor drawing another frame pair. Storage retries are counted (``retries``) per batch.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class SequenceSampleMaker:
         skip_counter: Any,
         grayscale_probability: float = 0.0,
         brightness_jitter: float = 0.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         from cmd_ray.config import SamplingConfig
 
@@ -45,16 +51,36 @@ class SequenceSampleMaker:
         self._stream = stream
         self._endpoint_url = endpoint_url
         self._skip_counter = skip_counter
+        self._local = SkipTally() if skip_counter is None else None  # counted here when running without Ray
+        self._retry = retry
         self._bad: set[str] = set()
 
+    @property
+    def local_report(self) -> SkipReport | None:
+        """Skips and storage counts counted here when running without a :class:`SkipCounter`."""
+        return None if self._local is None else self._local.report()
+
+    def _record(self, what: str, *args: Any) -> None:
+        if self._local is not None:
+            getattr(self._local, what)(*args)
+        else:
+            getattr(self._skip_counter, what).remote(*args)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        samples = [self._sample(int(index)) for index in batch["data"]]
+        before = storage.retry_count()
+        transient: list[tuple[str, str]] = []
+        try:
+            samples = [self._sample(int(index), transient) for index in batch["data"]]
+        finally:
+            retries = storage.retry_count() - before
+            if retries or transient:
+                self._record("record_storage", retries, transient)
         return stack_samples(samples, batch["data"])
 
     def _frame(self, uri: str) -> np.ndarray:
-        return decode_rgb(read_bytes(uri, self._endpoint_url), uri)
+        return decode_rgb(read_bytes(uri, self._endpoint_url, self._retry), uri)
 
-    def _sample(self, index: int) -> dict[str, np.ndarray]:
+    def _sample(self, index: int, transient: list[tuple[str, str]]) -> dict[str, np.ndarray]:
         from cmd_ray.data.sequences import draw_frame_pair, make_frame_pair_sample
 
         rng = np.random.default_rng([self._seed, self._stream, index])
@@ -68,9 +94,15 @@ class SequenceSampleMaker:
             for uri in uris:
                 try:
                     images.append(self._frame(uri))
+                except TransientStorageError as exc:  # the store, not the frame: neither marked bad nor replaced
+                    transient.append((uri, str(exc)))
+                    raise TransientStorageError(
+                        f"sample {index}: frame {uri} could not be read within the retry budget "
+                        f"(storage.read_timeout_s); no other frame pair is drawn in its place: {exc}"
+                    ) from exc
                 except (StorageError, ImageDecodeError) as exc:
                     self._bad.add(uri)
-                    self._skip_counter.record.remote(uri, str(exc))
+                    self._record("record", uri, str(exc))
                     break
             else:
                 boxes = sequence.boxes
@@ -110,6 +142,7 @@ def pretraining_dataset(
             # samples stay the same every epoch either way: their draws are fixed by their index)
             "grayscale_probability": cfg.pretrain.grayscale_probability,
             "brightness_jitter": 0.0 if validation else cfg.pretrain.brightness_jitter,
+            "retry": read_policy(cfg),
         },
         batch_size=schedule.batch_size,
         batch_format="numpy",

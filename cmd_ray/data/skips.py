@@ -27,9 +27,9 @@ class SkipReport:
         unpaired: files of the listing without a partner in the other modality (``unpaired_examples``).
         retries: storage requests repeated after a transient error (throttling, 5xx, timeout, reset), whether a
             later attempt succeeded or not (count, summed over the data actors).
-        transient_failures: reads that failed transiently on every attempt (count of occurrences); the pair was
-            not used for that sample but stays in the data set. ``transient_examples``: the first few
-            ``"key: reason"``.
+        transient_failures: reads that still failed transiently when their retry budget (``storage.read_timeout_s``)
+            was spent (count of occurrences). Each failed its batch: no other pair stood in, and the pair stays in
+            the data set. ``transient_examples``: the first few ``"key: reason"``.
         resized_tir: pairs whose TIR image had another size (same aspect) than its RGB partner and was resized to
             it (:func:`cmd_ray.data.processing.align_pair`; each pair once); ``resized_examples`` the first few
             ``"key: TIR wxh -> wxh"``.
@@ -94,14 +94,14 @@ class SkipTally:
         logger.info("pair %s: %s (resized to its RGB partner)", key, change)
 
     def record_storage(self, retries: int, transient: list[tuple[str, str]]) -> None:
-        """Add ``retries`` storage retries and the ``(key, reason)`` of reads that failed transiently after every
-        retry (each occurrence counts; the pair is not marked bad). Logs the first few failures as warnings."""
+        """Add ``retries`` storage retries and the ``(key, reason)`` of reads that failed transiently for their whole
+        retry budget (each occurrence counts; the pair is not marked bad). Logs the first few failures as warnings."""
         self._report.retries += int(retries)
         for key, reason in transient:
             self._report.transient_failures += 1
             if len(self._report.transient_examples) < EXAMPLES_KEPT:
                 self._report.transient_examples.append(f"{key}: {reason}")
-                logger.warning("transient read failure in pair %s (kept for later samples): %s", key, reason)
+                logger.warning("transient read failure in pair %s (not marked bad, not replaced): %s", key, reason)
 
     def record_unpaired(self, count: int, examples: list[str]) -> None:
         """The listing had ``count`` unpaired files (a fact of the listing: set, not added)."""

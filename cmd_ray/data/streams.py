@@ -15,13 +15,27 @@ import numpy as np
 import ray
 
 from cmd_ray.config import Config
+from cmd_ray.storage import RetryPolicy
 
 TRAIN_STREAM, VAL_STREAM = 0, 1
 """Seed streams of the training and the validation samples."""
 
 # How many other pairs a sample may try before the run gives up: reached only when
-# nearly every pair is unreadable, which is a data problem to report, not to hide.
+# nearly every pair is permanently unreadable, which is a data problem to report, not to hide.
+# A transient read failure never draws another pair (see read_policy).
 MAX_DRAWS_PER_SAMPLE = 64
+
+
+def read_policy(cfg: Config) -> RetryPolicy:
+    """How the data actors retry transient storage errors: ``storage.read_timeout_s`` per read, backoffs up to
+    ``storage.retry_max_delay_s``.
+
+    A sample whose read fails transiently waits for the store within that budget, then fails its batch (and the run,
+    unless ``storage.max_failures`` restarts it): it is never cut from another pair, so the data actors back off
+    while S3 throttles or is down instead of reading other pairs, and every epoch keeps the samples it names.
+    """
+    return RetryPolicy(budget_s=cfg.storage.read_timeout_s, max_delay_s=cfg.storage.retry_max_delay_s)
+
 
 MAX_INDEX_BLOCKS = 2048
 BATCHES_PER_INDEX_BLOCK = 8

@@ -57,3 +57,32 @@ def test_boxes_command_writes_a_manifest_that_training_reads(ray_session, pair_r
     np.testing.assert_array_equal(maker.boxes(good, rgb, tir).boxes, found[good])
     assert cli.main(["boxes", "--out", str(tmp_path / "boxes.json"), *overrides]) == 2
     assert "unknown format" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_boxes_command_fails_instead_of_writing_null_boxes_while_s3_is_down(ray_session, s3_server, tmp_path, capsys):
+    """A pair the store cannot serve within storage.read_timeout_s is no unreadable pair: no manifest is written."""
+    from s3_faults import FaultyS3Proxy
+
+    from cmd_ray.config import SynthConfig
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+
+    bucket = s3_server.make_bucket("boxes-outage")
+    write_synthetic_dataset(f"s3://{bucket}/synth", SynthConfig(num_pairs=3, num_rgb_sequences=0, num_tir_sequences=0))
+    out = tmp_path / "boxes.parquet"
+    with FaultyS3Proxy(s3_server.endpoint_url, outage_mode="unavailable") as proxy:
+        overrides = [
+            f"data.uri=s3://{bucket}/synth/pairs",
+            "data.progress=false",
+            f"storage.s3_endpoint_url={proxy.endpoint_url}",
+            "storage.read_timeout_s=1",
+            "storage.retry_max_delay_s=0.2",
+        ]
+        proxy.outage_after(requests=2, seconds=3600)  # the listing (1 request) passes; every image read fails
+        assert cli.main(["boxes", "--out", str(out), *overrides]) == 2
+        assert proxy.outage_started.is_set() and proxy.counts["outage"] > 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cmd-ray:")]
+    assert len(errors) == 1, errors  # one line, naming the pair, the store's answer and the setting
+    assert "ServiceUnavailable" in errors[0] and "storage.read_timeout_s=1" in errors[0], errors
+    assert f"no manifest was written to {out}" in errors[0]
+    assert not out.exists()

@@ -359,12 +359,7 @@ class LocalCluster:
         def healthy() -> bool:
             if self._mlflow is not None and self._mlflow.poll() is not None:
                 raise RuntimeError(f"mlflow server exited; see {self.workdir / 'mlflow-server.log'}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
+            return mlflow_server_healthy(port)
 
         wait_until(healthy, "mlflow server")
         return self.mlflow_uri
@@ -467,3 +462,13 @@ Ctrl-C stops the cluster.""",
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def mlflow_server_healthy(port: int) -> bool:
+    """Whether the MLflow server on 127.0.0.1:``port`` answers ``GET /health`` with 200 (False while it cannot)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False

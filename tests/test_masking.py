@@ -4,7 +4,6 @@ a log line, a printed line, an MLflow param or tag, or an error message: one hel
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import signal
@@ -18,7 +17,7 @@ import pytest
 from cmd_ray import mlflow_runs, registry
 from cmd_ray.cli import main
 from cmd_ray.config import load_config
-from cmd_ray.local_cluster import free_port, wait_until
+from cmd_ray.local_cluster import free_port, mlflow_server_healthy, wait_until
 from cmd_ray.storage import has_credentials, mask_credentials
 
 SECRET = "s3cr3t-Pa55"
@@ -108,12 +107,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     def healthy() -> bool:
         if server.poll() is not None:
             raise RuntimeError(f"mlflow server exited; see {folder / 'server.log'}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
+        return mlflow_server_healthy(port)
 
     try:
         wait_until(healthy, "mlflow server", timeout_s=120)

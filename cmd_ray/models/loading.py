@@ -12,6 +12,9 @@ network exactly (:func:`network_with_weights`).
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +26,7 @@ from pyarrow import fs as pafs
 from cmd_ray import storage
 from cmd_ray.config import Config
 from cmd_ray.models.checkpoint import load_into, load_state_dict
-from cmd_ray.models.dimpnet import TrackerNet, build_model
+from cmd_ray.models.dimpnet import TrackerNet, build_network, network_spec
 from cmd_ray.models.training_state import TRAINING_STATE_FILE
 
 
@@ -69,13 +72,20 @@ def stored_config(path: str | Path) -> Config | None:
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def _network_template(spec_json: str) -> TrackerNet:
+    """One randomly initialised network per :func:`network_spec` and process: building one runs every initialiser
+    (on the tiny preset, as long as tracking four frames), and a tracker process builds one per sequence."""
+    return build_network(json.loads(spec_json))
+
+
 def network_with_weights(config: Config, state_dict: Mapping[str, torch.Tensor], source: str = "") -> TrackerNet:
     """The network of ``config`` with ``state_dict`` loaded, in eval mode on CPU; every key must fit.
 
     Raises:
         ModelLoadError: naming ``source`` and the keys that do not fit.
     """
-    net = build_model(config)
+    net = copy.deepcopy(_network_template(json.dumps(network_spec(config), sort_keys=True)))
     report = load_into(net, state_dict)
     if not report.ok:
         raise ModelLoadError(

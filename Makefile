@@ -46,7 +46,8 @@ demo-seeds: install
 			mlflow.registered_model_name=cmd-ray-demo-tracker-seed$$seed || exit 1; \
 	done
 	$(BIN)/python jobs/evaluate.py --config $(DEMO_CONFIG) evaluation.results_dir=results/demo-seeds \
-		evaluation.overwrite=true 'evaluation.trackers=$(SEED_TRACKERS)'
+		evaluation.overwrite=true 'evaluation.trackers=$(SEED_TRACKERS)' \
+		'evaluation.seed_groups={d3-from-teacher: [d3-seed0, d3-seed1, d3-seed2]}'
 
 # The paper's Table 1 on the demo's data: every row, 5 seeds (mean ± std, paired intervals against A1), after
 # `make demo` (it needs the teacher).

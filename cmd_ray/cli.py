@@ -310,9 +310,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result.skipped} skipped (complete results)\n"
     )
     print(result.table)
-    if result.gap_table:
-        print()
-        print(result.gap_table)
+    for extra in (result.paired_table, result.gap_table):
+        if extra:
+            print()
+            print(extra)
     print()
     print(result.attribute_tables)
     print(f"\nresults:       {result.results_dir}")

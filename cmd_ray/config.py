@@ -1041,7 +1041,16 @@ class EvaluationConfig(_Strict):
         "tir_sequences_rgb folder): every tracker is tracked on both, and the table shows the modality gap",
     )
     gap_reference: str = Field(
-        "teacher", description="with rgb_root: the tracker whose RGB-twin minus TIR gap the others are measured against"
+        "teacher",
+        description="with rgb_root: the tracker whose RGB-twin minus TIR gap the others are measured against; when "
+        "it is one of the trackers, also the reference of the paired table (each tracker's per-sequence differences "
+        "to it, with a bootstrap interval)",
+    )
+    seed_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="trackers that are seeds of one training: a row name -> its trackers (at least 2). The paired "
+        "table then shows each group over its seeds (mean ± std, Δ to gap_reference paired over seeds × sequences) "
+        "and, with rgb_root, the share of the gap each group closed over its seeds",
     )
     sequences: list[str] | None = Field(None, description="evaluate only these sequences (default: all)")
     lsotb_subset: Literal["119", "120"] = Field("119", description="119: the paper's set (without cat_D_001)")
@@ -1087,6 +1096,22 @@ class EvaluationConfig(_Strict):
                     raise ValueError(f"{key} {value!r} names no bucket: use s3://bucket/prefix")
             elif "://" in value and not value.startswith("file://"):
                 raise ValueError(f"{key} must be a local folder, file:// or s3:// URI, got {value!r}")
+        grouped = [m for members in self.seed_groups.values() for m in members]
+        for group, members in self.seed_groups.items():
+            unknown = [m for m in members if m not in names]
+            if unknown:
+                raise ValueError(f"seed_groups.{group} names trackers that are not evaluated: {unknown}")
+            if len(members) < 2:
+                raise ValueError(f"seed_groups.{group} must list at least 2 trackers (the seeds of one training)")
+            if group in names:
+                raise ValueError(f"seed_groups.{group}: a group cannot take the name of a tracker")
+        repeated = sorted({m for m in grouped if grouped.count(m) > 1})
+        if repeated:
+            raise ValueError(f"seed_groups: a tracker can be a seed of one group only, repeated: {repeated}")
+        if self.seed_groups and self.gap_reference not in names:
+            raise ValueError(f"gap_reference {self.gap_reference!r} (the seed groups' reference) is not a tracker")
+        if self.gap_reference in grouped:
+            raise ValueError(f"gap_reference {self.gap_reference!r} cannot be a seed of a group")
         if self.rgb_root is not None:
             if self.rgb_root.rstrip("/") == self.root.rstrip("/"):
                 raise ValueError(f"rgb_root must hold the RGB twins, not the TIR sequences of root ({self.root!r})")

@@ -69,7 +69,14 @@ from cmd_ray.evaluation.results import (
     tracking_settings,
     write_per_sequence,
 )
-from cmd_ray.evaluation.tables import format_attribute_table, format_comparison, format_gap_table
+from cmd_ray.evaluation.tables import (
+    format_attribute_table,
+    format_closed_over_seeds,
+    format_comparison,
+    format_gap_table,
+    format_table1,
+    summarise_rows,
+)
 from cmd_ray.models.loading import weights_stamp
 from cmd_ray.vocabulary import SequenceModality
 
@@ -99,6 +106,8 @@ class EvaluationResult:
         tracking_wall_s: wall time of the Ray tasks (0 when everything was skipped).
         rgb_scores / gap / gap_table: with ``evaluation.rgb_root``: every tracker's scores on the RGB twins, the
             modality gap of ``evaluation.gap_reference`` (:mod:`cmd_ray.evaluation.gap`) and its tables.
+        paired_table: every tracker and seed group against ``evaluation.gap_reference``, paired per sequence (None
+            when that reference is not evaluated).
     """
 
     run_id: str
@@ -118,6 +127,7 @@ class EvaluationResult:
     rgb_scores: dict[str, DatasetScores] | None = None
     gap: ModalityGap | None = None
     gap_table: str | None = None
+    paired_table: str | None = None
 
 
 def load_sequences(cfg: Config, modality: SequenceModality = "tir") -> list[Sequence]:
@@ -546,8 +556,12 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
             scores, dataset=ev.benchmark, show_norm_precision=show_np, deltas=False, per_attribute=True
         )
         twins = _score_twins(cfg, passes, scores, show_np)
+        paired, paired_metrics = _paired_table(cfg, scores, twins.gap if twins else None, show_np)
         staging = Path(tmp)
-        tables = "\n\n".join([table, *([twins.tables] if twins else []), attribute_tables, full]) + "\n"
+        tables = "\n\n".join(
+            [table, *([paired] if paired else []), *([twins.tables] if twins else []), attribute_tables, full]
+        )
+        tables += "\n"
         tables_paths, local_plots, plots = _write_outputs(
             cfg, results_dir, staging, tables, scores, show_np, sequence_fps
         )
@@ -563,6 +577,7 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
         result_files = _stage_results(cfg, staged_dirs, staging)
         if twins:
             counts.update(twins.metrics)
+        counts.update(paired_metrics)
         _log_to_mlflow(cfg, run_id, result_files, scores, fps, counts, tables_paths, local_plots, staging, metas)
     return EvaluationResult(
         run_id=run_id,
@@ -582,7 +597,46 @@ def run_evaluation(cfg: Config, progress: bool = True, parent_run_id: str | None
         rgb_scores=twins.scores if twins else None,
         gap=twins.gap if twins else None,
         gap_table=twins.tables if twins else None,
+        paired_table=paired,
     )
+
+
+def _paired_table(
+    cfg: Config, scores: dict[str, DatasetScores], gap: ModalityGap | None, show_np: bool
+) -> tuple[str | None, dict[str, float]]:
+    """Every other tracker, and every group of ``evaluation.seed_groups`` over its seeds, against
+    ``evaluation.gap_reference``: mean ± std and the paired difference over seeds × sequences with its bootstrap
+    interval (:func:`~cmd_ray.evaluation.tables.summarise_rows`); the table (None when the reference is not one of
+    the trackers or is the only one) and its MLflow metrics."""
+    ev = cfg.evaluation
+    reference = ev.gap_reference
+    if reference not in scores or len(scores) < 2:
+        return None, {}
+    grouped = {m for members in ev.seed_groups.values() for m in members}
+    rows: dict[str, list[DatasetScores]] = {reference: [scores[reference]]}
+    rows.update({n: [s] for n, s in scores.items() if n != reference and n not in grouped})
+    rows.update({g: [scores[m] for m in members] for g, members in ev.seed_groups.items()})
+    summaries = summarise_rows(rows, reference)
+    text = format_table1(
+        summaries,
+        protocol=ev.protocol,
+        dataset=ev.benchmark,
+        show_norm_precision=show_np,
+        title="Paired comparison",
+    )
+    if gap is not None and ev.seed_groups:
+        text += "\n\n" + format_closed_over_seeds(gap, ev.seed_groups)
+    metrics = {}
+    for summary in summaries:
+        for metric, p in summary.paired.items():
+            metrics.update(
+                {
+                    f"paired/{summary.row}/{metric}_delta": p.mean,
+                    f"paired/{summary.row}/{metric}_low": p.low,
+                    f"paired/{summary.row}/{metric}_high": p.high,
+                }
+            )
+    return text, metrics
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,21 @@ def format_gap_table(gap: ModalityGap, metrics: tuple[str, ...] = GAP_METRICS) -
     return _render(title, header, rows, "\n".join(notes) or None)
 
 
+def format_closed_over_seeds(gap: ModalityGap, groups: Mapping[str, Sequence[str]], metric: str = "success") -> str:
+    """One line per group of seeds: the mean ± std over its seeds of the share of the reference's ``metric`` gap
+    closed on TIR, and each seed's share (``groups``: a row's name → the trackers that are its seeds)."""
+    lines = [f"Share of {gap.reference}'s {_GAP_LABELS[metric]} gap closed on TIR, over seeds (mean ± std):"]
+    for name, members in groups.items():
+        shares = [gap.row(m).closed[metric] for m in members]
+        if not all(math.isfinite(v) for v in shares):
+            lines.append(f"  {name}: – (no gap to close)")
+            continue
+        spread = f" ± {100 * float(np.std(shares, ddof=1)):.0f}%" if len(shares) > 1 else ""
+        seeds = ", ".join(f"{m} {_percent(v)}" for m, v in zip(members, shares, strict=True))
+        lines.append(f"  {name}: {_percent(float(np.mean(shares)))}{spread} ({len(shares)} seeds: {seeds})")
+    return "\n".join(lines)
+
+
 def format_attribute_table(
     results: Mapping[str, DatasetScores],
     metric: Literal["success", "precision", "norm_precision"] = "success",
@@ -313,9 +328,10 @@ def format_table1(
     protocol: str,
     dataset: str | None = None,
     show_norm_precision: bool = True,
+    title: str = "Table 1",
 ) -> str:
-    """Table 1: one line per row, each metric as ``mean ± std`` over the seeds with its delta to the reference row
-    (the first summary), then the number of seeds.
+    """Table 1 (or another ``title``'s rows over seeds): one line per row, each metric as ``mean ± std`` over the
+    seeds with its delta to the reference row (the first summary), then the number of seeds.
 
     With paired comparisons (:attr:`RowSummary.paired`), each metric's Δ is the paired mean difference, followed by
     its bootstrap interval (marked ``*`` when it excludes 0), a Wilcoxon p-value column for Success, and a note under
@@ -340,7 +356,7 @@ def format_table1(
         cells += [_p_cell(s.paired.get("success"))] if with_ci else []
         cells.append(str(s.seeds))
         rows.append(cells)
-    title = f"Table 1 — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
+    title = f"{title} — protocol: {protocol}" + (f" — dataset: {dataset}" if dataset else "")
     title += f" — mean ± std over seeds, Δ to {summaries[0].row}"
     title += " paired over seeds × sequences" if with_ci else ""
     return _render(title, header, rows, table1_note(summaries, protocol) if with_ci else None)

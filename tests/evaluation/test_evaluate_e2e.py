@@ -35,12 +35,16 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
 
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     results = tmp_path / "results"
-    trackers = f"[{{name: static, kind: static}}, {{name: dimp, kind: dimp, model: '{tmp_path / 'ckpt'}'}}]"
+    # two "seeds" of one row: the same network twice, so every paired difference to the reference is exactly 0
+    ckpt = tmp_path / "ckpt"
+    dimps = ", ".join(f"{{name: {n}, kind: dimp, model: '{ckpt}'}}" for n in ("dimp", "seed0", "seed1"))
+    trackers = f"[{{name: static, kind: static}}, {dimps}]"
     argv = [
         "evaluate",
         f"evaluation.root={summary.tir_sequences_uri}",
         f"evaluation.rgb_root={summary.tir_twins_uri}",
         "evaluation.gap_reference=dimp",
+        "evaluation.seed_groups={same: [seed0, seed1]}",
         f"evaluation.results_dir={results}",
         f"evaluation.trackers={trackers}",
         "evaluation.num_workers=2",
@@ -52,12 +56,18 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
     ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "4 sequences x 2 trackers; 16 tracked" in out and "0 skipped" in out  # both passes
+    assert "4 sequences x 4 trackers; 32 tracked" in out and "0 skipped" in out  # both passes
+    paired = out[out.index("Paired comparison — protocol: lsotb") :].splitlines()
+    same = next(line for line in paired if line.startswith("same "))
+    assert "+0.000  [+0.000, +0.000]" in same and same.rstrip().endswith("2")  # Δ, its interval, 2 seeds
+    static_row = next(line for line in paired if line.startswith("static "))
+    assert static_row.rstrip().endswith("1")
+    assert "same: +0% ± 0% (2 seeds: seed0 +0%, seed1 +0%)" in out or "same: – (no gap to close)" in out
     assert "OPE — protocol: lsotb — dataset: synthetic — deltas to static" in out
     assert "Per attribute — Success" in out and "MLflow run:" in out
     assert "Modality gap of dimp (RGB twins − TIR)" in out and "dataset: synthetic (RGB twins)" in out
 
-    for tracker in ("static", "dimp"):
+    for tracker in ("static", "dimp", "seed0", "seed1"):
         meta = read_meta(results / tracker)
         assert meta.sequences == tuple(SEQUENCES) and meta.benchmark == "synthetic"
         for s in SEQUENCES:
@@ -80,7 +90,8 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
         for metric in ("success", "precision", "norm_precision"):
             assert 0.0 <= run.data.metrics[f"{tracker}/{metric}"] <= 1.0
     assert run.data.metrics["dimp/fps"] > 0 and "static/fps" not in run.data.metrics  # the baseline has no speed
-    assert run.data.metrics["sequences_tracked"] == 16
+    assert run.data.metrics["sequences_tracked"] == 32
+    assert run.data.metrics["paired/same/success_delta"] == 0.0
     metrics = run.data.metrics
     gap = metrics["rgb_twins/dimp/success"] - metrics["dimp/success"]
     assert metrics["gap/success"] == pytest.approx(gap)
@@ -98,9 +109,9 @@ def test_evaluate_static_and_dimp_on_two_workers(ray_session, tmp_path, capsys):
     # A rerun finds every result complete: nothing is tracked, the scores are the same.
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "0 tracked" in out and "16 skipped" in out
+    assert "0 tracked" in out and "32 skipped" in out
     runs = client.search_runs([client.get_experiment_by_name("eval-e2e").experiment_id], order_by=["start_time DESC"])
-    assert runs[0].data.metrics["sequences_skipped"] == 16
+    assert runs[0].data.metrics["sequences_skipped"] == 32
     assert runs[0].data.metrics["dimp/success"] == run.data.metrics["dimp/success"]
 
     assert cli.main(["compare", str(results)]) == 0

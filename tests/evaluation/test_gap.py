@@ -9,7 +9,7 @@ import pytest
 
 from cmd_ray.evaluation.gap import GAP_METRICS, closed_fraction, modality_gap
 from cmd_ray.evaluation.metrics import Scores
-from cmd_ray.evaluation.tables import format_gap_table
+from cmd_ray.evaluation.tables import format_closed_over_seeds, format_gap_table
 
 
 def _scores(success: float, precision: float, norm_precision: float) -> Scores:
@@ -61,3 +61,15 @@ def test_gap_needs_the_reference_on_both_modalities() -> None:
         modality_gap(tir, {"teacher": tir["teacher"], "other": tir["teacher"]}, "teacher")
     with pytest.raises(ValueError, match="'nobody' has no TIR or RGB-twin scores"):
         modality_gap(tir, tir, "nobody")
+
+
+def test_closed_share_over_seeds_is_the_mean_and_spread_of_each_seed() -> None:
+    tir = {"teacher": _scores(0.30, 0.4, 0.3), "s0": _scores(0.36, 0.5, 0.3), "s1": _scores(0.34, 0.5, 0.3)}
+    tir["s2"] = _scores(0.32, 0.5, 0.3)
+    rgb = {"teacher": _scores(0.50, 0.7, 0.4)}
+    gap = modality_gap(tir, rgb, "teacher")  # Success gap 0.20: the seeds closed 30%, 20% and 10%
+    text = format_closed_over_seeds(gap, {"d3": ["s0", "s1", "s2"]})
+    line = text.splitlines()[1]
+    assert line.startswith("  d3: +20% ± 10% (3 seeds: s0 +30%, s1 +20%, s2 +10%)")
+    none_to_close = modality_gap(tir, {"teacher": _scores(0.30, 0.7, 0.4)}, "teacher")
+    assert "d3: – (no gap to close)" in format_closed_over_seeds(none_to_close, {"d3": ["s0", "s1"]})

@@ -78,11 +78,28 @@ def _cfg(tmp_path, seq_root, *overrides, db: str | None = None):
         ("evaluation.rgb_root=data/demo/tir_sequences", "rgb_root must hold the RGB twins"),
         ("evaluation.rgb_root=twins", "gap_reference 'teacher' is not one of the trackers \\['static'\\]"),
         ("evaluation.rgb_root=gs://b/twins", "rgb_root must be a local folder"),
+        ("evaluation.seed_groups={g: [static, nope]}", "seed_groups.g names trackers that are not evaluated"),
+        ("evaluation.seed_groups={g: [static]}", "seed_groups.g must list at least 2 trackers"),
+        (
+            "evaluation.trackers=[{name: a, kind: static}, {name: b, kind: static}, {name: teacher, kind: static}]\n"
+            "evaluation.seed_groups={a: [a, b]}",
+            "a group cannot take the name of a tracker",
+        ),
+        (
+            "evaluation.trackers=[{name: a, kind: static}, {name: b, kind: static}, {name: teacher, kind: static}]\n"
+            "evaluation.seed_groups={g: [a, b], h: [b, teacher]}",
+            "a seed of one group only, repeated: \\['b'\\]",
+        ),
+        (
+            "evaluation.trackers=[{name: a, kind: static}, {name: b, kind: static}]\n"
+            "evaluation.seed_groups={g: [a, b]}",
+            "gap_reference 'teacher' \\(the seed groups' reference\\) is not a tracker",
+        ),
     ],
 )
 def test_bad_evaluation_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, override.split("\n"))
 
 
 def test_default_evaluation_config():

@@ -20,7 +20,7 @@ install: $(BIN)/cmd-ray
 # The upper bound: the teacher fine-tuned with labels on the labeled TIR training split.
 TIR_LABELS := pretrain.sequences_uri=data/demo/tir_train_sequences \
 	pretrain.init_checkpoint=models:/cmd-ray-demo-teacher@candidate pretrain.run_name=demo-tir-labels \
-	pretrain.registered_model_name=cmd-ray-demo-tir-labels pretrain.epochs=3 pretrain.lr_step=2
+	pretrain.registered_model_name=cmd-ray-demo-tir-labels pretrain.epochs=6 pretrain.lr_step=4
 
 # The whole story on synthetic data: an RGB teacher is trained on labeled RGB sequences; the upper bound fine-tunes
 # it with TIR labels; the D3 loss distills it on unlabeled RGB-TIR pairs (keeping the epoch that tracks the TIR

@@ -203,7 +203,7 @@ class AlignedPair:
     Attributes:
         rgb: ``uint8 [H, W, 3]``.
         tir: ``[H, W]`` (uint8 or uint16), the same ``H, W``.
-        rng: randomness fixed per pair (the pipeline seeds it by the pair's URI), or ``None``.
+        rng: randomness fixed per pair (the pipeline seeds it by the pair's path under the data root), or ``None``.
         detector: the configured detector (``data.boxes=detection``), or ``None``.
     """
 

@@ -279,9 +279,11 @@ class SampleMaker:
 
     def boxes(self, pair_index: int, rgb: np.ndarray, tir: np.ndarray) -> PseudoBoxes:
         """The pseudo boxes of pair ``pair_index`` (decoded as ``rgb``, ``tir``) for ``data.boxes``."""
-        # the method's randomness is fixed per pair (seeded by its URI), so a pair's pseudo targets are a finite set
-        uri_seed = zlib.crc32(self._pairs.rgb_uri(pair_index).encode())
-        pair_rng = np.random.default_rng([self._seed, BOX_STREAM, uri_seed])
+        # the method's randomness is fixed per pair (seeded by its RGB file's path under the data root, never the
+        # absolute URI: the same data set in another folder or bucket gets the same boxes), so a pair's pseudo
+        # targets are a finite set
+        name_seed = zlib.crc32(self._pairs.rgb[pair_index].as_py().encode())
+        pair_rng = np.random.default_rng([self._seed, BOX_STREAM, name_seed])
         found = pseudo_boxes_with_fallback(
             self._data.boxes,
             rgb,
@@ -350,19 +352,21 @@ def list_pairs(cfg: Config) -> PairTable:
 
 
 def split_pairs(pairs: Any, val_fraction: float) -> tuple[Any, Any]:
-    """``(train, val)``: a pair is held out when the hash of its RGB URI falls below ``val_fraction``.
+    """``(train, val)``: a pair is held out when the hash of its RGB file's path under the data root falls below
+    ``val_fraction``.
 
-    The split depends on each URI alone, so it is stable when pairs are added or removed; a tiny set with
+    The split depends on each path alone, so it is stable when pairs are added or removed, and the same wherever the
+    data set lies (another folder or bucket); a tiny set with
     ``val_fraction > 0`` holds out at least one pair. A :class:`PairTable` gives tables, a list gives lists.
 
     Raises:
         ValueError: nothing left to train on (naming ``data.val_fraction``).
     """
     if isinstance(pairs, PairTable):
-        mask = split_mask([pairs.root + rel for rel in pairs.rgb.to_pylist()], val_fraction)
+        mask = split_mask(pairs.rgb.to_pylist(), val_fraction)  # paths under the table's root
         return pairs.take(np.flatnonzero(~mask)), pairs.take(np.flatnonzero(mask))
     pairs = list(pairs)
-    mask = split_mask([p[0] for p in pairs], val_fraction)
+    mask = split_mask(PairTable.from_pairs(pairs).rgb.to_pylist(), val_fraction)  # as a table's: under the root
     train = [p for p, held in zip(pairs, mask, strict=True) if not held]
     return train, [p for p, held in zip(pairs, mask, strict=True) if held]
 

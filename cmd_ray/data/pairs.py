@@ -695,21 +695,25 @@ def list_pairs_for(
 # --------------------------------------------------------------------------- splitting
 
 
-def split_position(uri: str) -> float:
-    """Where a pair falls in ``[0, 1)`` for the train/validation split: the SHA-1 of its RGB URI."""
-    return int.from_bytes(hashlib.sha1(uri.encode()).digest()[:8], "big") / 2**64
+def split_position(name: str) -> float:
+    """Where a pair falls in ``[0, 1)`` for the train/validation split: the SHA-1 of its RGB file's path under the
+    pair table's root (:attr:`PairTable.rgb`)."""
+    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") / 2**64
 
 
-def split_mask(rgb_uris: Sequence[str], val_fraction: float) -> np.ndarray:
+def split_mask(rgb_names: Sequence[str], val_fraction: float) -> np.ndarray:
     """``bool [N]``: True for the held-out pairs (position below ``val_fraction``; a tiny set keeps one).
+
+    ``rgb_names``: the RGB files relative to the data root, never absolute paths: the split must not change with
+    the folder or bucket the data set is read from.
 
     Raises:
         ValueError: nothing would be left to train on.
     """
-    positions = np.fromiter((split_position(u) for u in rgb_uris), dtype=np.float64, count=len(rgb_uris))
+    positions = np.fromiter((split_position(u) for u in rgb_names), dtype=np.float64, count=len(rgb_names))
     held_out = positions < val_fraction
-    if val_fraction > 0 and not held_out.any() and len(rgb_uris) > 1:
+    if val_fraction > 0 and not held_out.any() and len(rgb_names) > 1:
         held_out[int(np.argmin(positions))] = True  # a tiny set still gets a validation pair
     if held_out.all():
-        raise ValueError(f"data.val_fraction={val_fraction} leaves no training pairs out of {len(rgb_uris)}")
+        raise ValueError(f"data.val_fraction={val_fraction} leaves no training pairs out of {len(rgb_names)}")
     return held_out

@@ -249,3 +249,32 @@ def test_streams_have_exact_epochs_and_count_skips_in_the_actor(ray_session, pai
     ordered = training_dataset(ordered_cfg, table, SkipCounter.remote())
     assert ordered.context.execution_options.preserve_order
     assert [tuple(r["ref_box"]) + tuple(r["test_box"]) for r in ordered.take_all()] == expected
+
+
+def test_split_and_pseudo_boxes_do_not_depend_on_where_the_data_set_lies(tmp_path):
+    # The same pairs in two folders (two clones of the project, two buckets): the same held-out pairs and the same
+    # pseudo boxes, so two runs on copies of the data train on the same samples.
+    from cmd_ray.config import SynthConfig
+    from cmd_ray.data.synthetic import write_synthetic_dataset
+
+    tables, boxes = [], []
+    for place in ("one", "another/deeper"):
+        summary = write_synthetic_dataset(
+            str(tmp_path / place),
+            SynthConfig(num_pairs=24, num_rgb_sequences=0, num_tir_sequences=0),
+            progress=False,
+        )
+        cfg = load_config(None, [f"data.uri={summary.pairs_uri}", "data.boxes=random"])
+        table = list_pairs(cfg)
+        train, val = split_pairs(table, 0.25)
+        tables.append((train.rgb.to_pylist(), val.rgb.to_pylist()))
+        maker = SampleMaker(table, cfg.data, seed=0, stream=0, endpoint_url=None)
+        rgb, tir = maker.load(3)
+        boxes.append(maker.boxes(3, rgb, tir).boxes)
+    assert tables[0] == tables[1] and tables[0][1]  # a validation pair was held out
+    np.testing.assert_array_equal(boxes[0], boxes[1])
+    moved = [(r.replace("s3://b/", "/data/clone-2/"), t.replace("s3://b/", "/data/clone-2/")) for r, t in pairs(40)]
+    assert [len(part) for part in split_pairs(moved, 0.25)] == [len(part) for part in split_pairs(pairs(40), 0.25)]
+    assert [p[0].split("/")[-1] for p in split_pairs(moved, 0.25)[1]] == [
+        p[0].split("/")[-1] for p in split_pairs(pairs(40), 0.25)[1]
+    ]

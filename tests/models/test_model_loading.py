@@ -45,3 +45,18 @@ def test_unreadable_or_unfitting_weights_name_the_source(tiny, tmp_path):
     partial = {k: v for k, v in net.state_dict().items() if not k.startswith("bb_regressor.iou_predictor")}
     with pytest.raises(ModelLoadError, match=r"(?s)weights of partial do not fit the dimp/tiny network:\n.*missing"):
         network_with_weights(cfg, partial, "partial")
+
+
+def test_networks_built_for_tracking_are_independent_copies_with_their_weights(tiny):
+    # network_with_weights copies one template per network spec and process: each call must still get its own
+    # network, holding exactly the weights it was given, and changing one must not reach the next
+    cfg, net = tiny
+    first = network_with_weights(cfg, net.state_dict())
+    with torch.no_grad():
+        for p in first.parameters():
+            p.add_(1.0)
+    second = network_with_weights(cfg, net.state_dict())
+    assert second is not first
+    assert all(torch.equal(second.state_dict()[k], v) for k, v in net.state_dict().items())
+    conv = second.feature_extractor.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)  # the layout the convolutions run fastest in

@@ -12,7 +12,8 @@ multi-node cluster run ``mlflow server`` with a PostgreSQL backend store, artifa
   the Ray pods use, answers 200. ``/health`` is no such check: MLflow exempts it from the host check and from
   authentication, so it stays green when either would refuse every client
   (``python -m cmd_ray.mlflow_server probe --url … --host-header …``; the readiness probe of ``mlflow.yaml``).
-- :func:`create_user`: the admin API call that adds the account Ray's jobs log with.
+- :func:`create_user`: the admin API call that adds the account Ray's jobs log with
+  (``python -m cmd_ray.mlflow_server create-user --url …``, names and passwords from the environment).
 
 Only the standard library: the probe runs every few seconds in the server's container.
 """
@@ -131,7 +132,8 @@ def create_user(url: str, admin: tuple[str, str], username: str, password: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cmd_ray.mlflow_server auth-config --out FILE`` | ``probe --url URL [--host-header HOST]``."""
+    """``python -m cmd_ray.mlflow_server auth-config --out FILE`` | ``probe --url URL [--host-header HOST]`` |
+    ``create-user --url URL``."""
     parser = argparse.ArgumentParser(prog="python -m cmd_ray.mlflow_server", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     auth = commands.add_parser(
@@ -144,7 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--url", required=True, help="e.g. http://127.0.0.1:5000")
     check.add_argument("--host-header", default=None, help="the Host clients send, e.g. mlflow.mlflow.svc:5000")
+    user = commands.add_parser(
+        "create-user",
+        help="add the user MLFLOW_TRACKING_USERNAME (password MLFLOW_TRACKING_PASSWORD), signed in as "
+        "MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD",
+    )
+    user.add_argument("--url", required=True, help="e.g. http://127.0.0.1:5000")
     args = parser.parse_args(argv)
+    if args.command == "create-user":
+        names = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", USERNAME_ENV, PASSWORD_ENV)
+        missing = [name for name in names if not os.environ.get(name)]
+        if missing:
+            print(f"create-user: {', '.join(missing)} not set", file=sys.stderr)
+            return 2
+        admin = (os.environ[names[0]], os.environ[names[1]])
+        try:
+            create_user(args.url, admin, os.environ[USERNAME_ENV], os.environ[PASSWORD_ENV])
+        except (RuntimeError, OSError) as exc:
+            print(f"create-user: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "auth-config":
         database_uri = os.environ.get("MLFLOW_BACKEND_STORE_URI")
         if not database_uri:

@@ -7,7 +7,7 @@ and not on ``PATH``). PostgreSQL refuses to run as root, so under root the serve
 (else ``nobody``), in a folder of its own below ``/tmp`` that user can enter.
 
 Used by the multi-node tests, ``python -m cmd_ray.local_cluster --mlflow-postgres`` and the MLflow load benchmark.
-It starts processes only; it needs the ``psycopg2`` driver (a dependency: the MLflow server uses it too).
+It starts processes only; it needs the ``psycopg`` driver (a dependency: the MLflow server uses it too).
 """
 
 from __future__ import annotations
@@ -152,19 +152,17 @@ class LocalPostgres:
 
     def uri(self, database: str = "postgres", driver: str = "") -> str:
         """The SQLAlchemy URI of ``database`` on this server (``postgresql://mlflow:…@127.0.0.1:PORT/DB``);
-        ``driver`` e.g. ``"psycopg2"`` gives ``postgresql+psycopg2://``."""
+        ``driver`` e.g. ``"psycopg"`` gives ``postgresql+psycopg://``."""
         scheme = f"postgresql+{driver}" if driver else "postgresql"
         return f"{scheme}://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def connect(self, database: str = "postgres") -> Any:
-        """A psycopg2 connection to ``database`` (autocommit)."""
-        import psycopg2
+        """A psycopg connection to ``database`` (autocommit); close it when done."""
+        import psycopg
 
-        connection = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password, dbname=database
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password, dbname=database, autocommit=True
         )
-        connection.autocommit = True
-        return connection
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` (letters, digits, '_') and return its URI."""

@@ -64,7 +64,7 @@ def _basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _request(
+def api_request(
     url: str,
     method: str,
     path: str,
@@ -104,7 +104,7 @@ def probe(url: str, host_header: str | None = None, credentials: tuple[str, str]
     if credentials is None and os.environ.get(USERNAME_ENV):
         credentials = (os.environ[USERNAME_ENV], os.environ.get(PASSWORD_ENV, ""))
     try:
-        status, text = _request(url, "GET", PROBE_PATH, host_header=host_header, credentials=credentials)
+        status, text = api_request(url, "GET", PROBE_PATH, host_header=host_header, credentials=credentials)
     except OSError as exc:
         return f"{url} unreachable: {exc}"
     if status == 200:
@@ -119,7 +119,7 @@ def probe(url: str, host_header: str | None = None, credentials: tuple[str, str]
 def create_user(url: str, admin: tuple[str, str], username: str, password: str, host_header: str | None = None) -> None:
     """Add the basic-auth user ``username`` through the admin API (``POST …/mlflow/users/create``); raises
     ``RuntimeError`` with the server's answer when it refuses (e.g. the user exists)."""
-    status, text = _request(
+    status, text = api_request(
         url,
         "POST",
         "/api/2.0/mlflow/users/create",

@@ -349,7 +349,7 @@ class LocalCluster:
                 the nodes' ``AWS_*`` variables (and ``MLFLOW_S3_ENDPOINT_URL`` from ``AWS_ENDPOINT_URL`` when that is
                 set), so clients need no S3 access of their own for artifacts.
             backend_store_uri: the backend store, e.g. a PostgreSQL database (:mod:`cmd_ray.local_postgres`);
-                default a sqlite file in ``workdir``, served by one worker process (sqlite takes one writer).
+                default a sqlite file in ``workdir``.
             auth: MLflow's basic authentication (``--app-name basic-auth``, users in the backend database): a fresh
                 admin, and a ``cmd-ray`` user whose credentials every node and :meth:`client_env` get as
                 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. Call it before starting nodes: a
@@ -364,6 +364,8 @@ class LocalCluster:
         # the backend store through the environment, as the shipped deployments pass it: out of the command line,
         # where `ps` would show a database password
         env = {**self.env, "MLFLOW_BACKEND_STORE_URI": backend}
+        # no server-side job runner (GenAI scoring, trace archival; seven huey processes), as the clusters run it
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if "AWS_ENDPOINT_URL" in env:
             env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
         command = [
@@ -371,7 +373,9 @@ class LocalCluster:
             "server",
             "--host=127.0.0.1",
             f"--port={port}",
-            f"--workers={1 if backend.startswith('sqlite:') else 2}",
+            # one process: the nodes share these cores, and uvicorn's supervisor of several workers restarts any
+            # that a busy machine keeps from answering its health check within 5 s
+            "--workers=1",
             f"--artifacts-destination={artifacts_destination}",
             f"--allowed-hosts=127.0.0.1:{port},localhost:{port}",
         ]
@@ -437,6 +441,10 @@ class LocalCluster:
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 process.wait(timeout=30)
+        # a server process that outlived the server's main process (a uvicorn worker) goes with its group
+        if self._mlflow is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(self._mlflow.pid, signal.SIGKILL)
         # raylet-started workers live in the raylets' groups; anything left over is ended with its group
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,12 +136,12 @@ def server(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         "--port": str(port),
         "--artifacts-destination": f"s3://{BUCKET}/mlartifacts",
         "--allowed-hosts": ",".join(allowed),
+        "--workers": "1",  # two cores
     }
     command = [str(Path(sys.executable).parent / "mlflow")] + [
         f"{a.split('=')[0]}={replaced[a.split('=')[0]]}" if a.split("=")[0] in replaced else a
         for a in container["command"][1:]
     ]
-    command.append("--workers=1")  # two cores
     postgres = LocalPostgres().start()
     env = {
         **os.environ,
@@ -150,6 +151,7 @@ def server(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        **{e["name"]: e["value"] for e in container["env"] if e["name"] == "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"},
     }
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
@@ -174,6 +176,8 @@ def server(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything of the server that outlived its main process
         postgres.stop()
 
 

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,16 @@ class LocalPostgres:
 
     def start(self) -> LocalPostgres:
         """``initdb`` a new cluster (superuser ``mlflow``, SCRAM passwords) and start it; waits until it accepts
-        connections (``pg_ctl start -w``, bounded by ``START_TIMEOUT_S``)."""
+        connections (``pg_ctl start -w``, bounded by ``START_TIMEOUT_S``). A failed start leaves nothing behind."""
         self.bin_dir = Path(self.bin_dir) if self.bin_dir else find_bin_dir()
+        try:
+            return self._start()
+        except BaseException:
+            with suppress(RuntimeError):  # the start's own error is the one to see
+                self.stop()
+            raise
+
+    def _start(self) -> LocalPostgres:
         # not below pytest's or the caller's folders: those are often private to root, and the server's user
         # must enter this one; its unix socket also wants a short path
         self.folder = Path(tempfile.mkdtemp(prefix="cmdray-pg-", dir="/tmp"))

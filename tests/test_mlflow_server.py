@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,6 +74,18 @@ def test_local_postgres_starts_takes_passwords_and_stops() -> None:
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(host="127.0.0.1", port=postgres.port, user="mlflow", password=postgres.password)
     postgres.stop()  # twice is fine
+
+
+def test_a_failed_postgres_start_names_pg_ctl_and_leaves_nothing() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        postgres = LocalPostgres(port=taken.getsockname()[1])
+        before = set(Path("/tmp").glob("cmdray-pg-*"))
+        with pytest.raises(RuntimeError, match="pg_ctl failed"):
+            postgres.start()
+    assert postgres.folder is None
+    assert set(Path("/tmp").glob("cmdray-pg-*")) <= before
 
 
 def test_auth_config_reads_back_in_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,42 +155,48 @@ def server(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         f"{a.split('=')[0]}={replaced[a.split('=')[0]]}" if a.split("=")[0] in replaced else a
         for a in container["command"][1:]
     ]
-    postgres = LocalPostgres().start()
-    env = {
-        **os.environ,
-        "MLFLOW_BACKEND_STORE_URI": postgres.create_database("mlflow"),
-        "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
-        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url,
-        **{e["name"]: e["value"] for e in container["env"] if e["name"] == "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"},
-    }
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        env.pop(name, None)
     # the init container's command
     deployment = next(d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d["kind"] == "Deployment")
-    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
-    init_command = [sys.executable if a == "python" else a for a in init["command"]]
-    init_command[init_command.index("--out") + 1] = env["MLFLOW_AUTH_CONFIG_PATH"]
-    subprocess.run(init_command, env=env, check=True)
+    init_command = [
+        sys.executable if a == "python" else a
+        for a in deployment["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    ]
+    init_command[init_command.index("--out") + 1] = str(folder / "basic_auth.ini")
     url = f"http://127.0.0.1:{port}"
-    with open(folder / "server.log", "ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited; see {folder / 'server.log'}")
-        return probe(url, host_header=ray_host, credentials=ADMIN) is None
-
+    postgres = LocalPostgres()
+    process = None
     try:
+        postgres.start()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")},
+            "MLFLOW_BACKEND_STORE_URI": postgres.create_database("mlflow"),
+            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
+            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url,
+            **{e["name"]: e["value"] for e in container["env"] if e["name"] == "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"},
+        }
+        subprocess.run(init_command, env=env, check=True)
+        with open(folder / "server.log", "ab") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited; see {folder / 'server.log'}")
+            return probe(url, host_header=ray_host, credentials=ADMIN) is None
+
         wait_until(ready, "mlflow server on PostgreSQL with basic auth", timeout_s=180)
         yield Server(url, port, postgres, ray_host, allowed)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # anything of the server that outlived its main process
+        if process is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # anything of the server that outlived its main process
+            process.wait(timeout=30)
         postgres.stop()
 
 

@@ -8,8 +8,9 @@ is the one of the shipped cluster configs (``cluster/kuberay``, ``cluster/aws``)
 - data nodes (label ``cmd-ray.role=data``): CPUs only, for Ray Data's decode-and-crop actors;
 - train nodes (label ``cmd-ray.role=train``): CPUs plus one ``train_slot``, the custom resource that stands in
   for a GPU: a training worker that asks for one lands only there, one per node;
-- optionally an ``mlflow server`` (sqlite backend store, artifacts proxied to ``--artifacts``, e.g. S3) that
-  every node reaches over HTTP.
+- optionally an ``mlflow server`` that every node reaches over HTTP: artifacts proxied to ``--mlflow-artifacts``
+  (e.g. S3), the backend store a sqlite file or, as on the clusters, a PostgreSQL server this module starts
+  (``--mlflow-postgres``, :mod:`cmd_ray.local_postgres`), optionally behind basic authentication (``--mlflow-auth``).
 
 Used by ``cluster/local/start-multinode.sh`` (``python -m cmd_ray.local_cluster``) and by the multi-node tests.
 It starts processes only; it does not import Ray.
@@ -34,6 +35,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cmd_ray.local_postgres import LocalPostgres
+from cmd_ray.mlflow_server import create_user, probe, write_auth_config
 
 ROLE_LABEL = "cmd-ray.role"
 TRAIN_RESOURCE = "train_slot"
@@ -187,6 +191,11 @@ class LocalCluster:
         return f"127.0.0.1:{self.gcs_port}"
 
     @property
+    def mlflow_credentials_path(self) -> Path:
+        """With MLflow auth: the ``cmd-ray`` user's ``MLFLOW_TRACKING_USERNAME=…`` / ``…_PASSWORD=…`` lines."""
+        return self.workdir / "mlflow-credentials.env"
+
+    @property
     def dashboard_url(self) -> str:
         """The job API (``ray job submit --address …``)."""
         return f"http://127.0.0.1:{self.dashboard_port}"
@@ -331,14 +340,32 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ MLflow
 
-    def start_mlflow(self, artifacts_destination: str) -> str:
-        """An ``mlflow server`` on 127.0.0.1 (sqlite store in ``workdir``, artifacts proxied to the destination).
+    def start_mlflow(self, artifacts_destination: str, backend_store_uri: str | None = None, auth: bool = False) -> str:
+        """An ``mlflow server`` on 127.0.0.1, artifacts proxied to the destination, its own address the only
+        ``Host`` it accepts (``--allowed-hosts``), as the shipped deployments run it.
 
-        Returns its tracking URI. S3 destinations use the nodes' ``AWS_*`` variables (and ``MLFLOW_S3_ENDPOINT_URL``
-        from ``AWS_ENDPOINT_URL`` when that is set), so clients need no S3 access of their own for artifacts.
+        Args:
+            artifacts_destination: where the server puts artifacts (``s3://…`` or a folder). S3 destinations use
+                the nodes' ``AWS_*`` variables (and ``MLFLOW_S3_ENDPOINT_URL`` from ``AWS_ENDPOINT_URL`` when that is
+                set), so clients need no S3 access of their own for artifacts.
+            backend_store_uri: the backend store, e.g. a PostgreSQL database (:mod:`cmd_ray.local_postgres`);
+                default a sqlite file in ``workdir``.
+            auth: MLflow's basic authentication (``--app-name basic-auth``, users in the backend database): a fresh
+                admin, and a ``cmd-ray`` user whose credentials every node and :meth:`client_env` get as
+                ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. Call it before starting nodes: a
+                node's processes keep the environment it started with.
+
+        Returns its tracking URI, once :func:`cmd_ray.mlflow_server.probe` finds it ready (as ``cmd-ray`` with auth).
         """
+        if auth and self.nodes:
+            raise ValueError("start the MLflow server with auth before the nodes: they read its credentials at start")
         port = free_port()
-        env = dict(self.env)
+        backend = backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        # the backend store through the environment, as the shipped deployments pass it: out of the command line,
+        # where `ps` would show a database password
+        env = {**self.env, "MLFLOW_BACKEND_STORE_URI": backend}
+        # no server-side job runner (GenAI scoring, trace archival; seven huey processes), as the clusters run it
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if "AWS_ENDPOINT_URL" in env:
             env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
         command = [
@@ -346,23 +373,52 @@ class LocalCluster:
             "server",
             "--host=127.0.0.1",
             f"--port={port}",
+            # one process: the nodes share these cores, and uvicorn's supervisor of several workers restarts any
+            # that a busy machine keeps from answering its health check within 5 s
             "--workers=1",
-            f"--backend-store-uri=sqlite:///{self.workdir / 'mlflow.db'}",
             f"--artifacts-destination={artifacts_destination}",
+            f"--allowed-hosts=127.0.0.1:{port},localhost:{port}",
         ]
+        admin = None
+        if auth:
+            admin = ("admin", secrets.token_hex(16))
+            command.append("--app-name=basic-auth")
+            auth_config = write_auth_config(self.workdir / "mlflow-auth.ini", backend)
+            env.update(
+                MLFLOW_AUTH_CONFIG_PATH=str(auth_config),
+                MLFLOW_AUTH_ADMIN_USERNAME=admin[0],
+                MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
+                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
+            )
         with open(self.workdir / "mlflow-server.log", "ab") as log:
             self._mlflow = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self.mlflow_uri = f"http://127.0.0.1:{port}"
+        uri = f"http://127.0.0.1:{port}"
+        problems: list[str | None] = []
 
-        def healthy() -> bool:
+        def ready(credentials: tuple[str, str] | None) -> bool:
             if self._mlflow is not None and self._mlflow.poll() is not None:
                 raise RuntimeError(f"mlflow server exited; see {self.workdir / 'mlflow-server.log'}")
-            return mlflow_server_healthy(port)
+            problems.append(probe(uri, credentials=credentials))
+            return problems[-1] is None
 
-        wait_until(healthy, "mlflow server")
-        return self.mlflow_uri
+        try:
+            wait_until(lambda: ready(admin), "mlflow server")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {problems[-1] if problems else ''}") from None
+        if admin is not None:
+            user = ("cmd-ray", secrets.token_hex(16))
+            create_user(uri, admin, *user)
+            self.env.update(MLFLOW_TRACKING_USERNAME=user[0], MLFLOW_TRACKING_PASSWORD=user[1])
+            # for a person's client (the UI, `set -a; . FILE` in a shell); owner-readable only
+            descriptor = os.open(self.mlflow_credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(f"MLFLOW_TRACKING_USERNAME={user[0]}\nMLFLOW_TRACKING_PASSWORD={user[1]}\n")
+            if not ready(user):
+                raise RuntimeError(f"mlflow server refuses its new user cmd-ray: {problems[-1]}")
+        self.mlflow_uri = uri
+        return uri
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -385,6 +441,10 @@ class LocalCluster:
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 process.wait(timeout=30)
+        # a server process that outlived the server's main process (a uvicorn worker) goes with its group
+        if self._mlflow is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(self._mlflow.pid, signal.SIGKILL)
         # raylet-started workers live in the raylets' groups; anything left over is ended with its group
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -399,18 +459,26 @@ def local_cluster(
     train_cpus: float = 1,
     env: dict[str, str] | None = None,
     mlflow_artifacts: str | None = None,
+    mlflow_postgres: bool = False,
+    mlflow_auth: bool = False,
 ) -> Iterator[LocalCluster]:
-    """A started :class:`LocalCluster` (head, data and train nodes, MLflow server if ``mlflow_artifacts``)."""
+    """A started :class:`LocalCluster` (head, data and train nodes; an MLflow server if ``mlflow_artifacts``, on a
+    PostgreSQL server of its own with ``mlflow_postgres``, behind basic authentication with ``mlflow_auth``)."""
     cluster = LocalCluster(workdir, env=dict(os.environ) if env is None else env)
+    postgres = LocalPostgres() if mlflow_artifacts and mlflow_postgres else None
     try:
+        if mlflow_artifacts:
+            # before the nodes: with auth they take the server's credentials from their environment
+            backend = postgres.start().create_database("mlflow") if postgres else None
+            cluster.start_mlflow(mlflow_artifacts, backend_store_uri=backend, auth=mlflow_auth)
         cluster.start_head()
         # the nodes start side by side: each `ray start` takes ~10 s, mostly its own Python start-up
         cluster.add_nodes(data_nodes, train_nodes, data_cpus, train_cpus)
-        if mlflow_artifacts:
-            cluster.start_mlflow(mlflow_artifacts)
         yield cluster
     finally:
         cluster.stop()
+        if postgres is not None:
+            postgres.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +494,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start an mlflow server whose artifacts go here (e.g. s3://bucket/mlartifacts or a local folder)",
     )
+    parser.add_argument(
+        "--mlflow-postgres",
+        action="store_true",
+        help="the MLflow server's backend store on a PostgreSQL server started here (initdb; as on the clusters)",
+    )
+    parser.add_argument(
+        "--mlflow-auth",
+        action="store_true",
+        help="MLflow basic authentication: the nodes log as user cmd-ray (credentials in the nodes' environment)",
+    )
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     with local_cluster(
@@ -435,13 +513,16 @@ def main(argv: list[str] | None = None) -> int:
         data_cpus=args.data_cpus,
         train_cpus=args.train_cpus,
         mlflow_artifacts=args.mlflow_artifacts,
+        mlflow_postgres=args.mlflow_postgres,
+        mlflow_auth=args.mlflow_auth,
     ) as cluster:
         mlflow = f"mlflow.tracking_uri={cluster.mlflow_uri} " if cluster.mlflow_uri else ""
+        login = f"  (user and password: {cluster.mlflow_credentials_path})" if args.mlflow_auth else ""
         print(
             f"""
 cmd-ray local cluster: head (0 CPUs), {args.data_nodes} data node(s), {args.train_nodes} train node(s)
   GCS:      {cluster.address}        job API: {cluster.dashboard_url}  (token: {cluster.token_path})
-  MLflow:   {cluster.mlflow_uri or "(none: pass --mlflow-artifacts)"}
+  MLflow:   {cluster.mlflow_uri or "(none: pass --mlflow-artifacts)"}{login}
 Submit the distillation with Ray Data on the data nodes and one DDP worker per train node:
 
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.token_path}

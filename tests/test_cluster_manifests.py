@@ -34,6 +34,7 @@ CLUSTER_CONFIG = REPO / "configs" / "cluster.yaml"
 RAYCLUSTER = CLUSTER_DIR / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER_DIR / "kuberay" / "rayjob.yaml"
 AWS_LAUNCHER = CLUSTER_DIR / "aws" / "cluster.yaml"
+MLFLOW_MANIFEST = CLUSTER_DIR / "kuberay" / "mlflow.yaml"
 DOCKERFILE = CLUSTER_DIR / "Dockerfile"
 START_HEAD = CLUSTER_DIR / "local" / "start-head.sh"
 STOP = CLUSTER_DIR / "local" / "stop.sh"
@@ -58,7 +59,19 @@ SHM_SHARE_FOR_OBJECT_STORE = 0.95
 MAX_SHM_SHARE_OF_MEMORY = 0.5
 # Memory of the EC2 instance types that cluster/aws/cluster.yaml uses (GiB).
 INSTANCE_MEMORY_GIB = {"m6i.xlarge": 16, "m6i.2xlarge": 32, "g5.xlarge": 16}
-SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_ENV_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
+# Container variables whose name says they hold a secret (a *_PATH or *_FILE names where one is, not the secret).
+SECRET_ENV_NAME = re.compile(r"(?i)(password|secret|token)(?!.*_(path|file)$)")
+# The password of a URI's user-info (scheme://user:password@host); references ($(VAR), $VAR, <placeholder>) pass.
+URI_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]*:([^@\s/'\"]+)@")
+PASSWORD_REFERENCE = re.compile(r"\$\(\w+\)|\$\{?\w+\}?|<[^>]*>")
+K8S_VAR = re.compile(r"\$\((\w+)\)")
 # Mapping keys naming a secret (a path such as file_mounts' "~/.ray/auth_token" is not one).
 SECRET_KEY_PATTERN = re.compile(r"(?i)^[\w-]*(secret_access_key|session_token|access_key_id|password|auth_token)$")
 LITERAL_SECRET_PATTERNS = (
@@ -172,6 +185,11 @@ def option_values(options: list[str], flag: str) -> list[str]:
             elif arg == flag and i + 1 < len(argv):
                 values.append(argv[i + 1])
     return values
+
+
+def argv_options(argv: list[str], flag: str) -> list[str]:
+    """Values of ``flag`` in one argument vector (a container's ``command``), ``--flag=v`` or ``--flag v``."""
+    return option_values([shlex.join(str(a) for a in argv)], flag)
 
 
 def rayjob_entrypoint(rayjob: dict[str, Any]) -> tuple[str, str | None]:
@@ -369,7 +387,8 @@ def check_token_auth(spec: dict[str, Any]) -> Problems:
 
 
 def check_container_env(doc: dict[str, Any]) -> Problems:
-    """Every container: the versioned image pulled if absent, AWS_* credentials from a Secret, MLFLOW_TRACKING_URI."""
+    """Every container: the versioned image pulled if absent, AWS_* credentials from a Secret, MLFLOW_TRACKING_URI
+    and the MLflow user (MLFLOW_TRACKING_USERNAME / _PASSWORD) from a Secret."""
     problems = []
     for container in containers(doc):
         name = container.get("name")
@@ -391,6 +410,9 @@ def check_container_env(doc: dict[str, Any]) -> Problems:
                 problems.append(f"container {name!r}: {var} must come from valueFrom.secretKeyRef, not a value")
         if not (env.get("MLFLOW_TRACKING_URI") or {}).get("value"):
             problems.append(f"container {name!r} has no MLFLOW_TRACKING_URI")
+        for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the server's basic auth
+            if var not in env:
+                problems.append(f"container {name!r} has no {var} (the MLflow server refuses anonymous clients)")
     return problems or ([] if containers(doc) else ["no containers"])
 
 
@@ -474,13 +496,36 @@ def secret_values(node: Any, where: str = "") -> Problems:
     return problems
 
 
+def literal_uri_passwords(text: str) -> Problems:
+    """URIs whose user-info holds a literal password (``postgresql://mlflow:hunter2@db/…``), comments included."""
+    return [
+        f"literal password in the URI {m.group(0)[: m.start(1) - m.start(0)]}***@"
+        for m in URI_PASSWORD.finditer(text)
+        if not PASSWORD_REFERENCE.fullmatch(m.group(1))
+    ]
+
+
+def secret_env_values(doc: Any) -> Problems:
+    """Container variables named like a secret (…PASSWORD, …SECRET…, …TOKEN) that are not taken from a Secret."""
+    problems = []
+    for container in containers(doc):
+        for entry in container.get("env") or []:
+            name = str(entry.get("name", ""))
+            if SECRET_ENV_NAME.search(name) and not (entry.get("valueFrom") or {}).get("secretKeyRef"):
+                problems.append(f"container {container.get('name')!r}: {name} must come from valueFrom.secretKeyRef")
+    return problems
+
+
 def check_no_literal_secrets(text: str, docs: list[Any]) -> Problems:
-    """No AWS key material in the text (comments included) and no literal value under a secret-named key."""
+    """No AWS key material and no password inside a URI in the text (comments included), no literal value under a
+    secret-named key, and every secret-named container variable from a Secret."""
     problems = [
         f"literal AWS credential: {m.group(0)[:12]}…" for p in LITERAL_SECRET_PATTERNS for m in p.finditer(text)
     ]
+    problems += literal_uri_passwords(text)
     for doc in docs:
         problems.extend(secret_values(doc))
+        problems.extend(secret_env_values(doc))
     return problems
 
 
@@ -607,6 +652,288 @@ def check_aws_token_auth(launcher: dict[str, Any]) -> Problems:
         problems.append("RAY_AUTH_MODE=disabled appears in the launcher config")
     if not any("auth_token" in remote for remote in (launcher.get("file_mounts") or {})):
         problems.append("file_mounts do not copy the auth token to the nodes")
+    return problems
+
+
+# ---------------------------------------------------------------- the MLflow server
+
+
+def secret_refs(node: Any) -> list[tuple[str, str | None, bool]]:
+    """(Secret name, key or None for a whole-Secret volume, optional) of every reference in a manifest."""
+    found: list[tuple[str, str | None, bool]] = []
+    if isinstance(node, dict):
+        ref = node.get("secretKeyRef")
+        if isinstance(ref, dict):
+            found.append((str(ref.get("name")), str(ref.get("key")), bool(ref.get("optional"))))
+        volume = node.get("secret")
+        if isinstance(volume, dict) and "secretName" in volume:
+            found.append((str(volume["secretName"]), None, bool(volume.get("optional"))))
+        for value in node.values():
+            found.extend(secret_refs(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(secret_refs(item))
+    return found
+
+
+def created_secrets(text: str, docs: list[Any]) -> dict[tuple[str | None, str], set[str]]:
+    """{(namespace or None, name): keys} of the Secrets a manifest's header creates (``kubectl [-n NS] create secret
+    generic NAME --from-literal=KEY=… --from-file=KEY=…``) or that it holds as ``kind: Secret`` objects."""
+    comments = "\n".join(line.split("#", 1)[1] for line in text.splitlines() if line.lstrip().startswith("#"))
+    created: dict[tuple[str | None, str], set[str]] = {}
+    for line in re.sub(r"\\\n", " ", comments).splitlines():
+        match = re.search(r"kubectl\s+(?:-n\s+(\S+)\s+)?create\s+secret\s+generic\s+([\w.-]+)(.*)", line)
+        if match:
+            keys = set(re.findall(r"--from-(?:literal|file)=([^=\s]+)=", match.group(3)))
+            created.setdefault((match.group(1), match.group(2)), set()).update(keys)
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "Secret":
+            meta = doc.get("metadata") or {}
+            keys = set(doc.get("data") or {}) | set(doc.get("stringData") or {})
+            created.setdefault((meta.get("namespace"), str(meta.get("name"))), set()).update(keys)
+    return created
+
+
+def check_secrets_exist(text: str, docs: list[Any]) -> Problems:
+    """Every Secret (and key) the manifests reference, unless optional, is created by the header's ``kubectl create
+    secret`` commands in the referencing object's namespace (no ``-n`` where the manifest leaves it to you)."""
+    created = created_secrets(text, docs)
+    problems = []
+    for doc in docs:
+        namespace = ((doc or {}).get("metadata") or {}).get("namespace")
+        for name, key, optional in secret_refs(doc):
+            keys = created.get((namespace, name))
+            where = f"namespace {namespace}" if namespace else "the manifest's namespace"
+            if optional:
+                continue
+            if keys is None:
+                problems.append(f"Secret {name!r} ({where}) is referenced, but the header creates no such Secret")
+            elif key is not None and key not in keys:
+                problems.append(f"Secret {name!r} is referenced with key {key!r}; the header creates {sorted(keys)}")
+    return problems
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e.get("name"): e for e in container.get("env") or []}
+
+
+def _from_secret(entry: dict[str, Any] | None) -> bool:
+    return bool(((entry or {}).get("valueFrom") or {}).get("secretKeyRef"))
+
+
+def expand_k8s_vars(text: str, env: dict[str, dict[str, Any]]) -> str:
+    """``$(VAR)`` references replaced by the container's plain ``value`` variables, as the kubelet expands them;
+    variables from Secrets stay ``$(VAR)``."""
+    for _ in range(5):  # values may refer to earlier values
+        text = K8S_VAR.sub(lambda m: str((env.get(m.group(1)) or {}).get("value", m.group(0))), text)
+    return text
+
+
+def mlflow_server_container(docs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the Deployment, its container) that runs ``mlflow server``."""
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "Deployment":
+            for container in doc["spec"]["template"]["spec"].get("containers") or []:
+                if (container.get("command") or [])[:2] == ["mlflow", "server"]:
+                    return doc, container
+    return None
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _service_for(docs: list[Any], name: str, namespace: str | None) -> dict[str, Any] | None:
+    return next(
+        (
+            d
+            for d in docs
+            if isinstance(d, dict)
+            and d.get("kind") == "Service"
+            and d["metadata"].get("name") == name
+            and d["metadata"].get("namespace") == namespace
+        ),
+        None,
+    )
+
+
+def mlflow_service_hosts(docs: list[Any]) -> list[str]:
+    """``host:port`` forms of the Service in front of the MLflow server: ``svc.ns.svc``, its FQDN, ``svc.ns``."""
+    found = mlflow_server_container(docs)
+    if found is None:
+        return []
+    deployment = found[0]
+    labels = deployment["spec"]["template"]["metadata"].get("labels") or {}
+    hosts = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "Service" and _selects(doc["spec"].get("selector"), labels):
+            name, namespace = doc["metadata"]["name"], doc["metadata"].get("namespace", "default")
+            for port in doc["spec"].get("ports") or []:
+                for host in (f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}"):
+                    hosts.append(f"{host}:{port['port']}")
+    return hosts
+
+
+def check_mlflow_backend(docs: list[Any], container: dict[str, Any]) -> Problems:
+    """The backend store is PostgreSQL, its password a ``$(VAR)`` from a Secret and out of the command line; an
+    in-cluster database has its Service and a workload with a persistent volume in the manifest."""
+    env = _env(container)
+    argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+    in_argv = argv_options(argv, "--backend-store-uri")
+    uri = in_argv[-1] if in_argv else (env.get("MLFLOW_BACKEND_STORE_URI") or {}).get("value")
+    if not uri:
+        return ["the MLflow server has no backend store (--backend-store-uri or MLFLOW_BACKEND_STORE_URI)"]
+    uri = expand_k8s_vars(str(uri), env)
+    parts = re.match(r"(?P<scheme>[\w+]+)://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?(?P<host>[^:/?]+)", uri)
+    if parts is None or not (parts["scheme"] == "postgresql" or parts["scheme"].startswith("postgresql+")):
+        return [f"the MLflow backend store {uri.split('@')[-1]!r} is not PostgreSQL (postgresql://…)"]
+    problems = []
+    password = parts["password"]
+    if password:
+        ref = K8S_VAR.fullmatch(password)
+        if ref is None or not _from_secret(env.get(ref.group(1))):
+            problems.append("the backend store's password is not a $(VAR) taken from a Secret")
+        if in_argv:
+            problems.append("the backend store URI with its password is on the command line (`ps` shows it)")
+    host = parts["host"]
+    if re.search(r"\.svc(\.cluster\.local)?$", host) or "." not in host:
+        name, _, rest = host.partition(".")
+        namespace = rest.split(".")[0] if rest else None
+        service = _service_for(docs, name, namespace)
+        if service is None:
+            return [*problems, f"the backend store's host {host!r} is no Service in the manifest"]
+        workloads = [
+            d
+            for d in docs
+            if isinstance(d, dict)
+            and d.get("kind") in ("StatefulSet", "Deployment")
+            and _selects(service["spec"].get("selector"), d["spec"]["template"]["metadata"].get("labels") or {})
+        ]
+        persistent = [
+            w
+            for w in workloads
+            if w["spec"].get("volumeClaimTemplates")
+            or any("persistentVolumeClaim" in v for v in w["spec"]["template"]["spec"].get("volumes") or [])
+        ]
+        if not persistent:
+            problems.append(f"no StatefulSet/Deployment with a persistent volume behind the database Service {name!r}")
+    return problems
+
+
+def check_mlflow_server(docs: list[Any], tracking_uris: list[str]) -> Problems:
+    """The server as the clusters use it: PostgreSQL backend (:func:`check_mlflow_backend`), artifacts to S3, an
+    allow-list that holds the Service names and the Ray pods' tracking URIs (tested with MLflow's own matcher),
+    basic auth configured from Secrets, and a readiness probe that goes through the host check and auth."""
+    from mlflow.server.security_utils import HEALTH_ENDPOINTS, is_allowed_host_header
+
+    found = mlflow_server_container(docs)
+    if found is None:
+        return ["no Deployment runs `mlflow server`"]
+    deployment, container = found
+    env = _env(container)
+    argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+    problems = check_mlflow_backend(docs, container)
+    destinations = argv_options(argv, "--artifacts-destination") + argv_options(argv, "--default-artifact-root")
+    if not any(d.startswith("s3://") for d in destinations):
+        problems.append(f"artifacts do not go to S3 (--artifacts-destination {destinations})")
+    # Host check: without --allowed-hosts MLflow takes localhost and private IPs only, and refuses service names.
+    allowed = [h.strip() for value in argv_options(argv, "--allowed-hosts") for h in value.split(",") if h.strip()]
+    if not allowed or "*" in allowed:
+        problems.append(f"--allowed-hosts is {allowed or 'unset'}: list the names clients use")
+    service_hosts = mlflow_service_hosts(docs)
+    ray_hosts = [re.sub(r"^\w+://", "", uri).split("/")[0] for uri in tracking_uris]
+    port = (service_hosts[0].rsplit(":", 1)[1]) if service_hosts else "5000"
+    for host in dict.fromkeys([*service_hosts, *ray_hosts, f"localhost:{port}", f"127.0.0.1:{port}"]):
+        if allowed and not is_allowed_host_header(allowed, host):
+            problems.append(f"Host {host!r} is refused by --allowed-hosts {allowed}")
+    for host in ray_hosts:
+        if host not in service_hosts:
+            problems.append(f"the Ray pods' tracking URI names {host!r}, not the MLflow Service {service_hosts}")
+    # Basic auth: the admin and the session key from Secrets; the config file written at start by an init container.
+    if argv_options(argv, "--app-name") != ["basic-auth"]:
+        problems.append("the MLflow server runs without --app-name=basic-auth")
+    for var in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        if not _from_secret(env.get(var)):
+            problems.append(f"the MLflow server's {var} does not come from a Secret")
+    config = str((env.get("MLFLOW_AUTH_CONFIG_PATH") or {}).get("value", ""))
+    writers = [
+        c
+        for c in deployment["spec"]["template"]["spec"].get("initContainers") or []
+        if "cmd_ray.mlflow_server" in c.get("command", []) and config in argv_options(c.get("command", []), "--out")
+    ]
+    if not config or not writers:
+        problems.append(f"no init container writes the auth config MLFLOW_AUTH_CONFIG_PATH={config!r}")
+    else:
+        folder = str(Path(config).parent)
+        mounted = [
+            {m.get("name") for m in c.get("volumeMounts") or [] if m.get("mountPath") == folder}
+            for c in (writers[0], container)
+        ]
+        if not (mounted[0] & mounted[1]):
+            problems.append(f"the auth config's folder {folder} is not one volume in the init container and the server")
+    # Readiness: /health is exempt from the host check and from auth; an httpGet probe could only sign in with a
+    # literal credential. The probe command signs in from the environment, sending the Ray pods' Host header.
+    probe = container.get("readinessProbe") or {}
+    if "httpGet" in probe:
+        path = probe["httpGet"].get("path")
+        why = "exempt from the host check and auth" if path in HEALTH_ENDPOINTS else "cannot sign in"
+        problems.append(f"readinessProbe httpGet {path} is {why}: a refused client would find the pod ready")
+    command = [str(a) for a in (probe.get("exec") or {}).get("command") or []]
+    if "cmd_ray.mlflow_server" not in command or "probe" not in command:
+        problems.append("readinessProbe does not run `python -m cmd_ray.mlflow_server probe`")
+    else:
+        host_header = argv_options(command, "--host-header")
+        if not host_header or host_header[-1] not in ray_hosts:
+            problems.append(f"readinessProbe's --host-header {host_header} is not the Ray pods' Host {ray_hosts}")
+        for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            if not _from_secret(env.get(var)):
+                problems.append(f"the readiness probe's {var} does not come from a Secret")
+    return problems
+
+
+def aws_mlflow_command(launcher: dict[str, Any]) -> str:
+    """The head start command that runs ``mlflow server`` ('' if none)."""
+    return next((c for c in launcher.get("head_start_ray_commands") or [] if "nohup mlflow server" in c), "")
+
+
+def check_aws_mlflow(launcher: dict[str, Any], text: str) -> Problems:
+    """The head's MLflow server: backend from MLFLOW_BACKEND_STORE_URI of an env file (documented as PostgreSQL),
+    artifacts to S3, allowed hosts the head's IP and localhost, basic auth with its config written at start; every
+    ``ray start`` exports the MLflow user's credentials; both env files shipped by file_mounts."""
+    command = aws_mlflow_command(launcher)
+    if not command:
+        return ["no head_start_ray_commands entry runs `nohup mlflow server`"]
+    problems = []
+    server_part = command[command.index("mlflow server") :]
+    if option_values([server_part.rstrip(" &)")], "--backend-store-uri"):
+        problems.append("mlflow server takes --backend-store-uri on its command line; use MLFLOW_BACKEND_STORE_URI")
+    sourced = re.findall(r"\.\s+(~/\S+\.env)", command)
+    mounts = launcher.get("file_mounts") or {}
+    if not sourced:
+        problems.append("the MLflow server's environment file is not sourced before it starts")
+    documented = re.search(r"MLFLOW_BACKEND_STORE_URI=(\w[\w+]*)://", text)
+    if documented is None or not documented.group(1).startswith("postgresql"):
+        problems.append("the header does not document MLFLOW_BACKEND_STORE_URI=postgresql://… for the server")
+    argv = [server_part.rstrip(" &)")]
+    if not any(d.startswith("s3://") for d in option_values(argv, "--artifacts-destination")):
+        problems.append("the head's MLflow artifacts do not go to S3")
+    allowed = ",".join(option_values(argv, "--allowed-hosts"))
+    if "hostname -I" not in allowed or "localhost:5000" not in allowed or "*" in allowed.split(","):
+        problems.append(f"--allowed-hosts {allowed!r} is not the head's private IP and localhost")
+    if option_values(argv, "--app-name") != ["basic-auth"]:
+        problems.append("the head's MLflow server runs without --app-name basic-auth")
+    if "cmd_ray.mlflow_server auth-config" not in command or "MLFLOW_AUTH_CONFIG_PATH=" not in command:
+        problems.append("the basic-auth config is not written at start (cmd_ray.mlflow_server auth-config)")
+    client_files = set()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for start in [c for c in launcher.get(key) or [] if "ray start" in c]:
+            files = re.findall(r"\.\s+(~/\S+\.env)", start)
+            if not files:
+                problems.append(f"{key}: `ray start` does not export the MLflow user's credentials (an env file)")
+            client_files.update(files)
+    for path in set(sourced) | client_files:
+        if path not in mounts:
+            problems.append(f"{path} is sourced but file_mounts do not copy it to the nodes")
     return problems
 
 
@@ -1295,6 +1622,10 @@ def test_working_dir_check_rejects_a_mismatch(rayjob: dict[str, Any], dockerfile
         ("", {"credentials": {"aws_secret_access_key": "not-in-a-secret"}}),
         ("", {"auth": {"password": "hunter2"}}),
         ("", {"env": {"RAY_AUTH_TOKEN": "x", "auth_token": "0123abcd"}}),
+        ("- --backend-store-uri=postgresql://mlflow:hunter2@db:5432/mlflow\n", None),
+        ("# export MLFLOW_TRACKING_URI=https://alice:s3cret@mlflow.example.com\n", None),
+        ("", {"containers": [{"name": "db", "env": [{"name": "POSTGRES_PASSWORD", "value": "hunter2"}]}]}),
+        ("", {"containers": [{"name": "m", "env": [{"name": "MLFLOW_FLASK_SERVER_SECRET_KEY", "value": "k"}]}]}),
     ],
 )
 def test_secret_check_rejects_literal_credentials(text: str, doc: Any) -> None:
@@ -1306,6 +1637,10 @@ def test_secret_check_accepts_references() -> None:
     assert check_no_literal_secrets(text, load_docs(RAYCLUSTER)) == []
     assert check_no_literal_secrets("", [{"aws_secret_access_key": {"secretKeyRef": {"name": "s", "key": "k"}}}]) == []
     assert check_no_literal_secrets("", [{"file_mounts": {"~/.ray/auth_token": "~/.ray/auth_token"}}]) == []
+    for reference in ("$(MLFLOW_DB_PASSWORD)", "$DB_PASSWORD", "${DB_PASSWORD}", "<db password>"):
+        assert check_no_literal_secrets(f"postgresql://mlflow:{reference}@db:5432/mlflow", []) == [], reference
+    config = [{"containers": [{"name": "m", "env": [{"name": "MLFLOW_AUTH_CONFIG_PATH", "value": "/a/b.ini"}]}]}]
+    assert check_no_literal_secrets("", config) == []
 
 
 AWS_BREAKS: dict[str, tuple[Mutation, Callable[[dict[str, Any], Config], Problems]]] = {
@@ -1516,13 +1851,178 @@ def test_labels_in_ray_start_params_are_rejected(
         assert len(rejected) == 3, rejected  # the head and both worker groups
 
 
-def test_mlflow_server_manifest_is_what_the_clusters_point_at(raycluster: dict[str, Any]) -> None:
-    docs = load_docs(CLUSTER_DIR / "kuberay" / "mlflow.yaml")
-    service = next(d for d in docs if d["kind"] == "Service")
-    uri = {e["name"]: e.get("value") for e in ray_container(raycluster["spec"]["headGroupSpec"])["env"]}
-    assert uri["MLFLOW_TRACKING_URI"] == (
-        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{service['spec']['ports'][0]['port']}"
-    )
-    server = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert any(arg.startswith("--artifacts-destination=s3://") for arg in server["command"])
-    assert (server["image"], server["imagePullPolicy"]) == (IMAGE, PULL_POLICY)
+# ---------------------------------------------------------------- the MLflow server
+
+
+@pytest.fixture
+def mlflow_docs() -> list[Any]:
+    return load_docs(MLFLOW_MANIFEST)
+
+
+def tracking_uris(raycluster: dict[str, Any], rayjob: dict[str, Any]) -> list[str]:
+    """The MLFLOW_TRACKING_URI values of every Ray container of both manifests."""
+    uris = {
+        str(_env(container)["MLFLOW_TRACKING_URI"].get("value"))
+        for _, spec in kuberay_specs(raycluster, rayjob)
+        for container in containers(spec)
+        if "MLFLOW_TRACKING_URI" in _env(container)
+    }
+    return sorted(uris)
+
+
+def test_mlflow_server_manifest_is_what_the_clusters_point_at(
+    raycluster: dict[str, Any], rayjob: dict[str, Any], mlflow_docs: list[Any]
+) -> None:
+    uris = tracking_uris(raycluster, rayjob)
+    assert uris == ["http://mlflow.mlflow.svc:5000"]
+    assert check_mlflow_server(mlflow_docs, uris) == []
+    found = mlflow_server_container(mlflow_docs)
+    assert found is not None
+    for container in containers(found[0]):  # the server and the init container that writes its auth config
+        assert (container["image"], container["imagePullPolicy"]) == (IMAGE, PULL_POLICY), container["name"]
+
+
+def test_every_secret_a_manifest_references_is_created_in_its_header() -> None:
+    for path in (RAYCLUSTER, RAYJOB, MLFLOW_MANIFEST):
+        assert check_secrets_exist(path.read_text(), load_docs(path)) == [], path
+
+
+def test_aws_head_runs_mlflow_as_the_kuberay_server(launcher: dict[str, Any]) -> None:
+    assert check_aws_mlflow(launcher, AWS_LAUNCHER.read_text()) == []
+
+
+def _server(docs: list[Any]) -> dict[str, Any]:
+    found = mlflow_server_container(docs)
+    assert found is not None
+    return found[1]
+
+
+def _set_env(docs: list[Any], name: str, entry: dict[str, Any]) -> None:
+    env = _server(docs)["env"]
+    env[[e["name"] for e in env].index(name)] = {"name": name, **entry}
+
+
+def _replace_option(docs: list[Any], flag: str, *new: str) -> None:
+    command = _server(docs)["command"]
+    command[:] = [a for a in command if not a.startswith(flag + "=")] + list(new)
+
+
+def _drop_doc(docs: list[Any], kind: str, name: str) -> None:
+    docs[:] = [d for d in docs if (d["kind"], d["metadata"]["name"]) != (kind, name)]
+
+
+def _doc(docs: list[Any], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if (d["kind"], d["metadata"]["name"]) == (kind, name))
+
+
+MLFLOW_BREAKS: dict[str, Callable[[list[Any]], None]] = {
+    "sqlite backend store": lambda d: _set_env(d, "MLFLOW_BACKEND_STORE_URI", {"value": "sqlite:////mlflow/mlflow.db"}),
+    "backend URI on the command line": lambda d: _server(d)["command"].append(
+        "--backend-store-uri=postgresql://mlflow:$(MLFLOW_DB_PASSWORD)@mlflow-postgres.mlflow.svc:5432/mlflow"
+    ),
+    "database password not from a Secret": lambda d: _set_env(d, "MLFLOW_DB_PASSWORD", {"value": "hunter2"}),
+    "no Service for the database": lambda d: _drop_doc(d, "Service", "mlflow-postgres"),
+    "database on no volume": lambda d: _doc(d, "StatefulSet", "mlflow-postgres")["spec"].pop("volumeClaimTemplates"),
+    "artifacts on the pod's disk": lambda d: _replace_option(
+        d, "--artifacts-destination", "--artifacts-destination=/a"
+    ),
+    "allowed hosts without the Service": lambda d: _replace_option(
+        d, "--allowed-hosts", "--allowed-hosts=localhost:5000,127.0.0.1:5000"
+    ),
+    "allowed hosts without the port": lambda d: _replace_option(
+        d, "--allowed-hosts", "--allowed-hosts=mlflow.mlflow.svc,mlflow.mlflow.svc.cluster.local,localhost,127.0.0.1"
+    ),
+    "any host allowed": lambda d: _replace_option(d, "--allowed-hosts", "--allowed-hosts=*"),
+    "MLflow's default hosts": lambda d: _replace_option(d, "--allowed-hosts"),
+    "no basic auth": lambda d: _replace_option(d, "--app-name"),
+    "admin password in the manifest": lambda d: _set_env(d, "MLFLOW_AUTH_ADMIN_PASSWORD", {"value": "x" * 16}),
+    "auth config never written": lambda d: _doc(d, "Deployment", "mlflow")["spec"]["template"]["spec"].pop(
+        "initContainers"
+    ),
+    "readiness on /health": lambda d: _server(d).update(
+        {"readinessProbe": {"httpGet": {"path": "/health", "port": 5000}}}
+    ),
+    "probe with a Host the Ray pods do not send": lambda d: _server(d)["readinessProbe"]["exec"]["command"].__setitem__(
+        -1, "--host-header=127.0.0.1:5000"
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(MLFLOW_BREAKS))
+def test_mlflow_server_check_rejects_a_broken_copy(
+    breakage: str, mlflow_docs: list[Any], raycluster: dict[str, Any], rayjob: dict[str, Any]
+) -> None:
+    uris = tracking_uris(raycluster, rayjob)
+    assert check_mlflow_server(mlflow_docs, uris) == []
+    MLFLOW_BREAKS[breakage](mlflow_docs)
+    assert check_mlflow_server(mlflow_docs, uris), breakage
+
+
+def test_mlflow_server_check_rejects_ray_pods_pointing_elsewhere(mlflow_docs: list[Any]) -> None:
+    problems = check_mlflow_server(mlflow_docs, ["http://mlflow.default.svc:5000"])
+    assert any("refused by --allowed-hosts" in p for p in problems), problems
+    assert any("not the MLflow Service" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("path", "old", "new"),
+    [
+        (MLFLOW_MANIFEST, "create secret generic mlflow-auth", "create secret generic mlflow-admin"),
+        (MLFLOW_MANIFEST, "--from-literal=flask-secret-key=", "--from-literal=flask-key="),
+        (
+            MLFLOW_MANIFEST,
+            "kubectl -n mlflow create secret generic mlflow-postgres",
+            "kubectl create secret generic mlflow-postgres",
+        ),
+        (RAYCLUSTER, "create secret generic cmd-ray-mlflow", "create secret generic cmd-ray-mlfow"),
+        (RAYJOB, '--from-literal=password="$CMD_RAY_MLFLOW_PASSWORD"', '--from-literal=pw="$CMD_RAY_MLFLOW_PASSWORD"'),
+    ],
+)
+def test_secret_existence_check_rejects(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    assert check_secrets_exist(text, load_docs(path)) == []
+    assert check_secrets_exist(text.replace(old, new, 1), load_docs(path)), (path.name, new)
+
+
+def _aws_mlflow_replace(old: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(launcher: dict[str, Any]) -> None:
+        for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+            launcher[key] = [c.replace(old, new) for c in launcher[key]]
+
+    return mutate
+
+
+AWS_MLFLOW_BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "sqlite on the head": _aws_mlflow_replace(
+        "--port 5000", "--port 5000 --backend-store-uri sqlite:///$HOME/mlflow/mlflow.db"
+    ),
+    "no basic auth": _aws_mlflow_replace("--app-name basic-auth", ""),
+    "auth config not written": _aws_mlflow_replace("python -m cmd_ray.mlflow_server auth-config", "true"),
+    "any host": _aws_mlflow_replace('--allowed-hosts "', '--allowed-hosts "*,'),
+    "artifacts on the head's disk": _aws_mlflow_replace("s3://my-bucket/mlartifacts", "$HOME/mlartifacts"),
+    "workers without the MLflow user": lambda c: c.update(
+        {
+            "worker_start_ray_commands": [
+                x.replace(". ~/.cmd-ray/mlflow-client.env", "true") for x in c["worker_start_ray_commands"]
+            ]
+        }
+    ),
+    "client env file not shipped": lambda c: c["file_mounts"].pop("~/.cmd-ray/mlflow-client.env"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(AWS_MLFLOW_BREAKS))
+def test_aws_mlflow_check_rejects_a_broken_copy(breakage: str, launcher: dict[str, Any]) -> None:
+    text = AWS_LAUNCHER.read_text()
+    broken = copy.deepcopy(launcher)
+    assert check_aws_mlflow(broken, text) == []
+    AWS_MLFLOW_BREAKS[breakage](broken)
+    assert check_aws_mlflow(broken, text), breakage
+
+
+def test_aws_mlflow_check_wants_postgresql_documented(launcher: dict[str, Any]) -> None:
+    text = AWS_LAUNCHER.read_text()
+    assert "MLFLOW_BACKEND_STORE_URI=postgresql://" in text
+    sqlite = text.replace("MLFLOW_BACKEND_STORE_URI=postgresql://", "MLFLOW_BACKEND_STORE_URI=sqlite://")
+    assert check_aws_mlflow(launcher, sqlite)

@@ -2,8 +2,10 @@
 
 Shape (:mod:`cmd_ray.local_cluster`): a head with no workload, 2 data nodes (1 CPU each, label
 ``cmd-ray.role=data``), 3 train nodes (1 CPU and one ``train_slot`` each, label ``cmd-ray.role=train``; two host
-the DDP workers, one is the spare a lost node's worker moves to), an ``mlflow server`` whose artifacts go to moto
-S3. A test that loses a node adds a new one of the same role before it ends, as an autoscaler would.
+the DDP workers, one is the spare a lost node's worker moves to), an ``mlflow server`` as the clusters run it: its
+backend store a PostgreSQL server started here (:mod:`cmd_ray.local_postgres`), artifacts in moto S3, basic
+authentication (the nodes log as user ``cmd-ray``). A test that loses a node adds a new one of the same role
+before it ends, as an autoscaler would.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cmd_ray.local_cluster import ROLE_LABEL, TRAIN_RESOURCE, LocalCluster, Periodically
+from cmd_ray.local_postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "multinode"
@@ -57,6 +60,8 @@ class MultiNode:
     cluster: LocalCluster
     pairs_uri: str
     endpoint_url: str
+    postgres: LocalPostgres
+    """The MLflow server's backend store (database ``mlflow``)."""
     bucket: str = BUCKET
 
     def overrides(self, run_name: str) -> list[str]:
@@ -138,17 +143,25 @@ def multinode(s3_server, local_pairs, tmp_path_factory: pytest.TempPathFactory) 
     ray.shutdown()
     workdir = tmp_path_factory.mktemp("multinode")
     cluster = LocalCluster(workdir, env=dict(os.environ))
+    postgres = LocalPostgres()
+    patch = pytest.MonkeyPatch()
     try:
+        # the server first: with auth the nodes take its user's credentials from their environment at start
+        backend = postgres.start().create_database("mlflow")
+        cluster.start_mlflow(f"s3://{BUCKET}/mlartifacts", backend_store_uri=backend, auth=True)
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # this process reads runs back
+            patch.setenv(name, cluster.env[name])
         cluster.start_head()
         cluster.add_nodes(DATA_NODES, TRAIN_NODES)
-        cluster.start_mlflow(f"s3://{BUCKET}/mlartifacts")
         # the session's token (tests/conftest.py): this process is already in token mode with that file
         assert cluster.token_path == Path(os.environ["RAY_AUTH_TOKEN_PATH"])
         ray.init(address=cluster.address)
-        yield MultiNode(cluster, pairs_uri, s3_server.endpoint_url)
+        yield MultiNode(cluster, pairs_uri, s3_server.endpoint_url, postgres)
     finally:
         ray.shutdown()
         cluster.stop()
+        postgres.stop()
+        patch.undo()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 
 from cmd_ray.config import load_config
 from cmd_ray.mlflow_runs import store_client
+from cmd_ray.mlflow_server import probe
 from cmd_ray.train.loop import sample_digest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
@@ -88,6 +89,18 @@ def test_job_submit_places_data_and_training_by_role(multinode, peak_workers) ->
     per_epoch = cfg.steps_per_epoch() * cfg.distill.batch_size * cfg.scaling.num_workers
     digests = {m.step: m.value for m in client.get_metric_history(version.run_id, "epoch_sample_digest")}
     assert digests == {e: sample_digest(np.arange(e * per_epoch, (e + 1) * per_epoch)) for e in (0, 1)}
+    # as on the clusters: the server keeps them in PostgreSQL, the nodes log as their own user, anonymous is refused
+    connection = multinode.postgres.connect("mlflow")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'loss'", (version.run_id,))
+        assert cursor.fetchone() == (len(epochs),)
+        cursor.execute("SELECT count(*) FROM model_versions WHERE name = %s", (f"{run}-tracker",))
+        assert cursor.fetchone() == (1,)
+        cursor.execute("SELECT username FROM users WHERE NOT is_admin")
+        assert cursor.fetchall() == [("cmd-ray",)]
+    connection.close()
+    refused = probe(multinode.cluster.mlflow_uri, credentials=("anonymous", "not-a-user-password"))
+    assert refused is not None and "answered 401" in refused, refused
 
     # Bounded by the config. Busy workers: the data actors (a training and a validation pool), the DDP workers,
     # the one index-filter task, cmd-ray's two bookkeeping actors and the helper actors Ray's job, Train and Data

@@ -38,7 +38,7 @@ from typing import Any
 
 from cmd_ray.local_cluster import free_port, wait_until
 from cmd_ray.local_postgres import LocalPostgres
-from cmd_ray.mlflow_server import probe
+from cmd_ray.mlflow_server import probe, server_command, server_env
 
 MODEL = "load-model"
 EXPERIMENT = "load"
@@ -136,19 +136,11 @@ class Outcome:
 def start_server(backend_uri: str, folder: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """``mlflow server`` on a free port of 127.0.0.1 with ``backend_uri``; returns (process, URL) once ready."""
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host=127.0.0.1",
-        f"--port={port}",
-        f"--workers={workers}",
-        f"--artifacts-destination={folder / 'artifacts'}",
-        # uvicorn's supervisor restarts a worker that does not answer its health check within 5 s, and on a busy
-        # machine a worker importing MLflow takes longer: without this the workers die and restart forever
-        f"--uvicorn-opts=--timeout-worker-healthcheck={WORKER_HEALTHCHECK_S}",
-    ]
-    # no server-side job runner (GenAI scoring, trace archival: seven huey processes per server), as the clusters run it
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # uvicorn's supervisor restarts a worker that does not answer its health check within 5 s, and on a busy machine
+    # a worker importing MLflow takes longer: without this the workers die and restart forever
+    healthcheck = f"--uvicorn-opts=--timeout-worker-healthcheck={WORKER_HEALTHCHECK_S}"
+    command = server_command(port, folder / "artifacts", workers, healthcheck)
+    env = server_env(dict(os.environ), backend_uri)
     with open(folder / "server.log", "ab") as log:  # the server keeps its own descriptor
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

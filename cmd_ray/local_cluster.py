@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmd_ray.local_postgres import LocalPostgres
-from cmd_ray.mlflow_server import create_user, probe, write_auth_config
+from cmd_ray.mlflow_server import create_user, probe, server_command, server_env, write_auth_config
 
 ROLE_LABEL = "cmd-ray.role"
 TRAIN_RESOURCE = "train_slot"
@@ -361,24 +361,12 @@ class LocalCluster:
             raise ValueError("start the MLflow server with auth before the nodes: they read its credentials at start")
         port = free_port()
         backend = backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
-        # the backend store through the environment, as the shipped deployments pass it: out of the command line,
-        # where `ps` would show a database password
-        env = {**self.env, "MLFLOW_BACKEND_STORE_URI": backend}
-        # no server-side job runner (GenAI scoring, trace archival; seven huey processes), as the clusters run it
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        env = server_env(self.env, backend)
         if "AWS_ENDPOINT_URL" in env:
             env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
-        command = [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            # one process: the nodes share these cores, and uvicorn's supervisor of several workers restarts any
-            # that a busy machine keeps from answering its health check within 5 s
-            "--workers=1",
-            f"--artifacts-destination={artifacts_destination}",
-            f"--allowed-hosts=127.0.0.1:{port},localhost:{port}",
-        ]
+        # one worker process: the nodes share these cores, and uvicorn's supervisor of several workers restarts any
+        # that a busy machine keeps from answering its health check within 5 s
+        command = server_command(port, artifacts_destination, 1, f"--allowed-hosts=127.0.0.1:{port},localhost:{port}")
         admin = None
         if auth:
             admin = ("admin", secrets.token_hex(16))

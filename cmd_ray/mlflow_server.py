@@ -12,6 +12,8 @@ multi-node cluster run ``mlflow server`` with a PostgreSQL backend store, artifa
   the Ray pods use, answers 200. ``/health`` is no such check: MLflow exempts it from the host check and from
   authentication, so it stays green when either would refuse every client
   (``python -m cmd_ray.mlflow_server probe --url … --host-header …``; the readiness probe of ``mlflow.yaml``).
+- :func:`server_command` / :func:`server_env`: how the local cluster, the tests and the benchmarks start one on
+  127.0.0.1 (the backend store through the environment, out of the command line, as the deployments pass it).
 - :func:`create_user`: the admin API call that adds the account Ray's jobs log with
   (``python -m cmd_ray.mlflow_server create-user --url …``, names and passwords from the environment).
 
@@ -36,6 +38,28 @@ PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
 """Behind authentication and the host check, and reads the backend store."""
 PROBE_TIMEOUT_S = 5.0
 USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def server_command(port: int, artifacts_destination: str | Path, workers: int = 1, *extra: str) -> list[str]:
+    """``mlflow server`` of this Python environment on ``127.0.0.1:port`` with ``workers`` uvicorn workers, artifacts
+    proxied to ``artifacts_destination``, then the ``extra`` options; the backend store comes from
+    :func:`server_env`."""
+    return [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--workers={workers}",
+        f"--artifacts-destination={artifacts_destination}",
+        *extra,
+    ]
+
+
+def server_env(base: dict[str, str], backend_store_uri: str) -> dict[str, str]:
+    """``base`` with the server's backend store (``MLFLOW_BACKEND_STORE_URI``: a database password stays out of the
+    command line, where ``ps`` would show it) and without the server-side job runner (GenAI scoring, trace archival:
+    seven huey processes cmd-ray does not use), as the clusters run it."""
+    return {**base, "MLFLOW_BACKEND_STORE_URI": backend_store_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def write_auth_config(path: Path, database_uri: str, default_permission: str = DEFAULT_PERMISSION) -> Path:

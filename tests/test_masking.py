@@ -8,9 +8,7 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +16,7 @@ from cmd_ray import mlflow_runs, registry
 from cmd_ray.cli import main
 from cmd_ray.config import load_config
 from cmd_ray.local_cluster import free_port, mlflow_server_healthy, wait_until
+from cmd_ray.mlflow_server import server_command, server_env
 from cmd_ray.storage import has_credentials, mask_credentials
 
 SECRET = "s3cr3t-Pa55"
@@ -92,17 +91,10 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (sqlite store); its URI, without credentials."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host=127.0.0.1",
-        f"--port={port}",
-        "--workers=1",
-        f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
-        f"--artifacts-destination={folder / 'artifacts'}",
-    ]
+    command = server_command(port, folder / "artifacts")
+    env = server_env(dict(os.environ), f"sqlite:///{folder / 'mlflow.db'}")
     with open(folder / "server.log", "ab") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def healthy() -> bool:
         if server.poll() is not None:

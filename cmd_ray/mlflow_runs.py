@@ -46,16 +46,26 @@ def resolve_store(uri: str | None = None) -> str:
 
 
 class MissingStoreError(ValueError):
-    """A store to read from does not exist; the message names it."""
+    """A store to read from does not exist or cannot be reached; the message names it."""
+
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+"""Database stores (``SCHEME[+DRIVER]://…``): MLflow opens them directly, retrying a failed connection for about
+100 s, so :func:`check_store_exists` connects once first."""
 
 
 def check_store_exists(uri: str) -> None:
     """Before a read-only look into store ``uri``: a ``sqlite:///`` store must be an existing file, since opening
-    one creates it (an empty database, ``mlflow.db`` in the working folder by default). Servers are not checked.
+    one creates it (an empty database, ``mlflow.db`` in the working folder by default); a database store must accept
+    one connection (10 s at most), since MLflow itself would retry for about 100 s before its error. Servers are not
+    checked.
 
     Raises:
-        MissingStoreError: naming the store, and how to point at another.
+        MissingStoreError: naming the store (credentials masked), and how to point at another.
     """
+    if uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        _check_database_answers(uri)
+        return
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
@@ -64,6 +74,26 @@ def check_store_exists(uri: str) -> None:
             f"MLflow store {uri} does not exist (no file {path}); point mlflow.tracking_uri, --tracking-uri or "
             "MLFLOW_TRACKING_URI at the store that holds the model"
         )
+
+
+def _check_database_answers(uri: str) -> None:
+    import sqlalchemy
+
+    connect_args = {"connect_timeout": 10} if uri.startswith("postgresql") else {}
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        with engine.connect():
+            pass
+    except Exception as exc:  # no driver for the scheme, unknown host, refused, bad credentials, …
+        lines = str(exc).strip().splitlines()
+        raise MissingStoreError(
+            f"MLflow store {redact(uri)} cannot be reached ({type(exc).__name__}: {redact(lines[0] if lines else '')})"
+            "; point mlflow.tracking_uri, --tracking-uri or MLFLOW_TRACKING_URI at a store that answers"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def pin_tracking_uri(cfg: Config) -> Config:

@@ -76,6 +76,27 @@ def test_local_postgres_starts_takes_passwords_and_stops() -> None:
     postgres.stop()  # twice is fine
 
 
+def test_a_database_store_is_checked_with_one_connection_before_mlflow_retries_it() -> None:
+    """MLflow retries a database store that does not answer for about 100 s; cmd-ray's look first connects once."""
+    from cmd_ray.mlflow_runs import MissingStoreError, check_store_exists
+
+    postgres = LocalPostgres().start()
+    try:
+        uri = postgres.create_database("mlflow")
+        check_store_exists(uri)  # answers: no error
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            refused = uri.replace(f":{postgres.port}/", f":{closed.getsockname()[1]}/")
+            masked = r"postgresql://mlflow:\*\*\*@127\.0\.0\.1:\d+/mlflow cannot be reached"
+            with pytest.raises(MissingStoreError, match=masked):
+                check_store_exists(refused)
+        with pytest.raises(MissingStoreError, match="password authentication failed") as caught:
+            check_store_exists(uri.replace(postgres.password, "wrong"))
+        assert postgres.password not in str(caught.value)
+    finally:
+        postgres.stop()
+
+
 def test_a_failed_postgres_start_names_pg_ctl_and_leaves_nothing() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

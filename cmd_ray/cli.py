@@ -12,6 +12,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -26,6 +27,7 @@ from cmd_ray.config import Config, ConfigError, dump_config, load_config
 from cmd_ray.data.pairs import EmptyPrefixError, ManifestError
 from cmd_ray.data.skip_limit import SkippedDataError
 from cmd_ray.storage import StorageError, mask_credentials
+from cmd_ray.train.epoch_line import epoch_line
 from cmd_ray.vocabulary import START_TEACHER, VARIANTS, Variant
 
 if TYPE_CHECKING:
@@ -138,7 +140,9 @@ def _synth(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     started = time.perf_counter()
-    summary = write_synthetic_dataset(args.out, cfg.synth, endpoint_url=cfg.storage.s3_endpoint_url)
+    summary = write_synthetic_dataset(
+        args.out, cfg.synth, endpoint_url=cfg.storage.s3_endpoint_url, progress=cfg.data.show_progress
+    )
     print(f"synthetic data set written to {args.out} in {time.perf_counter() - started:.1f} s")
     print(summary)
     return 0
@@ -200,16 +204,7 @@ def _print_training(result: TrainingResult, skipped_what: str) -> None:
             f"(precision {first['teacher_val_precision']:.4f})"
         )
     for row in result.history:
-        line = f"  epoch {int(row['epoch'])}: loss {row['loss']:.4f}"
-        line += f" (tcl {row['loss_tcl']:.4f}, bbe {row['loss_bbe']:.4f})"
-        if "val_loss" in row:
-            line += f"  val_loss {row['val_loss']:.4f} (tcl {row['val_loss_tcl']:.4f}, bbe {row['val_loss_bbe']:.4f}"
-            if "val_loss_bbe_chance" in row:  # an IoU-Net that has learnt nothing scores this
-                line += f"; a constant prediction: {row['val_loss_bbe_chance']:.4f}"
-            line += ")"
-        if "val_success" in row:  # the epochs that tracked the validation sequences
-            line += f"  val_success {row['val_success']:.4f} (precision {row['val_precision']:.4f})"
-        print(line)
+        print("  " + epoch_line(row))
     if not result.nothing_to_train:
         print(f"{skipped_what}: {result.skipped_pairs}")
     if result.fallback_boxes:
@@ -300,7 +295,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cmd_ray.evaluation.runner import EvaluationError, run_evaluation
 
     try:
-        result = run_evaluation(cfg)
+        result = run_evaluation(cfg, progress=cfg.data.show_progress)
     except (EvaluationError, ResultsError, ModelLoadError) as exc:
         print(f"cmd-ray evaluate: {mask_credentials(str(exc))}", file=sys.stderr)
         return 2
@@ -647,6 +642,8 @@ def _mask_log_handlers() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _mask_log_handlers()
+    if not sys.stderr.isatty():  # MLflow's download bars too, like data.progress: null, stay off in a log file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = build_parser().parse_args(argv)
     handlers = {
         "synth": _synth,

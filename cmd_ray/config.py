@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -333,12 +334,23 @@ class DataConfig(_Strict):
         description="Ray Data: deliver samples in index order whichever actor finishes first, so batches are the "
         "same on every run of a seed (an actor that falls behind then stalls the stream)",
     )
-    progress: bool = Field(True, description="progress bars: tqdm while listing, Ray Data's while streaming")
+    progress: bool | None = Field(
+        None,
+        description="progress bars: tqdm while writing, listing and tracking, Ray Data's while streaming (null: "
+        "on when stderr is a terminal; off in a log file, a CI job or a submitted Ray job, whose logs keep one line "
+        "per epoch instead)",
+    )
     label_selector: dict[str, str] = Field(
         default_factory=dict,
         description="Ray node labels every Ray Data task and actor of the sample streams must match, e.g. "
         "{cmd-ray.role: data} keeps decoding and cropping on the CPU data nodes (empty: any node)",
     )
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether to draw progress bars here: ``progress``, or when it is null, whether stderr (where the bars go)
+        is a terminal. Read on the driver: a Ray worker's stderr never is."""
+        return self.progress if self.progress is not None else sys.stderr.isatty()
 
     @field_validator("label_selector")
     @classmethod

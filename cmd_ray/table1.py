@@ -403,7 +403,9 @@ def run_table1(cfg: Config, pairs: list[Any] | None = None) -> Table1Result:
                 d_start = (runs[("B3", seed)].weights, runs[("C1", seed)].weights) if variant.init_from else None
                 runs[(row, seed)] = _train_row(cfg, row, seed, d_start, parent, pairs)
         ordered = [runs[key] for key in sorted(runs, key=lambda k: (rows.index(k[0]), k[1]))]
-        evaluation = run_evaluation(_evaluation_config(cfg, ordered), progress=cfg.data.progress, parent_run_id=parent)
+        evaluation = run_evaluation(
+            _evaluation_config(cfg, ordered), progress=cfg.data.show_progress, parent_run_id=parent
+        )
         scores: dict[str, list[DatasetScores]] = {row: [] for row in rows}
         for r in ordered:
             s = evaluation.scores[r.tracker]

@@ -320,3 +320,18 @@ def test_one_root_may_hold_both_splits_when_their_sequences_are_disjoint(tmp_pat
     # the sweep's own tracking objective keeps its documented behaviour (the demo tunes on its one TIR set)
     assert load_config(None, ["tune.metric=val_success", "tune.eval_root=data/tir", "evaluation.root=data/tir"])
     assert load_config(None, ["tune.eval_root=s3://b/val", "evaluation.root=s3://b/test", *SELECTING[:1]])
+
+
+@pytest.mark.parametrize(
+    ("setting", "terminal", "shown"),
+    [(None, True, True), (None, False, False), ("true", False, True), ("false", True, False)],
+)
+def test_progress_bars_follow_the_terminal_unless_set(monkeypatch, setting, terminal, shown):
+    class Stderr:
+        def isatty(self) -> bool:
+            return terminal
+
+    monkeypatch.setattr("sys.stderr", Stderr())
+    cfg = load_config(None, [] if setting is None else [f"data.progress={setting}"])
+    assert cfg.data.progress == (None if setting is None else setting == "true")
+    assert cfg.data.show_progress is shown

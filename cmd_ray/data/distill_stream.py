@@ -339,7 +339,7 @@ def list_pairs(cfg: Config) -> PairTable:
     Raises:
         EmptyPrefixError: no pair (naming the URI); ManifestError: a bad manifest.
     """
-    listing = list_pairs_for(cfg.data, cfg.storage.s3_endpoint_url, progress=cfg.data.progress)
+    listing = list_pairs_for(cfg.data, cfg.storage.s3_endpoint_url, progress=cfg.data.show_progress)
     if listing.unpaired:
         logger.warning(
             "%d file(s) under %s have no partner in the other modality, e.g. %s",

@@ -106,6 +106,6 @@ def ingest_config(cfg: Config) -> Any:
 
 def configure_dataset(ds: ray.data.Dataset, cfg: Config) -> ray.data.Dataset:
     """``ds`` with the progress-bar setting and :func:`execution_options` of ``cfg`` (returned for chaining)."""
-    ds.context.enable_progress_bars = cfg.data.progress
+    ds.context.enable_progress_bars = cfg.data.show_progress
     ds.context.execution_options = execution_options(cfg)
     return ds

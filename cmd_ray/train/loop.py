@@ -47,6 +47,7 @@ from cmd_ray.models.backbone import freeze_batchnorm_stats
 from cmd_ray.models.dimpnet import apply_variant_trainability, build_model, parameter_groups
 from cmd_ray.models.training_state import load_training_state, restore_rng_state, rng_state, save_training_state
 from cmd_ray.schedule import Job, Schedule, schedule_for
+from cmd_ray.train.epoch_line import epoch_line
 from cmd_ray.train.selection import CHECKPOINT_SCORE, BestEpoch, checkpoint_score
 from cmd_ray.train.teacher import Teacher, load_teacher_weights
 
@@ -317,4 +318,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 if run_id:
                     mlflow_runs.log_metrics(cfg, run_id, logged, epoch)
+                # the run's progress in its log, bars or not (Ray forwards a worker's stdout to the driver's)
+                print(f"{schedule.run_name}: {epoch_line(metrics)}  [{metrics['samples_per_s']:.1f} samples/s]")
             ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")

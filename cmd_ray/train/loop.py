@@ -318,6 +318,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 if run_id:
                     mlflow_runs.log_metrics(cfg, run_id, logged, epoch)
-                # the run's progress in its log, bars or not (Ray forwards a worker's stdout to the driver's)
-                print(f"{schedule.run_name}: {epoch_line(metrics)}  [{metrics['samples_per_s']:.1f} samples/s]")
+                # the run's progress in its log, bars or not (Ray Train sends a worker's INFO records to the driver)
+                speed = metrics["samples_per_s"]
+                logger.info("%s: %s  [%.1f samples/s]", schedule.run_name, epoch_line(metrics), speed)
             ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")

@@ -63,8 +63,9 @@ def check_store_exists(uri: str) -> None:
     Raises:
         MissingStoreError: naming the store (credentials masked), and how to point at another.
     """
-    if uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
-        _check_database_answers(uri)
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme in DATABASE_SCHEMES:
+        _check_database_answers(uri, scheme)
         return
     if not uri.startswith("sqlite:///"):
         return
@@ -76,10 +77,10 @@ def check_store_exists(uri: str) -> None:
         )
 
 
-def _check_database_answers(uri: str) -> None:
+def _check_database_answers(uri: str, scheme: str) -> None:
     import sqlalchemy
 
-    connect_args = {"connect_timeout": 10} if uri.startswith("postgresql") else {}
+    connect_args = {"connect_timeout": 10} if scheme == "postgresql" else {}
     engine = None
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
